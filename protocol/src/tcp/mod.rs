@@ -1,0 +1,3 @@
+//! The binary TCP protocol of SPEC §3.2.
+
+pub mod frame;
