@@ -1,0 +1,1 @@
+//! Stellar server library (in progress).
