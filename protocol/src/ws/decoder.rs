@@ -1,1 +1,511 @@
-//! (in progress)
+//! The message decoder: frames in, whole messages out (RFC 6455 §5.4-§5.5).
+//!
+//! [`MessageDecoder`] is a state machine fed whatever bytes the socket gave, down to one
+//! byte at a time. It enforces every framing rule that depends on connection state:
+//! masking direction, reserved bits, control-frame limits, fragmentation order with
+//! control frames interleaved, the message size cap (checked on each header, before the
+//! payload is buffered) and UTF-8 of text messages, checked as the bytes arrive so an
+//! invalid message fails at its first bad byte even across fragments.
+//!
+//! A whole unfragmented frame already in the buffer takes the fast path: unmasked in
+//! place and split off as `Bytes`, with no copy.
+
+use bytes::{Buf, Bytes, BytesMut};
+
+use super::close::CloseFrame;
+use super::frame::{FrameHeader, OpCode};
+use super::mask::apply_mask;
+use super::utf8::Utf8Validator;
+use crate::error::ProtocolError;
+
+/// Which side of the connection the decoder runs on; it decides the masking rule (§5.1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// Decodes client frames, which must be masked.
+    Server,
+    /// Decodes server frames, which must not be masked.
+    Client,
+}
+
+/// Limits and role of a decoder.
+#[derive(Debug, Clone, Copy)]
+pub struct DecoderConfig {
+    pub role: Role,
+    /// Largest message (all fragments together) in bytes; larger ones fail with 1009.
+    /// It bounds the memory one connection can make the server buffer.
+    pub max_message_size: usize,
+}
+
+impl Default for DecoderConfig {
+    /// Server role, 1 MiB messages (SPEC §5 `max_payload`).
+    fn default() -> Self {
+        Self {
+            role: Role::Server,
+            max_message_size: 1 << 20,
+        }
+    }
+}
+
+/// A complete message or control frame.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Message {
+    /// A text message; its bytes are validated UTF-8.
+    Text(Bytes),
+    Binary(Bytes),
+    Ping(Bytes),
+    Pong(Bytes),
+    /// A close frame: `None` when it carried no status code.
+    Close(Option<CloseFrame>),
+}
+
+/// The frame whose payload is arriving.
+#[derive(Debug, Clone, Copy)]
+struct InFrame {
+    header: FrameHeader,
+    received: u64,
+}
+
+/// Decodes a stream of frames into messages. See the module docs.
+#[derive(Debug)]
+pub struct MessageDecoder {
+    config: DecoderConfig,
+    frame: Option<InFrame>,
+    /// Opcode of the data message being assembled, if one is open.
+    message: Option<OpCode>,
+    payload: BytesMut,
+    control: BytesMut,
+    utf8: Utf8Validator,
+}
+
+impl MessageDecoder {
+    pub fn new(config: DecoderConfig) -> Self {
+        Self {
+            config,
+            frame: None,
+            message: None,
+            payload: BytesMut::new(),
+            control: BytesMut::new(),
+            utf8: Utf8Validator::default(),
+        }
+    }
+
+    /// Changes the message size cap; applies from the next frame header on.
+    pub fn set_max_message_size(&mut self, max: usize) {
+        self.config.max_message_size = max;
+    }
+
+    /// Consumes bytes from `src` and returns the next complete message, `Ok(None)` when
+    /// `src` is exhausted first. After an error the connection must be failed with
+    /// [`ProtocolError::close_code`]; the decoder is not usable any more.
+    pub fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Message>, ProtocolError> {
+        loop {
+            let mut frame = match self.frame {
+                Some(frame) => frame,
+                None => {
+                    let Some((header, header_len)) = FrameHeader::parse(src)? else {
+                        return Ok(None);
+                    };
+                    self.check(&header)?;
+                    src.advance(header_len);
+                    if let Some(message) = self.take_whole_frame(&header, src)? {
+                        return Ok(Some(message));
+                    }
+                    if matches!(header.opcode, OpCode::Text | OpCode::Binary) {
+                        self.message = Some(header.opcode);
+                        self.utf8.reset();
+                    }
+                    InFrame {
+                        header,
+                        received: 0,
+                    }
+                }
+            };
+            let wanted = frame.header.payload_len - frame.received;
+            let n = usize::try_from(wanted).unwrap_or(usize::MAX).min(src.len());
+            if n == 0 && wanted > 0 {
+                self.frame = Some(frame);
+                return Ok(None);
+            }
+            self.append(&frame, &mut src[..n])?;
+            src.advance(n);
+            frame.received += n as u64;
+            if frame.received < frame.header.payload_len {
+                self.frame = Some(frame);
+                return Ok(None);
+            }
+            self.frame = None;
+            if let Some(message) = self.complete(&frame.header)? {
+                return Ok(Some(message));
+            }
+        }
+    }
+
+    /// Rules that depend on the decoder's state (§5.1, §5.2, §5.4, §5.5).
+    fn check(&self, header: &FrameHeader) -> Result<(), ProtocolError> {
+        if header.rsv != 0 {
+            return Err(ProtocolError::ReservedBits(header.rsv));
+        }
+        match (self.config.role, header.mask.is_some()) {
+            (Role::Server, false) => return Err(ProtocolError::UnmaskedFrame),
+            (Role::Client, true) => return Err(ProtocolError::MaskedFrame),
+            _ => {}
+        }
+        if header.opcode.is_control() {
+            if !header.fin {
+                return Err(ProtocolError::FragmentedControlFrame);
+            }
+            if header.payload_len > 125 {
+                return Err(ProtocolError::ControlFrameTooLong(header.payload_len));
+            }
+            return Ok(());
+        }
+        match (header.opcode, self.message) {
+            (OpCode::Continuation, None) => return Err(ProtocolError::UnexpectedContinuation),
+            (OpCode::Text | OpCode::Binary, Some(_)) => {
+                return Err(ProtocolError::ExpectedContinuation);
+            }
+            _ => {}
+        }
+        let size = (self.payload.len() as u64).saturating_add(header.payload_len);
+        if size > self.config.max_message_size as u64 {
+            return Err(ProtocolError::MessageTooBig {
+                size,
+                max: self.config.max_message_size,
+            });
+        }
+        Ok(())
+    }
+
+    /// The fast path: an unfragmented data frame whose payload is all in `src` is
+    /// unmasked in place and split off without a copy.
+    fn take_whole_frame(
+        &mut self,
+        header: &FrameHeader,
+        src: &mut BytesMut,
+    ) -> Result<Option<Message>, ProtocolError> {
+        let is_single = header.fin && matches!(header.opcode, OpCode::Text | OpCode::Binary);
+        if !is_single || (src.len() as u64) < header.payload_len {
+            return Ok(None);
+        }
+        // Fits: payload_len <= src.len(), a usize.
+        let mut payload = src.split_to(header.payload_len as usize);
+        if let Some(key) = header.mask {
+            apply_mask(&mut payload, key, 0);
+        }
+        if header.opcode == OpCode::Text {
+            simdutf8::basic::from_utf8(&payload).map_err(|_| ProtocolError::InvalidUtf8)?;
+            return Ok(Some(Message::Text(payload.freeze())));
+        }
+        Ok(Some(Message::Binary(payload.freeze())))
+    }
+
+    /// Unmasks a piece of the current frame's payload and appends it to its message.
+    fn append(&mut self, frame: &InFrame, chunk: &mut [u8]) -> Result<(), ProtocolError> {
+        if let Some(key) = frame.header.mask {
+            // `received` < payload_len < 2^63; only its low two bits matter to the mask.
+            apply_mask(chunk, key, (frame.received & 3) as usize);
+        }
+        if frame.header.opcode.is_control() {
+            self.control.extend_from_slice(chunk);
+            return Ok(());
+        }
+        self.payload.extend_from_slice(chunk);
+        if self.message == Some(OpCode::Text) {
+            self.utf8
+                .feed(&self.payload)
+                .map_err(|_| ProtocolError::InvalidUtf8)?;
+        }
+        Ok(())
+    }
+
+    /// A frame's payload is complete: yields a message when one is whole.
+    fn complete(&mut self, header: &FrameHeader) -> Result<Option<Message>, ProtocolError> {
+        match header.opcode {
+            OpCode::Ping => Ok(Some(Message::Ping(self.control.split().freeze()))),
+            OpCode::Pong => Ok(Some(Message::Pong(self.control.split().freeze()))),
+            OpCode::Close => {
+                let body = self.control.split();
+                Ok(Some(Message::Close(CloseFrame::parse(&body)?)))
+            }
+            _ if !header.fin => Ok(None),
+            _ => {
+                let opcode = self.message.take();
+                if opcode == Some(OpCode::Text) {
+                    self.utf8
+                        .finish(&self.payload)
+                        .map_err(|_| ProtocolError::InvalidUtf8)?;
+                    return Ok(Some(Message::Text(self.payload.split().freeze())));
+                }
+                Ok(Some(Message::Binary(self.payload.split().freeze())))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ws::close::CloseCode;
+    use crate::ws::frame::encode_client;
+    use bytes::BufMut;
+    use proptest::prelude::*;
+
+    const KEY: [u8; 4] = [9, 8, 7, 6];
+
+    fn frame(fin: bool, opcode: OpCode, payload: &[u8]) -> Vec<u8> {
+        let mut buf = BytesMut::new();
+        let header = FrameHeader {
+            fin,
+            rsv: 0,
+            opcode,
+            mask: Some(KEY),
+            payload_len: payload.len() as u64,
+        };
+        header.encode_into(&mut buf);
+        let start = buf.len();
+        buf.put_slice(payload);
+        apply_mask(&mut buf[start..], KEY, 0);
+        buf.to_vec()
+    }
+
+    fn decode_all(bytes: &[u8]) -> Result<Vec<Message>, ProtocolError> {
+        decode_all_with(DecoderConfig::default(), bytes)
+    }
+
+    fn decode_all_with(config: DecoderConfig, bytes: &[u8]) -> Result<Vec<Message>, ProtocolError> {
+        let mut decoder = MessageDecoder::new(config);
+        let mut src = BytesMut::from(bytes);
+        let mut out = Vec::new();
+        while let Some(m) = decoder.decode(&mut src)? {
+            out.push(m);
+        }
+        Ok(out)
+    }
+
+    /// Feeds one byte at a time; returns messages and the first error.
+    fn decode_bytewise(bytes: &[u8]) -> (Vec<Message>, Option<(usize, ProtocolError)>) {
+        let mut decoder = MessageDecoder::new(DecoderConfig::default());
+        let mut src = BytesMut::new();
+        let mut out = Vec::new();
+        for (i, b) in bytes.iter().enumerate() {
+            src.put_u8(*b);
+            loop {
+                match decoder.decode(&mut src) {
+                    Ok(Some(m)) => out.push(m),
+                    Ok(None) => break,
+                    Err(e) => return (out, Some((i, e))),
+                }
+            }
+        }
+        (out, None)
+    }
+
+    #[test]
+    fn single_text_frame() {
+        let msgs = decode_all(&frame(true, OpCode::Text, b"hello")).unwrap();
+        assert_eq!(msgs, vec![Message::Text(Bytes::from_static(b"hello"))]);
+    }
+
+    #[test]
+    fn fragments_with_interleaved_ping_reassemble() {
+        let mut bytes = frame(false, OpCode::Text, b"hel");
+        bytes.extend(frame(true, OpCode::Ping, b"p"));
+        bytes.extend(frame(false, OpCode::Continuation, b"lo "));
+        bytes.extend(frame(true, OpCode::Continuation, "wörld".as_bytes()));
+        let expected = vec![
+            Message::Ping(Bytes::from_static(b"p")),
+            Message::Text(Bytes::from("hello wörld")),
+        ];
+        assert_eq!(decode_all(&bytes).unwrap(), expected);
+        assert_eq!(decode_bytewise(&bytes), (expected, None));
+    }
+
+    #[test]
+    fn unmasked_client_frame_closes_with_1002() {
+        let bytes = crate::ws::frame::encode_server(OpCode::Text, b"hi");
+        let err = decode_all(&bytes).unwrap_err();
+        assert_eq!(err, ProtocolError::UnmaskedFrame);
+        assert_eq!(err.close_code(), CloseCode::PROTOCOL_ERROR);
+    }
+
+    #[test]
+    fn masked_server_frame_fails_a_client_decoder() {
+        let config = DecoderConfig {
+            role: Role::Client,
+            ..DecoderConfig::default()
+        };
+        let err = decode_all_with(config, &frame(true, OpCode::Text, b"x")).unwrap_err();
+        assert_eq!(err, ProtocolError::MaskedFrame);
+    }
+
+    #[test]
+    fn reserved_bits_close_with_1002() {
+        let mut bytes = frame(true, OpCode::Text, b"x");
+        bytes[0] |= 0x40;
+        let err = decode_all(&bytes).unwrap_err();
+        assert_eq!(err, ProtocolError::ReservedBits(0b100));
+        assert_eq!(err.close_code(), CloseCode::PROTOCOL_ERROR);
+    }
+
+    #[test]
+    fn reserved_opcode_closes_with_1002() {
+        let mut bytes = frame(true, OpCode::Text, b"x");
+        bytes[0] = 0x80 | 0x3;
+        assert_eq!(decode_all(&bytes).unwrap_err().close_code(), CloseCode::PROTOCOL_ERROR);
+    }
+
+    #[test]
+    fn fragmented_control_frame_closes_with_1002() {
+        let err = decode_all(&frame(false, OpCode::Ping, b"x")).unwrap_err();
+        assert_eq!(err, ProtocolError::FragmentedControlFrame);
+    }
+
+    #[test]
+    fn control_frame_over_125_bytes_closes_with_1002() {
+        let err = decode_all(&frame(true, OpCode::Ping, &[0; 126])).unwrap_err();
+        assert_eq!(err, ProtocolError::ControlFrameTooLong(126));
+        assert!(decode_all(&frame(true, OpCode::Ping, &[0; 125])).is_ok());
+    }
+
+    #[test]
+    fn continuation_without_start_closes_with_1002() {
+        let err = decode_all(&frame(true, OpCode::Continuation, b"x")).unwrap_err();
+        assert_eq!(err, ProtocolError::UnexpectedContinuation);
+    }
+
+    #[test]
+    fn new_message_inside_fragmented_one_closes_with_1002() {
+        let mut bytes = frame(false, OpCode::Text, b"a");
+        bytes.extend(frame(true, OpCode::Binary, b"b"));
+        assert_eq!(decode_all(&bytes).unwrap_err(), ProtocolError::ExpectedContinuation);
+    }
+
+    #[test]
+    fn oversized_message_closes_with_1009_before_payload_arrives() {
+        let config = DecoderConfig {
+            max_message_size: 100,
+            ..DecoderConfig::default()
+        };
+        let bytes = frame(true, OpCode::Binary, &[0; 101]);
+        let mut decoder = MessageDecoder::new(config);
+        // Only the header: the limit is enforced before any payload is buffered.
+        let mut src = BytesMut::from(&bytes[..8]);
+        let err = decoder.decode(&mut src).unwrap_err();
+        assert_eq!(err.close_code(), CloseCode::MESSAGE_TOO_BIG);
+        assert!(decode_all_with(config, &frame(true, OpCode::Binary, &[0; 100])).is_ok());
+    }
+
+    #[test]
+    fn oversized_fragmented_message_closes_with_1009() {
+        let config = DecoderConfig {
+            max_message_size: 100,
+            ..DecoderConfig::default()
+        };
+        let mut bytes = frame(false, OpCode::Binary, &[0; 60]);
+        bytes.extend(frame(true, OpCode::Continuation, &[0; 41]));
+        let err = decode_all_with(config, &bytes).unwrap_err();
+        assert_eq!(err, ProtocolError::MessageTooBig { size: 101, max: 100 });
+    }
+
+    #[test]
+    fn invalid_utf8_fails_at_first_bad_byte_across_fragments() {
+        let mut bytes = frame(false, OpCode::Text, "κόσμε".as_bytes());
+        let second = frame(false, OpCode::Continuation, &[0xCE, 0xBA, 0xED, 0xA0, 0x80]);
+        let bad_at = bytes.len() + 6 + 3; // header (2 + mask 4), then byte 0xA0
+        bytes.extend(second);
+        bytes.extend(frame(true, OpCode::Continuation, b"edited"));
+        let (msgs, err) = decode_bytewise(&bytes);
+        assert!(msgs.is_empty());
+        let (at, err) = err.unwrap();
+        assert_eq!(at, bad_at);
+        assert_eq!(err.close_code(), CloseCode::INVALID_PAYLOAD);
+    }
+
+    #[test]
+    fn text_ending_mid_sequence_closes_with_1007() {
+        let err = decode_all(&frame(true, OpCode::Text, &[b'a', 0xE2, 0x82])).unwrap_err();
+        assert_eq!(err, ProtocolError::InvalidUtf8);
+        let mut bytes = frame(false, OpCode::Text, &[b'a', 0xE2]);
+        bytes.extend(frame(true, OpCode::Continuation, &[0x82]));
+        assert_eq!(decode_all(&bytes).unwrap_err(), ProtocolError::InvalidUtf8);
+    }
+
+    #[test]
+    fn close_frame_is_parsed_and_validated() {
+        let body = CloseFrame::payload(CloseCode::NORMAL, "bye");
+        let msgs = decode_all(&frame(true, OpCode::Close, &body)).unwrap();
+        assert_eq!(
+            msgs,
+            vec![Message::Close(Some(CloseFrame {
+                code: CloseCode::NORMAL,
+                reason: "bye".into()
+            }))]
+        );
+        assert_eq!(decode_all(&frame(true, OpCode::Close, &[])).unwrap(), vec![Message::Close(None)]);
+        let err = decode_all(&frame(true, OpCode::Close, &[0x03, 0xED])).unwrap_err();
+        assert_eq!(err, ProtocolError::InvalidCloseCode(1005));
+        let err = decode_all(&frame(true, OpCode::Close, &[0x03, 0xE8, 0xC0])).unwrap_err();
+        assert_eq!(err.close_code(), CloseCode::INVALID_PAYLOAD);
+    }
+
+    #[test]
+    fn sixty_four_bit_length_frame_decodes() {
+        let payload = vec![7u8; 70_000];
+        let msgs = decode_all(&frame(true, OpCode::Binary, &payload)).unwrap();
+        assert_eq!(msgs, vec![Message::Binary(Bytes::from(payload))]);
+    }
+
+    fn arb_message() -> impl Strategy<Value = (OpCode, Vec<u8>)> {
+        prop_oneof![
+            ".{0,40}".prop_map(|s: String| (OpCode::Text, s.into_bytes())),
+            proptest::collection::vec(any::<u8>(), 0..300).prop_map(|b| (OpCode::Binary, b)),
+            proptest::collection::vec(any::<u8>(), 0..125).prop_map(|b| (OpCode::Ping, b)),
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn any_split_gives_the_same_messages(msgs in proptest::collection::vec(arb_message(), 1..6),
+                                             frag in 1usize..50, cuts in proptest::collection::vec(1usize..64, 1..20)) {
+            let mut wire = Vec::new();
+            let mut expected = Vec::new();
+            for (op, payload) in &msgs {
+                if *op == OpCode::Ping || payload.len() <= frag {
+                    wire.extend(encode_client(*op, payload, KEY));
+                } else {
+                    let chunks: Vec<&[u8]> = payload.chunks(frag).collect();
+                    for (i, c) in chunks.iter().enumerate() {
+                        let code = if i == 0 { *op } else { OpCode::Continuation };
+                        wire.extend(frame(i + 1 == chunks.len(), code, c));
+                    }
+                }
+                expected.push(match op {
+                    OpCode::Text => Message::Text(Bytes::from(payload.clone())),
+                    OpCode::Binary => Message::Binary(Bytes::from(payload.clone())),
+                    _ => Message::Ping(Bytes::from(payload.clone())),
+                });
+            }
+            let mut decoder = MessageDecoder::new(DecoderConfig::default());
+            let mut src = BytesMut::new();
+            let mut got = Vec::new();
+            let mut rest = &wire[..];
+            let mut cut = cuts.iter().cycle();
+            while !rest.is_empty() {
+                let n = (*cut.next().unwrap()).min(rest.len());
+                src.extend_from_slice(&rest[..n]);
+                rest = &rest[n..];
+                while let Some(m) = decoder.decode(&mut src).unwrap() {
+                    got.push(m);
+                }
+            }
+            prop_assert_eq!(got, expected);
+        }
+
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+            let mut decoder = MessageDecoder::new(DecoderConfig { max_message_size: 256, ..DecoderConfig::default() });
+            let mut src = BytesMut::from(&bytes[..]);
+            while let Ok(Some(_)) = decoder.decode(&mut src) {}
+        }
+    }
+}
