@@ -72,7 +72,7 @@ impl ProtocolError {
 pub enum HandshakeError {
     /// The bytes are not an HTTP/1.x request.
     #[error("malformed HTTP request: {0}")]
-    Malformed(&'static str),
+    Malformed(String),
     /// The request head exceeds the configured size cap before its blank line.
     #[error("request head exceeds {max} bytes")]
     HeadTooLarge { max: usize },

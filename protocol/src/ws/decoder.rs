@@ -351,7 +351,10 @@ mod tests {
     fn reserved_opcode_closes_with_1002() {
         let mut bytes = frame(true, OpCode::Text, b"x");
         bytes[0] = 0x80 | 0x3;
-        assert_eq!(decode_all(&bytes).unwrap_err().close_code(), CloseCode::PROTOCOL_ERROR);
+        assert_eq!(
+            decode_all(&bytes).unwrap_err().close_code(),
+            CloseCode::PROTOCOL_ERROR
+        );
     }
 
     #[test]
@@ -377,7 +380,10 @@ mod tests {
     fn new_message_inside_fragmented_one_closes_with_1002() {
         let mut bytes = frame(false, OpCode::Text, b"a");
         bytes.extend(frame(true, OpCode::Binary, b"b"));
-        assert_eq!(decode_all(&bytes).unwrap_err(), ProtocolError::ExpectedContinuation);
+        assert_eq!(
+            decode_all(&bytes).unwrap_err(),
+            ProtocolError::ExpectedContinuation
+        );
     }
 
     #[test]
@@ -404,7 +410,13 @@ mod tests {
         let mut bytes = frame(false, OpCode::Binary, &[0; 60]);
         bytes.extend(frame(true, OpCode::Continuation, &[0; 41]));
         let err = decode_all_with(config, &bytes).unwrap_err();
-        assert_eq!(err, ProtocolError::MessageTooBig { size: 101, max: 100 });
+        assert_eq!(
+            err,
+            ProtocolError::MessageTooBig {
+                size: 101,
+                max: 100
+            }
+        );
     }
 
     #[test]
@@ -441,7 +453,10 @@ mod tests {
                 reason: "bye".into()
             }))]
         );
-        assert_eq!(decode_all(&frame(true, OpCode::Close, &[])).unwrap(), vec![Message::Close(None)]);
+        assert_eq!(
+            decode_all(&frame(true, OpCode::Close, &[])).unwrap(),
+            vec![Message::Close(None)]
+        );
         let err = decode_all(&frame(true, OpCode::Close, &[0x03, 0xED])).unwrap_err();
         assert_eq!(err, ProtocolError::InvalidCloseCode(1005));
         let err = decode_all(&frame(true, OpCode::Close, &[0x03, 0xE8, 0xC0])).unwrap_err();

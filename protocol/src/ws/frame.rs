@@ -98,7 +98,10 @@ impl FrameHeader {
             return Err(ProtocolError::InvalidLength);
         }
         let mask = if masked {
-            match buf.get(at..at + 4).and_then(|b| <[u8; 4]>::try_from(b).ok()) {
+            match buf
+                .get(at..at + 4)
+                .and_then(|b| <[u8; 4]>::try_from(b).ok())
+            {
                 Some(key) => {
                     at += 4;
                     Some(key)
@@ -235,16 +238,24 @@ mod tests {
     fn length_with_msb_set_is_refused() {
         let mut frame = vec![0x82, 127];
         frame.extend_from_slice(&(1u64 << 63).to_be_bytes());
-        assert_eq!(FrameHeader::parse(&frame), Err(ProtocolError::InvalidLength));
+        assert_eq!(
+            FrameHeader::parse(&frame),
+            Err(ProtocolError::InvalidLength)
+        );
     }
 
     #[test]
     fn rfc_masked_hello_parses() {
-        let frame = [0x81, 0x85, 0x37, 0xfa, 0x21, 0x3d, 0x7f, 0x9f, 0x4d, 0x51, 0x58];
+        let frame = [
+            0x81, 0x85, 0x37, 0xfa, 0x21, 0x3d, 0x7f, 0x9f, 0x4d, 0x51, 0x58,
+        ];
         let (header, at) = FrameHeader::parse(&frame).unwrap().unwrap();
         assert_eq!(header.opcode, OpCode::Text);
         assert_eq!(header.mask, Some([0x37, 0xfa, 0x21, 0x3d]));
         assert_eq!(at, 6);
-        assert_eq!(encode_client(OpCode::Text, b"Hello", [0x37, 0xfa, 0x21, 0x3d]), &frame[..]);
+        assert_eq!(
+            encode_client(OpCode::Text, b"Hello", [0x37, 0xfa, 0x21, 0x3d]),
+            &frame[..]
+        );
     }
 }
