@@ -1,1 +1,305 @@
-//! (in progress)
+//! The JSON envelope of SPEC §3.1, read without building a tree and written without
+//! re-serializing one.
+//!
+//! Inbound, [`Envelope::parse`] deserializes with sonic-rs (SIMD) into borrowed fields:
+//! `event` and the routing fields as strings, and `data` as the raw JSON text exactly as
+//! sent, so a relayed message forwards it untouched. Outbound, the `encode_*` builders
+//! write escaped strings and raw `data` bytes straight into one buffer.
+
+use std::borrow::Cow;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use serde::Deserialize;
+
+use crate::error::EnvelopeError;
+
+/// A client message: `{"event","data","room","_ackName","_correlationId"}`. Unknown
+/// fields are ignored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Envelope<'a> {
+    pub event: Cow<'a, str>,
+    pub room: Option<Cow<'a, str>>,
+    pub ack_name: Option<Cow<'a, str>>,
+    pub correlation_id: Option<Cow<'a, str>>,
+    /// The raw JSON text of `data`, or `None` when absent or `null`. Borrowed from the
+    /// message.
+    pub data: Option<Cow<'a, str>>,
+}
+
+/// The wire shape; every field optional so each missing or mistyped one gets its own
+/// error rather than a generic one.
+#[derive(Deserialize)]
+struct Wire<'a> {
+    #[serde(borrow, default)]
+    event: Option<sonic_rs::LazyValue<'a>>,
+    #[serde(borrow, default)]
+    room: Option<sonic_rs::LazyValue<'a>>,
+    #[serde(borrow, default, rename = "_ackName")]
+    ack_name: Option<sonic_rs::LazyValue<'a>>,
+    #[serde(borrow, default, rename = "_correlationId")]
+    correlation_id: Option<sonic_rs::LazyValue<'a>>,
+    #[serde(borrow, default)]
+    data: Option<sonic_rs::LazyValue<'a>>,
+}
+
+impl<'a> Envelope<'a> {
+    /// Parses an envelope from a text message (already validated UTF-8).
+    pub fn parse(text: &'a [u8]) -> Result<Self, EnvelopeError> {
+        let first = text.iter().find(|b| !b.is_ascii_whitespace());
+        if first.is_some_and(|b| *b != b'{') {
+            // Valid JSON that is not an object is its own error; check it is JSON at all.
+            return match sonic_rs::from_slice::<sonic_rs::LazyValue<'_>>(text) {
+                Ok(_) => Err(EnvelopeError::NotAnObject),
+                Err(e) => Err(EnvelopeError::InvalidJson(e.to_string())),
+            };
+        }
+        let wire: Wire<'a> =
+            sonic_rs::from_slice(text).map_err(|e| EnvelopeError::InvalidJson(e.to_string()))?;
+        let event = string_field(wire.event, "event").map_err(|_| EnvelopeError::MissingEvent)?;
+        let event = match event {
+            Some(e) if !e.is_empty() => e,
+            _ => return Err(EnvelopeError::MissingEvent),
+        };
+        Ok(Self {
+            event,
+            room: string_field(wire.room, "room")?,
+            ack_name: string_field(wire.ack_name, "_ackName")?,
+            correlation_id: string_field(wire.correlation_id, "_correlationId")?,
+            data: wire.data.map(|raw| raw.as_raw_cow()),
+        })
+    }
+
+    /// For a request (one with `_correlationId`): the handler, `_ackName` or else
+    /// `event`. `None` for a plain event.
+    pub fn ack_handler(&self) -> Option<&str> {
+        self.correlation_id.as_ref()?;
+        Some(self.ack_name.as_deref().unwrap_or(&self.event))
+    }
+}
+
+/// A string field: borrowed when it has no escapes, unescaped into an owned string
+/// otherwise; `null` counts as absent.
+fn string_field<'a>(
+    raw: Option<sonic_rs::LazyValue<'a>>,
+    name: &'static str,
+) -> Result<Option<Cow<'a, str>>, EnvelopeError> {
+    let Some(raw) = raw else { return Ok(None) };
+    let text = raw.as_raw_cow();
+    if text == "null" {
+        return Ok(None);
+    }
+    if let Cow::Borrowed(text) = text {
+        let inner = text
+            .strip_prefix('"')
+            .and_then(|t| t.strip_suffix('"'))
+            .ok_or(EnvelopeError::FieldNotString(name))?;
+        if !inner.contains('\\') {
+            return Ok(Some(Cow::Borrowed(inner)));
+        }
+    }
+    sonic_rs::from_str::<String>(&text)
+        .map(|s| Some(Cow::Owned(s)))
+        .map_err(|_| EnvelopeError::FieldNotString(name))
+}
+
+/// Appends `s` as a JSON string literal, quotes included (RFC 8259 §7).
+pub fn write_json_string(buf: &mut BytesMut, s: &str) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    buf.reserve(s.len() + 2);
+    buf.put_u8(b'"');
+    let bytes = s.as_bytes();
+    let mut start = 0;
+    for (i, &b) in bytes.iter().enumerate() {
+        let escape: &[u8] = match b {
+            b'"' => b"\\\"",
+            b'\\' => b"\\\\",
+            b'\n' => b"\\n",
+            b'\r' => b"\\r",
+            b'\t' => b"\\t",
+            0x08 => b"\\b",
+            0x0C => b"\\f",
+            0x00..=0x1F => b"",
+            _ => continue,
+        };
+        buf.put_slice(&bytes[start..i]);
+        if escape.is_empty() {
+            buf.put_slice(&[b'\\', b'u', b'0', b'0', HEX[(b >> 4) as usize], HEX[(b & 0xF) as usize]]);
+        } else {
+            buf.put_slice(escape);
+        }
+        start = i + 1;
+    }
+    buf.put_slice(&bytes[start..]);
+    buf.put_u8(b'"');
+}
+
+/// `{"event":event,"data":data}` with `,"room":room` when given. `data` is raw JSON.
+pub fn encode_event(event: &str, data: &str, room: Option<&str>) -> Bytes {
+    let mut buf = BytesMut::with_capacity(24 + event.len() + data.len() + room.map_or(0, |r| r.len() + 10));
+    buf.put_slice(b"{\"event\":");
+    write_json_string(&mut buf, event);
+    buf.put_slice(b",\"data\":");
+    buf.put_slice(data.as_bytes());
+    if let Some(room) = room {
+        buf.put_slice(b",\"room\":");
+        write_json_string(&mut buf, room);
+    }
+    buf.put_u8(b'}');
+    buf.freeze()
+}
+
+/// A successful ack reply: `{"event","data","_isAck":true,"_correlationId"}`.
+pub fn encode_ack_ok(event: &str, correlation_id: &str, result: &str) -> Bytes {
+    let mut buf = BytesMut::with_capacity(64 + event.len() + correlation_id.len() + result.len());
+    buf.put_slice(b"{\"event\":");
+    write_json_string(&mut buf, event);
+    buf.put_slice(b",\"data\":");
+    buf.put_slice(result.as_bytes());
+    buf.put_slice(b",\"_isAck\":true,\"_correlationId\":");
+    write_json_string(&mut buf, correlation_id);
+    buf.put_u8(b'}');
+    buf.freeze()
+}
+
+/// A failed ack reply: `{"event","error":{"code","message"},"_isAck":true,"_correlationId"}`.
+pub fn encode_ack_err(event: &str, correlation_id: &str, code: &str, message: &str) -> Bytes {
+    let mut buf = BytesMut::with_capacity(80 + event.len() + code.len() + message.len());
+    buf.put_slice(b"{\"event\":");
+    write_json_string(&mut buf, event);
+    buf.put_slice(b",\"error\":");
+    write_error_object(&mut buf, code, message);
+    buf.put_slice(b",\"_isAck\":true,\"_correlationId\":");
+    write_json_string(&mut buf, correlation_id);
+    buf.put_u8(b'}');
+    buf.freeze()
+}
+
+/// An `error` event: `{"event":"error","data":{"code","message"}}`.
+pub fn encode_error(code: &str, message: &str) -> Bytes {
+    let mut buf = BytesMut::with_capacity(48 + code.len() + message.len());
+    buf.put_slice(b"{\"event\":\"error\",\"data\":");
+    write_error_object(&mut buf, code, message);
+    buf.put_u8(b'}');
+    buf.freeze()
+}
+
+/// `{"code":code,"message":message}`, the body of errors on every wire.
+pub fn write_error_object(buf: &mut BytesMut, code: &str, message: &str) {
+    buf.put_slice(b"{\"code\":");
+    write_json_string(buf, code);
+    buf.put_slice(b",\"message\":");
+    write_json_string(buf, message);
+    buf.put_u8(b'}');
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use serde_json::{Value, json};
+
+    #[test]
+    fn chat_envelope_parses_with_raw_data() {
+        let text = br#"{"event":"chat","room":"lobby","data": {"a": [1, 2.50, "x"]}}"#;
+        let env = Envelope::parse(text).unwrap();
+        assert_eq!(env.event, "chat");
+        assert_eq!(env.room.as_deref(), Some("lobby"));
+        assert_eq!(env.data.as_deref(), Some(r#"{"a": [1, 2.50, "x"]}"#));
+        assert_eq!(env.ack_handler(), None);
+    }
+
+    #[test]
+    fn ack_handler_is_ack_name_or_event() {
+        let env = Envelope::parse(br#"{"event":"e","_ackName":"getUser","_correlationId":"getUser#1"}"#).unwrap();
+        assert_eq!(env.ack_handler(), Some("getUser"));
+        let env = Envelope::parse(br#"{"event":"getUser","_correlationId":"c"}"#).unwrap();
+        assert_eq!(env.ack_handler(), Some("getUser"));
+    }
+
+    #[test]
+    fn escaped_strings_are_unescaped() {
+        let env = Envelope::parse(br#"{"event":"a\"b\u00e9"}"#).unwrap();
+        assert_eq!(env.event, "a\"bé");
+    }
+
+    #[test]
+    fn each_violation_has_its_error() {
+        assert!(matches!(Envelope::parse(b"{nope"), Err(EnvelopeError::InvalidJson(_))));
+        assert!(matches!(Envelope::parse(b"[1,2"), Err(EnvelopeError::InvalidJson(_))));
+        assert_eq!(Envelope::parse(b"[1,2]"), Err(EnvelopeError::NotAnObject));
+        assert_eq!(Envelope::parse(b"\"chat\""), Err(EnvelopeError::NotAnObject));
+        assert_eq!(Envelope::parse(br#"{"data":1}"#), Err(EnvelopeError::MissingEvent));
+        assert_eq!(Envelope::parse(br#"{"event":""}"#), Err(EnvelopeError::MissingEvent));
+        assert_eq!(Envelope::parse(br#"{"event":3}"#), Err(EnvelopeError::MissingEvent));
+        assert_eq!(Envelope::parse(br#"{"event":"e","room":5}"#), Err(EnvelopeError::FieldNotString("room")));
+        assert_eq!(
+            Envelope::parse(br#"{"event":"e","_correlationId":{}}"#),
+            Err(EnvelopeError::FieldNotString("_correlationId"))
+        );
+        assert_eq!(EnvelopeError::NotAnObject.code(), "bad_json");
+        assert_eq!(EnvelopeError::MissingEvent.code(), "invalid_envelope");
+    }
+
+    #[test]
+    fn every_control_character_is_escaped() {
+        for c in 0u8..0x20 {
+            let s = format!("a{}b", c as char);
+            let mut buf = BytesMut::new();
+            write_json_string(&mut buf, &s);
+            let back: String = serde_json::from_slice(&buf).unwrap();
+            assert_eq!(back, s);
+        }
+        let mut buf = BytesMut::new();
+        write_json_string(&mut buf, "q\"\\/é😀");
+        assert_eq!(&buf[..], "\"q\\\"\\\\/é😀\"".as_bytes());
+    }
+
+    #[test]
+    fn builders_produce_the_documented_shapes() {
+        let v: Value = serde_json::from_slice(&encode_event("chat", r#"{"t":"hi"}"#, Some("r"))).unwrap();
+        assert_eq!(v, json!({"event": "chat", "data": {"t": "hi"}, "room": "r"}));
+        let v: Value = serde_json::from_slice(&encode_ack_ok("getUser", "getUser#1", "[1]")).unwrap();
+        assert_eq!(v, json!({"event": "getUser", "data": [1], "_isAck": true, "_correlationId": "getUser#1"}));
+        let v: Value = serde_json::from_slice(&encode_ack_err("g", "c", "unknown_action", "no \"g\"")).unwrap();
+        assert_eq!(
+            v,
+            json!({"event": "g", "error": {"code": "unknown_action", "message": "no \"g\""}, "_isAck": true, "_correlationId": "c"})
+        );
+        let v: Value = serde_json::from_slice(&encode_error("not_member", "m")).unwrap();
+        assert_eq!(v, json!({"event": "error", "data": {"code": "not_member", "message": "m"}}));
+    }
+
+    fn arb_json() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            any::<i64>().prop_map(|n| json!(n)),
+            ".{0,12}".prop_map(Value::String),
+        ];
+        leaf.prop_recursive(3, 16, 4, |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
+                proptest::collection::btree_map(".{0,6}", inner, 0..4)
+                    .prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    proptest! {
+        #[test]
+        fn encode_then_parse_round_trips(event in ".{1,20}", room in proptest::option::of(".{0,20}"), data in arb_json()) {
+            let raw = data.to_string();
+            let bytes = encode_event(&event, &raw, room.as_deref());
+            let env = Envelope::parse(&bytes).unwrap();
+            prop_assert_eq!(env.event.as_ref(), event.as_str());
+            prop_assert_eq!(env.room.as_deref(), room.as_deref());
+            let back: Value = serde_json::from_str(env.data.as_deref().unwrap_or("null")).unwrap();
+            prop_assert_eq!(back, data);
+        }
+
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..256)) {
+            let _ = Envelope::parse(&bytes);
+        }
+    }
+}
