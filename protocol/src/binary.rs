@@ -20,11 +20,20 @@ pub struct BinaryMessage<'a> {
 
 impl<'a> BinaryMessage<'a> {
     pub fn parse(msg: &'a [u8]) -> Result<Self, EnvelopeError> {
-        let truncated = |declared| EnvelopeError::BinaryHeaderTruncated { declared, len: msg.len() };
-        let prefix: [u8; 4] = msg.get(..4).and_then(|p| p.try_into().ok()).ok_or(truncated(4))?;
+        let truncated = |declared| EnvelopeError::BinaryHeaderTruncated {
+            declared,
+            len: msg.len(),
+        };
+        let prefix: [u8; 4] = msg
+            .get(..4)
+            .and_then(|p| p.try_into().ok())
+            .ok_or(truncated(4))?;
         let header_len = u32::from_be_bytes(prefix) as usize;
-        let header = msg.get(4..4 + header_len).ok_or(truncated(header_len as u64 + 4))?;
-        simdutf8::basic::from_utf8(header).map_err(|_| EnvelopeError::InvalidJson("header is not UTF-8".into()))?;
+        let header = msg
+            .get(4..4 + header_len)
+            .ok_or(truncated(header_len as u64 + 4))?;
+        simdutf8::basic::from_utf8(header)
+            .map_err(|_| EnvelopeError::InvalidJson("header is not UTF-8".into()))?;
         let envelope = Envelope::parse(header)?;
         Ok(Self {
             event: envelope.event,
@@ -71,14 +80,27 @@ mod tests {
 
     #[test]
     fn truncated_messages_are_refused() {
-        assert!(matches!(BinaryMessage::parse(&[0, 0]), Err(EnvelopeError::BinaryHeaderTruncated { .. })));
+        assert!(matches!(
+            BinaryMessage::parse(&[0, 0]),
+            Err(EnvelopeError::BinaryHeaderTruncated { .. })
+        ));
         let mut msg = 100u32.to_be_bytes().to_vec();
         msg.extend_from_slice(b"{}");
         assert_eq!(
             BinaryMessage::parse(&msg),
-            Err(EnvelopeError::BinaryHeaderTruncated { declared: 104, len: 6 })
+            Err(EnvelopeError::BinaryHeaderTruncated {
+                declared: 104,
+                len: 6
+            })
         );
-        assert_eq!(EnvelopeError::BinaryHeaderTruncated { declared: 0, len: 0 }.code(), "invalid_binary");
+        assert_eq!(
+            EnvelopeError::BinaryHeaderTruncated {
+                declared: 0,
+                len: 0
+            }
+            .code(),
+            "invalid_binary"
+        );
     }
 
     #[test]

@@ -123,7 +123,14 @@ pub fn write_json_string(buf: &mut BytesMut, s: &str) {
         };
         buf.put_slice(&bytes[start..i]);
         if escape.is_empty() {
-            buf.put_slice(&[b'\\', b'u', b'0', b'0', HEX[(b >> 4) as usize], HEX[(b & 0xF) as usize]]);
+            buf.put_slice(&[
+                b'\\',
+                b'u',
+                b'0',
+                b'0',
+                HEX[(b >> 4) as usize],
+                HEX[(b & 0xF) as usize],
+            ]);
         } else {
             buf.put_slice(escape);
         }
@@ -135,7 +142,8 @@ pub fn write_json_string(buf: &mut BytesMut, s: &str) {
 
 /// `{"event":event,"data":data}` with `,"room":room` when given. `data` is raw JSON.
 pub fn encode_event(event: &str, data: &str, room: Option<&str>) -> Bytes {
-    let mut buf = BytesMut::with_capacity(24 + event.len() + data.len() + room.map_or(0, |r| r.len() + 10));
+    let mut buf =
+        BytesMut::with_capacity(24 + event.len() + data.len() + room.map_or(0, |r| r.len() + 10));
     buf.put_slice(b"{\"event\":");
     write_json_string(&mut buf, event);
     buf.put_slice(b",\"data\":");
@@ -210,7 +218,9 @@ mod tests {
 
     #[test]
     fn ack_handler_is_ack_name_or_event() {
-        let env = Envelope::parse(br#"{"event":"e","_ackName":"getUser","_correlationId":"getUser#1"}"#).unwrap();
+        let env =
+            Envelope::parse(br#"{"event":"e","_ackName":"getUser","_correlationId":"getUser#1"}"#)
+                .unwrap();
         assert_eq!(env.ack_handler(), Some("getUser"));
         let env = Envelope::parse(br#"{"event":"getUser","_correlationId":"c"}"#).unwrap();
         assert_eq!(env.ack_handler(), Some("getUser"));
@@ -224,14 +234,35 @@ mod tests {
 
     #[test]
     fn each_violation_has_its_error() {
-        assert!(matches!(Envelope::parse(b"{nope"), Err(EnvelopeError::InvalidJson(_))));
-        assert!(matches!(Envelope::parse(b"[1,2"), Err(EnvelopeError::InvalidJson(_))));
+        assert!(matches!(
+            Envelope::parse(b"{nope"),
+            Err(EnvelopeError::InvalidJson(_))
+        ));
+        assert!(matches!(
+            Envelope::parse(b"[1,2"),
+            Err(EnvelopeError::InvalidJson(_))
+        ));
         assert_eq!(Envelope::parse(b"[1,2]"), Err(EnvelopeError::NotAnObject));
-        assert_eq!(Envelope::parse(b"\"chat\""), Err(EnvelopeError::NotAnObject));
-        assert_eq!(Envelope::parse(br#"{"data":1}"#), Err(EnvelopeError::MissingEvent));
-        assert_eq!(Envelope::parse(br#"{"event":""}"#), Err(EnvelopeError::MissingEvent));
-        assert_eq!(Envelope::parse(br#"{"event":3}"#), Err(EnvelopeError::MissingEvent));
-        assert_eq!(Envelope::parse(br#"{"event":"e","room":5}"#), Err(EnvelopeError::FieldNotString("room")));
+        assert_eq!(
+            Envelope::parse(b"\"chat\""),
+            Err(EnvelopeError::NotAnObject)
+        );
+        assert_eq!(
+            Envelope::parse(br#"{"data":1}"#),
+            Err(EnvelopeError::MissingEvent)
+        );
+        assert_eq!(
+            Envelope::parse(br#"{"event":""}"#),
+            Err(EnvelopeError::MissingEvent)
+        );
+        assert_eq!(
+            Envelope::parse(br#"{"event":3}"#),
+            Err(EnvelopeError::MissingEvent)
+        );
+        assert_eq!(
+            Envelope::parse(br#"{"event":"e","room":5}"#),
+            Err(EnvelopeError::FieldNotString("room"))
+        );
         assert_eq!(
             Envelope::parse(br#"{"event":"e","_correlationId":{}}"#),
             Err(EnvelopeError::FieldNotString("_correlationId"))
@@ -256,17 +287,30 @@ mod tests {
 
     #[test]
     fn builders_produce_the_documented_shapes() {
-        let v: Value = serde_json::from_slice(&encode_event("chat", r#"{"t":"hi"}"#, Some("r"))).unwrap();
-        assert_eq!(v, json!({"event": "chat", "data": {"t": "hi"}, "room": "r"}));
-        let v: Value = serde_json::from_slice(&encode_ack_ok("getUser", "getUser#1", "[1]")).unwrap();
-        assert_eq!(v, json!({"event": "getUser", "data": [1], "_isAck": true, "_correlationId": "getUser#1"}));
-        let v: Value = serde_json::from_slice(&encode_ack_err("g", "c", "unknown_action", "no \"g\"")).unwrap();
+        let v: Value =
+            serde_json::from_slice(&encode_event("chat", r#"{"t":"hi"}"#, Some("r"))).unwrap();
+        assert_eq!(
+            v,
+            json!({"event": "chat", "data": {"t": "hi"}, "room": "r"})
+        );
+        let v: Value =
+            serde_json::from_slice(&encode_ack_ok("getUser", "getUser#1", "[1]")).unwrap();
+        assert_eq!(
+            v,
+            json!({"event": "getUser", "data": [1], "_isAck": true, "_correlationId": "getUser#1"})
+        );
+        let v: Value =
+            serde_json::from_slice(&encode_ack_err("g", "c", "unknown_action", "no \"g\""))
+                .unwrap();
         assert_eq!(
             v,
             json!({"event": "g", "error": {"code": "unknown_action", "message": "no \"g\""}, "_isAck": true, "_correlationId": "c"})
         );
         let v: Value = serde_json::from_slice(&encode_error("not_member", "m")).unwrap();
-        assert_eq!(v, json!({"event": "error", "data": {"code": "not_member", "message": "m"}}));
+        assert_eq!(
+            v,
+            json!({"event": "error", "data": {"code": "not_member", "message": "m"}})
+        );
     }
 
     fn arb_json() -> impl Strategy<Value = Value> {

@@ -98,16 +98,24 @@ impl TcpDecoder {
             return Err(TcpError::FrameTooShort(total));
         }
         if total as usize - HEADER_LEN > self.max_payload {
-            return Err(TcpError::FrameTooBig { len: total, max: self.max_payload });
+            return Err(TcpError::FrameTooBig {
+                len: total,
+                max: self.max_payload,
+            });
         }
-        let Some(&type_byte) = buf.get(4) else { return Ok(None) };
+        let Some(&type_byte) = buf.get(4) else {
+            return Ok(None);
+        };
         let kind = FrameType::try_from(type_byte)?;
         let Some(event_len) = buf.get(5..7).map(|b| u16::from_be_bytes([b[0], b[1]])) else {
             return Ok(None);
         };
         let body_len = total - HEADER_LEN as u32;
         if u32::from(event_len) > body_len {
-            return Err(TcpError::EventOverrun { event_len, body_len });
+            return Err(TcpError::EventOverrun {
+                event_len,
+                body_len,
+            });
         }
         if buf.len() < total as usize {
             buf.reserve(total as usize - buf.len());
@@ -116,13 +124,21 @@ impl TcpDecoder {
         let mut frame = buf.split_to(total as usize);
         frame.advance(HEADER_LEN);
         let event = frame.split_to(event_len as usize);
-        let valid = if kind.has_event() { is_valid_event_name(&event) } else { event.is_empty() };
+        let valid = if kind.has_event() {
+            is_valid_event_name(&event)
+        } else {
+            event.is_empty()
+        };
         if !valid {
             return Err(TcpError::InvalidEventName);
         }
         // Valid names are ASCII, so this cannot fail.
         let event = String::from_utf8(event.to_vec()).map_err(|_| TcpError::InvalidEventName)?;
-        Ok(Some(TcpFrame { kind, event, payload: frame.freeze() }))
+        Ok(Some(TcpFrame {
+            kind,
+            event,
+            payload: frame.freeze(),
+        }))
     }
 }
 
@@ -173,7 +189,10 @@ mod tests {
             let event = if kind.has_event() { "room:join" } else { "" };
             let bytes = encode(kind, event, b"{\"x\":1}");
             let frame = decode_one(&bytes, 1024).unwrap().unwrap();
-            assert_eq!((frame.kind, frame.event.as_str(), &frame.payload[..]), (kind, event, &b"{\"x\":1}"[..]));
+            assert_eq!(
+                (frame.kind, frame.event.as_str(), &frame.payload[..]),
+                (kind, event, &b"{\"x\":1}"[..])
+            );
         }
     }
 
@@ -183,23 +202,51 @@ mod tests {
         let at_limit = encode(FrameType::Binary, "e", &[0; 99]);
         assert!(decode_one(&at_limit, max).unwrap().is_some());
         let over = encode(FrameType::Binary, "e", &[0; 100]);
-        assert_eq!(decode_one(&over[..4], max), Err(TcpError::FrameTooBig { len: 108, max }));
+        assert_eq!(
+            decode_one(&over[..4], max),
+            Err(TcpError::FrameTooBig { len: 108, max })
+        );
     }
 
     #[test]
     fn each_violation_has_its_error() {
-        assert_eq!(decode_one(&[0, 0, 0, 6], 10), Err(TcpError::FrameTooShort(6)));
-        assert_eq!(decode_one(&[0, 0, 0, 7, 0x0C], 10), Err(TcpError::UnknownType(0x0C)));
+        assert_eq!(
+            decode_one(&[0, 0, 0, 6], 10),
+            Err(TcpError::FrameTooShort(6))
+        );
+        assert_eq!(
+            decode_one(&[0, 0, 0, 7, 0x0C], 10),
+            Err(TcpError::UnknownType(0x0C))
+        );
         assert_eq!(
             decode_one(&[0, 0, 0, 8, 0x01, 0, 2], 10),
-            Err(TcpError::EventOverrun { event_len: 2, body_len: 1 })
+            Err(TcpError::EventOverrun {
+                event_len: 2,
+                body_len: 1
+            })
         );
-        assert_eq!(decode_one(&encode(FrameType::Json, "", b"{}"), 10), Err(TcpError::InvalidEventName));
-        assert_eq!(decode_one(&encode(FrameType::Json, "a b", b""), 10), Err(TcpError::InvalidEventName));
-        assert_eq!(decode_one(&encode(FrameType::Ping, "x", b""), 10), Err(TcpError::InvalidEventName));
+        assert_eq!(
+            decode_one(&encode(FrameType::Json, "", b"{}"), 10),
+            Err(TcpError::InvalidEventName)
+        );
+        assert_eq!(
+            decode_one(&encode(FrameType::Json, "a b", b""), 10),
+            Err(TcpError::InvalidEventName)
+        );
+        assert_eq!(
+            decode_one(&encode(FrameType::Ping, "x", b""), 10),
+            Err(TcpError::InvalidEventName)
+        );
         let long = "a".repeat(257);
-        assert_eq!(decode_one(&encode(FrameType::Json, &long, b""), 1000), Err(TcpError::InvalidEventName));
-        assert!(decode_one(&encode(FrameType::Json, &long[..256], b""), 1000).unwrap().is_some());
+        assert_eq!(
+            decode_one(&encode(FrameType::Json, &long, b""), 1000),
+            Err(TcpError::InvalidEventName)
+        );
+        assert!(
+            decode_one(&encode(FrameType::Json, &long[..256], b""), 1000)
+                .unwrap()
+                .is_some()
+        );
         assert_eq!(TcpError::UnknownType(9).code(), "unknown_type");
     }
 
@@ -212,10 +259,15 @@ mod tests {
     }
 
     fn arb_frame() -> impl Strategy<Value = (FrameType, String, Vec<u8>)> {
-        (0usize..11, "[A-Za-z0-9./:_-]{1,20}", proptest::collection::vec(any::<u8>(), 0..64)).prop_map(|(i, e, p)| {
-            let kind = ALL[i];
-            (kind, if kind.has_event() { e } else { String::new() }, p)
-        })
+        (
+            0usize..11,
+            "[A-Za-z0-9./:_-]{1,20}",
+            proptest::collection::vec(any::<u8>(), 0..64),
+        )
+            .prop_map(|(i, e, p)| {
+                let kind = ALL[i];
+                (kind, if kind.has_event() { e } else { String::new() }, p)
+            })
     }
 
     proptest! {

@@ -1,0 +1,372 @@
+//! One client connection: its identity, its bounded write queue and its writer task.
+//!
+//! A connection lives on one worker for its whole life. Everything that sends to it
+//! pushes finished frames into its [`WriteQueue`]; the writer task takes everything
+//! queued in one go and hands it to the kernel in one write per loop turn (a lone frame
+//! goes as is, several are gathered into one buffer). The queue is bounded by
+//! `max_backpressure`: past it the slow-consumer policy closes or drops, so one slow
+//! reader never holds memory or slows the room (SPEC §3.3).
+
+use std::cell::{Cell, RefCell};
+use std::collections::{HashMap, VecDeque};
+use std::future::poll_fn;
+use std::net::SocketAddr;
+use std::os::fd::RawFd;
+use std::rc::Rc;
+use std::task::{Poll, Waker};
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use monoio::io::{AsyncWriteRent, AsyncWriteRentExt, OwnedWriteHalf};
+use monoio::net::TcpStream;
+use stellar_protocol::tcp::FrameType;
+use stellar_protocol::ws::frame::encode_server;
+use stellar_protocol::ws::{CloseCode, CloseFrame, OpCode};
+use stellar_protocol::{envelope, tcp};
+
+use crate::config::SlowConsumerPolicy;
+use crate::mesh::ClientId;
+use crate::outbound::{Outbound, Proto};
+use crate::rooms::RoomName;
+use crate::stats::WorkerStats;
+
+/// Largest single write the writer gathers from the queue.
+const MAX_GATHER: usize = 256 * 1024;
+/// How long a closing connection may take to finish the close handshake before its
+/// socket is shut down under it.
+pub const CLOSE_GRACE: Duration = Duration::from_secs(2);
+
+/// Outcome of queueing a frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Queued {
+    Yes,
+    /// The connection is closing or gone.
+    Closed,
+    /// Over `max_backpressure` with the `drop` policy: this frame was dropped.
+    Dropped,
+    /// Over `max_backpressure` with the `close` policy: the connection is being closed.
+    SlowConsumer,
+}
+
+/// Frames waiting for the writer.
+#[derive(Default)]
+pub struct WriteQueue {
+    frames: VecDeque<Bytes>,
+    bytes: usize,
+    writer: Option<Waker>,
+    /// A close was queued: nothing more is accepted and the writer ends after it.
+    closing: bool,
+    /// The reader is gone: the writer ends once the queue is empty.
+    finished: bool,
+}
+
+impl WriteQueue {
+    fn wake(&mut self) {
+        if let Some(w) = self.writer.take() {
+            w.wake();
+        }
+    }
+}
+
+/// Information about a client, as handlers and middleware see it.
+#[derive(Debug, Clone)]
+pub struct ClientInfo {
+    pub id: String,
+    pub protocol: &'static str,
+    pub remote_address: SocketAddr,
+    /// Milliseconds since the Unix epoch.
+    pub connected_at: u64,
+    pub user_id: Option<String>,
+}
+
+/// A client connection owned by one worker.
+pub struct Conn {
+    pub id: ClientId,
+    pub proto: Proto,
+    pub info: ClientInfo,
+    pub(crate) rooms: RefCell<Vec<RoomName>>,
+    pub(crate) meta: RefCell<HashMap<String, serde_json::Value>>,
+    pub(crate) last_seen: Cell<Instant>,
+    queue: RefCell<WriteQueue>,
+    max_backpressure: Cell<usize>,
+    policy: Cell<SlowConsumerPolicy>,
+    fd: RawFd,
+    /// Socket halves still held by the reader and writer tasks; the fd is open while
+    /// this is above zero.
+    open_halves: Cell<u8>,
+}
+
+impl Conn {
+    pub fn new(
+        id: ClientId,
+        proto: Proto,
+        remote: SocketAddr,
+        fd: RawFd,
+        max_backpressure: usize,
+        policy: SlowConsumerPolicy,
+    ) -> Self {
+        let connected_at = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        Self {
+            id,
+            proto,
+            info: ClientInfo {
+                id: id.to_string(),
+                protocol: proto.as_str(),
+                remote_address: remote,
+                connected_at,
+                user_id: None,
+            },
+            rooms: RefCell::default(),
+            meta: RefCell::default(),
+            last_seen: Cell::new(Instant::now()),
+            queue: RefCell::default(),
+            max_backpressure: Cell::new(max_backpressure),
+            policy: Cell::new(policy),
+            fd,
+            open_halves: Cell::new(2),
+        }
+    }
+
+    pub fn set_limits(&self, max_backpressure: usize, policy: SlowConsumerPolicy) {
+        self.max_backpressure.set(max_backpressure);
+        self.policy.set(policy);
+    }
+
+    pub fn in_room(&self, room: &str) -> bool {
+        self.rooms.borrow().iter().any(|r| &**r == room)
+    }
+
+    /// Queues one frame, applying the slow-consumer policy.
+    pub fn send(self: &Rc<Self>, frame: Bytes, stats: &WorkerStats) -> Queued {
+        let mut q = self.queue.borrow_mut();
+        if q.closing || q.finished {
+            return Queued::Closed;
+        }
+        if q.bytes + frame.len() > self.max_backpressure.get() {
+            drop(q);
+            return match self.policy.get() {
+                SlowConsumerPolicy::Drop => {
+                    stats.slow_consumer_drops.add(1);
+                    Queued::Dropped
+                }
+                SlowConsumerPolicy::Close => {
+                    stats.slow_consumer_closes.add(1);
+                    self.close_now(CloseCode::POLICY_VIOLATION, "slow consumer");
+                    Queued::SlowConsumer
+                }
+            };
+        }
+        q.bytes += frame.len();
+        q.frames.push_back(frame);
+        q.wake();
+        stats.messages_sent.add(1);
+        Queued::Yes
+    }
+
+    /// Queues a shared message in this connection's protocol.
+    pub fn send_outbound(self: &Rc<Self>, msg: &Outbound, stats: &WorkerStats) -> Queued {
+        self.send(msg.frame(self.proto), stats)
+    }
+
+    /// Sends `{"event":event,"data":data}` (raw JSON data) to this client only.
+    pub fn emit_raw(self: &Rc<Self>, event: &str, data: &str, stats: &WorkerStats) -> Queued {
+        let frame = match self.proto {
+            Proto::Ws => encode_server(OpCode::Text, &envelope::encode_event(event, data, None)),
+            Proto::Tcp => tcp::frame::encode(FrameType::Json, event, data.as_bytes()),
+        };
+        self.send(frame, stats)
+    }
+
+    /// Sends an ack reply: the handler's result or its error.
+    pub fn reply_ack(
+        self: &Rc<Self>,
+        name: &str,
+        correlation_id: &str,
+        result: Result<&str, (&str, &str)>,
+        stats: &WorkerStats,
+    ) -> Queued {
+        let frame = match (self.proto, result) {
+            (Proto::Ws, Ok(data)) => encode_server(
+                OpCode::Text,
+                &envelope::encode_ack_ok(name, correlation_id, data),
+            ),
+            (Proto::Ws, Err((code, message))) => encode_server(
+                OpCode::Text,
+                &envelope::encode_ack_err(name, correlation_id, code, message),
+            ),
+            (Proto::Tcp, result) => {
+                let mut body = BytesMut::new();
+                match result {
+                    Ok(data) => {
+                        body.extend_from_slice(b"{\"data\":");
+                        body.extend_from_slice(data.as_bytes());
+                    }
+                    Err((code, message)) => {
+                        body.extend_from_slice(b"{\"error\":");
+                        envelope::write_error_object(&mut body, code, message);
+                    }
+                }
+                body.extend_from_slice(b",\"_correlationId\":");
+                envelope::write_json_string(&mut body, correlation_id);
+                body.extend_from_slice(b"}");
+                tcp::frame::encode(FrameType::AckRes, name, &body)
+            }
+        };
+        self.send(frame, stats)
+    }
+
+    /// Sends an `error` event (SPEC §3.1): the request is refused, the connection stays.
+    pub fn send_error(self: &Rc<Self>, code: &str, message: &str, stats: &WorkerStats) -> Queued {
+        let frame = match self.proto {
+            Proto::Ws => encode_server(OpCode::Text, &envelope::encode_error(code, message)),
+            Proto::Tcp => tcp::frame::encode(FrameType::Error, "error", &error_data(code, message)),
+        };
+        self.send(frame, stats)
+    }
+
+    /// Queues a close (WebSocket close frame; for TCP an ERROR frame unless the close is
+    /// normal, then DISCONNECT) behind what is already queued, and stops accepting more.
+    pub fn close(self: &Rc<Self>, code: CloseCode, reason: &str) {
+        let mut q = self.queue.borrow_mut();
+        if q.closing {
+            return;
+        }
+        let mut push = |frame: Bytes| {
+            q.bytes += frame.len();
+            q.frames.push_back(frame);
+        };
+        match self.proto {
+            Proto::Ws => push(encode_server(
+                OpCode::Close,
+                &CloseFrame::payload(code, reason),
+            )),
+            Proto::Tcp => {
+                if code != CloseCode::NORMAL && code != CloseCode::GOING_AWAY {
+                    push(tcp::frame::encode(
+                        FrameType::Error,
+                        "error",
+                        &error_data(close_error_code(code), reason),
+                    ));
+                }
+                push(tcp::frame::encode(FrameType::Disconnect, "", &[]));
+            }
+        }
+        q.closing = true;
+        q.wake();
+        drop(q);
+        let conn = Rc::clone(self);
+        monoio::spawn(async move {
+            monoio::time::sleep(CLOSE_GRACE).await;
+            conn.kill();
+        });
+    }
+
+    /// Closes ahead of whatever is queued: the queue is discarded (a slow consumer will
+    /// never read it) and only the close is sent.
+    pub fn close_now(self: &Rc<Self>, code: CloseCode, reason: &str) {
+        {
+            let mut q = self.queue.borrow_mut();
+            q.frames.clear();
+            q.bytes = 0;
+        }
+        self.close(code, reason);
+    }
+
+    /// Shuts the socket down now, if it is still open: unblocks a reader waiting on a
+    /// silent peer and a writer stuck on a full socket.
+    pub fn kill(&self) {
+        if self.open_halves.get() > 0 {
+            // The fd stays open while either task holds its half (checked above), so
+            // this cannot hit a recycled descriptor. Errors (already shut) are moot.
+            let _ = nix::sys::socket::shutdown(self.fd, nix::sys::socket::Shutdown::Both);
+        }
+    }
+
+    /// Called by the reader and the writer as each drops its half of the socket.
+    pub fn release_half(&self) {
+        self.open_halves
+            .set(self.open_halves.get().saturating_sub(1));
+    }
+
+    /// The reader is gone: the writer flushes what is queued and ends.
+    pub fn finish(&self) {
+        let mut q = self.queue.borrow_mut();
+        q.finished = true;
+        q.wake();
+    }
+
+    /// Waits for queued frames; `None` once the queue is closed and drained. Takes
+    /// whole frames only, up to [`MAX_GATHER`] bytes (or one larger frame).
+    fn poll_take(&self, cx: &mut std::task::Context<'_>, out: &mut Vec<Bytes>) -> Poll<bool> {
+        let mut q = self.queue.borrow_mut();
+        if q.frames.is_empty() {
+            if q.finished || q.closing {
+                return Poll::Ready(false);
+            }
+            q.writer = Some(cx.waker().clone());
+            return Poll::Pending;
+        }
+        let mut taken = 0;
+        while let Some(front) = q.frames.front() {
+            if taken > 0 && taken + front.len() > MAX_GATHER {
+                break;
+            }
+            taken += front.len();
+            if let Some(frame) = q.frames.pop_front() {
+                out.push(frame);
+            }
+        }
+        q.bytes -= taken;
+        Poll::Ready(true)
+    }
+}
+
+/// The writer task: one write per batch of queued frames, then a half-close once the
+/// queue is closed and drained.
+pub async fn write_loop(
+    conn: Rc<Conn>,
+    mut socket: OwnedWriteHalf<TcpStream>,
+    stats: std::sync::Arc<WorkerStats>,
+) {
+    let mut batch = Vec::new();
+    let mut gather = BytesMut::new();
+    while poll_fn(|cx| conn.poll_take(cx, &mut batch)).await {
+        let buf = match batch.len() {
+            1 => batch.pop().unwrap_or_default(),
+            _ => {
+                for frame in batch.drain(..) {
+                    gather.extend_from_slice(&frame);
+                }
+                gather.split().freeze()
+            }
+        };
+        let len = buf.len() as u64;
+        let (result, _) = socket.write_all(buf).await;
+        if result.is_err() {
+            conn.kill();
+            break;
+        }
+        stats.bytes_out.add(len);
+    }
+    let _ = socket.shutdown().await;
+    conn.release_half();
+}
+
+/// `{"code":..,"message":..}`, the payload of TCP ERROR frames.
+pub fn error_data(code: &str, message: &str) -> Bytes {
+    let mut out = BytesMut::with_capacity(32 + message.len());
+    envelope::write_error_object(&mut out, code, message);
+    out.freeze()
+}
+
+/// The ERROR-frame code a TCP client gets for what would be a WebSocket close code.
+fn close_error_code(code: CloseCode) -> &'static str {
+    match code {
+        CloseCode::MESSAGE_TOO_BIG => "payload_too_large",
+        CloseCode::POLICY_VIOLATION => "policy_violation",
+        CloseCode::PROTOCOL_ERROR => "protocol_error",
+        _ => "closed",
+    }
+}

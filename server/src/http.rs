@@ -1,0 +1,241 @@
+//! Plain HTTP on the WebSocket port (SPEC §6): health, stats, metrics, static files and
+//! the HTTP fallback for `on_ack` handlers. One request per connection, answered with
+//! `Connection: close`.
+
+use std::path::{Component, Path, PathBuf};
+use std::rc::Rc;
+
+use bytes::{Bytes, BytesMut};
+use monoio::io::AsyncWriteRentExt;
+use monoio::net::TcpStream;
+use serde_json::{Value, json};
+use stellar_protocol::ws::handshake::Request;
+
+use crate::api::{Ctx, ServerHandle};
+use crate::config::Config;
+use crate::worker::Worker;
+
+/// A response head and body.
+fn response(status: u16, reason: &str, content_type: &str, body: &[u8]) -> Bytes {
+    let mut out = BytesMut::with_capacity(128 + body.len());
+    out.extend_from_slice(
+        format!(
+            "HTTP/1.1 {status} {reason}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+            body.len()
+        )
+        .as_bytes(),
+    );
+    out.extend_from_slice(body);
+    out.freeze()
+}
+
+fn json_response(status: u16, reason: &str, body: &Value) -> Bytes {
+    response(
+        status,
+        reason,
+        "application/json",
+        body.to_string().as_bytes(),
+    )
+}
+
+/// A response with only a status and a JSON error body.
+pub fn status_only(status: u16, reason: &str) -> Bytes {
+    json_response(status, reason, &json!({ "error": reason }))
+}
+
+/// Answers one HTTP request. `body` holds whatever followed the head in the first reads.
+pub async fn serve(
+    worker: &Rc<Worker>,
+    mut stream: TcpStream,
+    request: Request,
+    mut body: BytesMut,
+) {
+    let config = worker.config();
+    if let Some(len) = request.content_length() {
+        if len > config.max_payload {
+            let _ = stream
+                .write_all(status_only(413, "Payload Too Large"))
+                .await;
+            return;
+        }
+        while body.len() < len {
+            body.reserve(len - body.len());
+            if !matches!(crate::worker::read_append(&mut stream, &mut body).await, Ok(n) if n > 0) {
+                return;
+            }
+        }
+        body.truncate(len);
+    }
+    let answer = route(worker, &config, &request, &body);
+    let _ = stream.write_all(answer).await;
+}
+
+fn route(worker: &Rc<Worker>, config: &Config, request: &Request, body: &[u8]) -> Bytes {
+    let handle = ServerHandle(std::sync::Arc::clone(&worker.shared));
+    match (request.method.as_str(), request.path.as_str()) {
+        ("GET", "/health") if handle.is_shutting_down() => json_response(
+            503,
+            "Service Unavailable",
+            &json!({"status": "shutting_down"}),
+        ),
+        ("GET", "/health") => json_response(200, "OK", &json!({"status": "ok"})),
+        ("GET", "/stats") => {
+            let stats = serde_json::to_value(handle.stats()).unwrap_or(Value::Null);
+            json_response(200, "OK", &stats)
+        }
+        ("GET", "/metrics") => response(
+            200,
+            "OK",
+            "text/plain; version=0.0.4",
+            handle.stats().to_prometheus().as_bytes(),
+        ),
+        ("GET", path) if path.starts_with("/public/") => {
+            match read_public_file(config, &path["/public/".len()..]) {
+                Ok((content, mime)) => response(200, "OK", mime, &content),
+                Err(_) => status_only(404, "Not Found"),
+            }
+        }
+        (method @ ("GET" | "POST"), path) if path.starts_with("/api/") => {
+            action(worker, method, &path["/api/".len()..], request, body)
+        }
+        (_, "/" | "/ws") => response(
+            426,
+            "Upgrade Required",
+            "text/plain",
+            b"WebSocket endpoint: send an Upgrade request",
+        ),
+        _ => status_only(404, "Not Found"),
+    }
+}
+
+/// `POST /api/<action>` (JSON body) or `GET /api/<action>?k=v`: calls the `on_ack`
+/// handler of that name.
+fn action(worker: &Rc<Worker>, method: &str, name: &str, request: &Request, body: &[u8]) -> Bytes {
+    let data = if method == "POST" {
+        if body.is_empty() {
+            Value::Null
+        } else {
+            match serde_json::from_slice(body) {
+                Ok(v) => v,
+                Err(e) => {
+                    return json_response(
+                        400,
+                        "Bad Request",
+                        &json!({"error": {"code": "bad_json", "message": e.to_string()}}),
+                    );
+                }
+            }
+        }
+    } else {
+        let pairs = request
+            .query
+            .as_deref()
+            .unwrap_or("")
+            .split('&')
+            .filter(|kv| !kv.is_empty());
+        Value::Object(
+            pairs
+                .map(|kv| {
+                    let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+                    (k.to_owned(), Value::String(v.to_owned()))
+                })
+                .collect(),
+        )
+    };
+    let Some(handler) = worker.shared.handlers.acks.get(name) else {
+        let error = json!({"error": {"code": "unknown_action", "message": format!("no handler named `{name}`")}});
+        return json_response(404, "Not Found", &error);
+    };
+    let ctx = Ctx::new(worker, None, name, data);
+    match handler(&ctx) {
+        Ok(result) => json_response(200, "OK", &json!({ "data": result })),
+        Err(e) => json_response(
+            422,
+            "Unprocessable Entity",
+            &json!({"error": {"code": e.code, "message": e.message}}),
+        ),
+    }
+}
+
+/// Why a public file cannot be served.
+#[derive(Debug, PartialEq, Eq)]
+pub enum FileError {
+    /// No `public_dir`, a path escaping it, or no such file.
+    NotFound,
+}
+
+/// Reads `path` under `public_dir`, refusing anything that could leave it: absolute
+/// paths, `..`, and symlinks resolving outside.
+pub fn read_public_file(config: &Config, path: &str) -> Result<(Vec<u8>, &'static str), FileError> {
+    let root = config.public_dir.as_ref().ok_or(FileError::NotFound)?;
+    let relative = Path::new(path.trim_start_matches('/'));
+    if relative
+        .components()
+        .any(|c| !matches!(c, Component::Normal(_)))
+    {
+        return Err(FileError::NotFound);
+    }
+    let root = root.canonicalize().map_err(|_| FileError::NotFound)?;
+    let full: PathBuf = root
+        .join(relative)
+        .canonicalize()
+        .map_err(|_| FileError::NotFound)?;
+    if !full.starts_with(&root) || !full.is_file() {
+        return Err(FileError::NotFound);
+    }
+    let content = std::fs::read(&full).map_err(|_| FileError::NotFound)?;
+    Ok((content, mime_of(&full)))
+}
+
+fn mime_of(path: &Path) -> &'static str {
+    match path.extension().and_then(|e| e.to_str()).unwrap_or("") {
+        "html" | "htm" => "text/html; charset=utf-8",
+        "js" | "mjs" => "text/javascript; charset=utf-8",
+        "css" => "text/css; charset=utf-8",
+        "json" => "application/json",
+        "txt" => "text/plain; charset=utf-8",
+        "png" => "image/png",
+        "jpg" | "jpeg" => "image/jpeg",
+        "gif" => "image/gif",
+        "svg" => "image/svg+xml",
+        "wasm" => "application/wasm",
+        _ => "application/octet-stream",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn public_files_never_leave_the_directory() {
+        let dir = std::env::temp_dir().join(format!("stellar-public-{}", std::process::id()));
+        std::fs::create_dir_all(dir.join("sub")).unwrap();
+        std::fs::write(dir.join("sub/a.txt"), "hello").unwrap();
+        let config = Config {
+            public_dir: Some(dir.clone()),
+            ..Config::default()
+        };
+        assert_eq!(
+            read_public_file(&config, "sub/a.txt").unwrap(),
+            (b"hello".to_vec(), "text/plain; charset=utf-8")
+        );
+        for bad in [
+            "../etc/passwd",
+            "/etc/passwd",
+            "sub/../../x",
+            "sub",
+            "missing.txt",
+        ] {
+            assert_eq!(
+                read_public_file(&config, bad),
+                Err(FileError::NotFound),
+                "{bad}"
+            );
+        }
+        assert_eq!(
+            read_public_file(&Config::default(), "a.txt"),
+            Err(FileError::NotFound)
+        );
+    }
+}

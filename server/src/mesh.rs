@@ -1,0 +1,206 @@
+//! The cross-core queues: how work for another worker reaches it (SPEC §2).
+//!
+//! Every worker has one [`Inbox`]: a lock-free MPMC segment queue that any thread pushes
+//! into, plus a "notified" flag so the receiving loop is woken at most once per batch,
+//! however many messages arrive before it runs. Messages carry finished frames
+//! ([`Outbound`]) and a routing key, never a closure into another worker's state.
+
+use std::future::poll_fn;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::task::Poll;
+
+use atomic_waker::AtomicWaker;
+use crossbeam_queue::SegQueue;
+
+use crate::config::Config;
+use crate::outbound::Outbound;
+use crate::rooms::RoomName;
+
+/// A client id names its worker, so `to_id` goes straight to the right inbox.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ClientId {
+    pub worker: u16,
+    pub seq: u64,
+}
+
+impl std::fmt::Display for ClientId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}-{}", self.worker, self.seq)
+    }
+}
+
+impl std::str::FromStr for ClientId {
+    type Err = ();
+
+    fn from_str(s: &str) -> Result<Self, ()> {
+        let (worker, seq) = s.split_once('-').ok_or(())?;
+        Ok(Self {
+            worker: worker.parse().map_err(|_| ())?,
+            seq: seq.parse().map_err(|_| ())?,
+        })
+    }
+}
+
+/// Work for one worker.
+pub enum MeshMsg {
+    /// Deliver to this worker's members of `room`, except `exclude`.
+    Room {
+        room: RoomName,
+        msg: Arc<Outbound>,
+        exclude: Option<ClientId>,
+    },
+    /// Deliver to every connection of this worker, except `exclude`.
+    All {
+        msg: Arc<Outbound>,
+        exclude: Option<ClientId>,
+    },
+    /// Deliver to one connection of this worker.
+    Client { id: ClientId, msg: Arc<Outbound> },
+    /// `worker` gained its first (`joined`) or lost its last member of `room`. The
+    /// sender waits on `barrier` before confirming a join, so a `joined-room` reply
+    /// means every worker will route the room's messages to it.
+    Interest {
+        room: RoomName,
+        worker: usize,
+        joined: bool,
+        barrier: Option<Arc<Barrier>>,
+    },
+    /// Configuration changed at run time.
+    Config(Arc<Config>),
+    /// Stop accepting and close every client with 1001 (graceful), or drop them now.
+    Shutdown {
+        graceful: bool,
+        timeout: std::time::Duration,
+    },
+}
+
+/// One worker's queue of cross-core work.
+#[derive(Default)]
+pub struct Inbox {
+    queue: SegQueue<MeshMsg>,
+    notified: AtomicBool,
+    waker: AtomicWaker,
+}
+
+impl Inbox {
+    /// Queues `msg`; wakes the worker only if it was not already told about a batch.
+    pub fn push(&self, msg: MeshMsg) {
+        self.queue.push(msg);
+        if !self.notified.swap(true, Ordering::AcqRel) {
+            self.waker.wake();
+        }
+    }
+
+    /// Waits for at least one message and moves everything queued into `batch`.
+    pub async fn recv_batch(&self, batch: &mut Vec<MeshMsg>) {
+        poll_fn(|cx| {
+            self.waker.register(cx.waker());
+            // Cleared before draining: a push racing with the drain sets it again and
+            // wakes us, so nothing is left behind unnoticed.
+            self.notified.store(false, Ordering::Release);
+            while let Some(msg) = self.queue.pop() {
+                batch.push(msg);
+            }
+            if batch.is_empty() {
+                Poll::Pending
+            } else {
+                Poll::Ready(())
+            }
+        })
+        .await
+    }
+}
+
+/// A countdown that wakes one waiter when every worker has acknowledged.
+pub struct Barrier {
+    remaining: AtomicUsize,
+    waker: AtomicWaker,
+}
+
+impl Barrier {
+    pub fn new(count: usize) -> Arc<Self> {
+        Arc::new(Self {
+            remaining: AtomicUsize::new(count),
+            waker: AtomicWaker::new(),
+        })
+    }
+
+    pub fn arrive(&self) {
+        if self.remaining.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.waker.wake();
+        }
+    }
+
+    pub async fn wait(&self) {
+        poll_fn(|cx| {
+            self.waker.register(cx.waker());
+            if self.remaining.load(Ordering::Acquire) == 0 {
+                Poll::Ready(())
+            } else {
+                Poll::Pending
+            }
+        })
+        .await
+    }
+}
+
+/// Every worker's inbox, shared by workers and handles.
+pub struct Mesh {
+    pub inboxes: Vec<Inbox>,
+}
+
+impl Mesh {
+    pub fn new(workers: usize) -> Arc<Self> {
+        Arc::new(Self {
+            inboxes: (0..workers).map(|_| Inbox::default()).collect(),
+        })
+    }
+
+    pub fn workers(&self) -> usize {
+        self.inboxes.len()
+    }
+
+    /// Pushes to one worker; an id naming a worker that does not exist is dropped.
+    pub fn send(&self, worker: usize, msg: MeshMsg) {
+        if let Some(inbox) = self.inboxes.get(worker) {
+            inbox.push(msg);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn client_ids_round_trip_through_text() {
+        let id = ClientId { worker: 3, seq: 41 };
+        assert_eq!(id.to_string(), "3-41");
+        assert_eq!("3-41".parse(), Ok(id));
+        assert!("3".parse::<ClientId>().is_err());
+        assert!("x-1".parse::<ClientId>().is_err());
+    }
+
+    #[test]
+    fn a_batch_from_another_thread_arrives_whole_with_one_wake() {
+        let inbox = Arc::new(Inbox::default());
+        let sender = Arc::clone(&inbox);
+        std::thread::spawn(move || {
+            for _ in 0..100 {
+                sender.push(MeshMsg::Shutdown {
+                    graceful: true,
+                    timeout: std::time::Duration::ZERO,
+                });
+            }
+        })
+        .join()
+        .unwrap();
+        let mut rt = monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
+            .build()
+            .unwrap();
+        let mut batch = Vec::new();
+        rt.block_on(inbox.recv_batch(&mut batch));
+        assert_eq!(batch.len(), 100);
+    }
+}

@@ -1,0 +1,139 @@
+//! A message on its way to many connections, framed at most once per protocol.
+//!
+//! This is where a message becomes "to many" (STYLE §2): the WebSocket frame and the TCP
+//! frame are each built the first time a recipient of that protocol needs them, then
+//! every recipient's write queue holds a refcounted clone of the same `Bytes`, whichever
+//! worker it lives on.
+
+use std::sync::{Arc, OnceLock};
+
+use bytes::Bytes;
+use stellar_protocol::tcp::FrameType;
+use stellar_protocol::ws::OpCode;
+use stellar_protocol::ws::frame::encode_server;
+use stellar_protocol::{binary, envelope, tcp};
+
+/// Which wire a connection speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Proto {
+    Ws,
+    Tcp,
+}
+
+impl Proto {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Ws => "websocket",
+            Self::Tcp => "tcp",
+        }
+    }
+}
+
+/// What is being sent, before framing.
+#[derive(Debug)]
+enum Body {
+    /// A JSON event; `data` is raw JSON text.
+    Event {
+        event: Box<str>,
+        data: Box<str>,
+        room: Option<Box<str>>,
+    },
+    /// A binary event.
+    Binary {
+        event: Box<str>,
+        room: Option<Box<str>>,
+        payload: Bytes,
+    },
+}
+
+/// A message shared by its recipients; see the module docs.
+#[derive(Debug)]
+pub struct Outbound {
+    body: Body,
+    ws: OnceLock<Bytes>,
+    tcp: OnceLock<Bytes>,
+}
+
+impl Outbound {
+    /// `{"event":event,"data":data[,"room":room]}`; `data` must be valid JSON text.
+    pub fn event(event: &str, data: &str, room: Option<&str>) -> Arc<Self> {
+        Self::new(Body::Event {
+            event: event.into(),
+            data: data.into(),
+            room: room.map(Into::into),
+        })
+    }
+
+    /// A binary event (`[u32 header length][header JSON][payload]` on WebSocket).
+    pub fn binary(event: &str, room: Option<&str>, payload: Bytes) -> Arc<Self> {
+        Self::new(Body::Binary {
+            event: event.into(),
+            room: room.map(Into::into),
+            payload,
+        })
+    }
+
+    fn new(body: Body) -> Arc<Self> {
+        Arc::new(Self {
+            body,
+            ws: OnceLock::new(),
+            tcp: OnceLock::new(),
+        })
+    }
+
+    /// The frame for `proto`, built on first use and shared afterwards.
+    pub fn frame(&self, proto: Proto) -> Bytes {
+        match proto {
+            Proto::Ws => self.ws.get_or_init(|| self.encode_ws()).clone(),
+            Proto::Tcp => self.tcp.get_or_init(|| self.encode_tcp()).clone(),
+        }
+    }
+
+    fn encode_ws(&self) -> Bytes {
+        match &self.body {
+            Body::Event { event, data, room } => {
+                let json = envelope::encode_event(event, data, room.as_deref());
+                encode_server(OpCode::Text, &json)
+            }
+            Body::Binary {
+                event,
+                room,
+                payload,
+            } => {
+                let msg = binary::encode(event, room.as_deref(), payload);
+                encode_server(OpCode::Binary, &msg)
+            }
+        }
+    }
+
+    fn encode_tcp(&self) -> Bytes {
+        match &self.body {
+            Body::Event { event, data, .. } => {
+                tcp::frame::encode(FrameType::Json, event, data.as_bytes())
+            }
+            Body::Binary { event, payload, .. } => {
+                tcp::frame::encode(FrameType::Binary, event, payload)
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_protocol_is_framed_once_and_shared() {
+        let msg = Outbound::event("chat", r#"{"text":"hi"}"#, Some("lobby"));
+        let a = msg.frame(Proto::Ws);
+        let b = msg.frame(Proto::Ws);
+        assert_eq!(
+            a.as_ptr(),
+            b.as_ptr(),
+            "the same bytes, not a second encoding"
+        );
+        let tcp = msg.frame(Proto::Tcp);
+        assert_eq!(&tcp[4..5], &[FrameType::Json as u8]);
+        assert!(tcp.ends_with(br#"{"text":"hi"}"#));
+    }
+}

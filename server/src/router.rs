@@ -1,0 +1,483 @@
+//! Where an inbound message goes: a reserved verb, a handler, or a room relay
+//! (SPEC §3.1-§3.3).
+//!
+//! WebSocket messages and TCP frames are brought to one shape ([`Inbound`]) and routed
+//! the same way, so both kinds of client share rooms, ids and handlers. Only `event`
+//! and the routing fields are looked at; `data` stays raw JSON text unless a handler or
+//! a verb needs its value.
+
+use std::rc::Rc;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use serde_json::{Value, json};
+use stellar_protocol::binary::BinaryMessage;
+use stellar_protocol::envelope::Envelope;
+use stellar_protocol::tcp;
+use stellar_protocol::tcp::{FrameType, TcpFrame};
+use stellar_protocol::ws::frame::encode_server;
+use stellar_protocol::ws::{CloseCode, Message, OpCode};
+
+use crate::api::Ctx;
+use crate::connection::Conn;
+use crate::mesh::Barrier;
+use crate::outbound::Outbound;
+use crate::worker::{JoinError, Worker};
+
+/// What the reader does after a message.
+pub enum Flow {
+    Continue,
+    /// Wait until every worker knows about a join before reading on.
+    Wait(Arc<Barrier>),
+    /// The connection is closing: stop routing.
+    Stop,
+}
+
+/// Event names the server owns; a handler cannot take them.
+const SERVER_EVENTS: &[&str] = &[
+    "welcome",
+    "auth_success",
+    "auth_error",
+    "joined-room",
+    "left-room",
+    "subscribed",
+    "unsubscribed",
+    "pong",
+    "alert",
+    "error",
+];
+
+/// A client message reduced to its routing fields.
+struct Inbound<'a> {
+    event: &'a str,
+    room: Option<&'a str>,
+    /// Raw JSON text of `data`.
+    data: Option<&'a str>,
+    /// `(handler, correlation id)` for a request.
+    ack: Option<(&'a str, &'a str)>,
+}
+
+/// `{"id","message","context"}` of the `welcome` event.
+pub fn welcome_data(id: &str) -> String {
+    json!({"id": id, "message": "Connected", "context": "api"}).to_string()
+}
+
+pub fn on_ws_message(worker: &Rc<Worker>, conn: &Rc<Conn>, msg: Message) -> Flow {
+    match msg {
+        Message::Text(text) => {
+            worker.stats.messages_received.add(1);
+            match Envelope::parse(&text) {
+                Ok(env) => {
+                    let inbound = Inbound {
+                        event: &env.event,
+                        room: env.room.as_deref(),
+                        data: env.data.as_deref(),
+                        ack: env
+                            .correlation_id
+                            .as_deref()
+                            .map(|c| (env.ack_handler().unwrap_or(&env.event), c)),
+                    };
+                    route(worker, conn, &inbound)
+                }
+                Err(e) => {
+                    conn.send_error(e.code(), &e.to_string(), &worker.stats);
+                    Flow::Continue
+                }
+            }
+        }
+        Message::Binary(bytes) => {
+            worker.stats.messages_received.add(1);
+            on_binary(worker, conn, &bytes)
+        }
+        Message::Ping(payload) => {
+            conn.send(encode_server(OpCode::Pong, &payload), &worker.stats);
+            Flow::Continue
+        }
+        Message::Pong(_) => Flow::Continue,
+        Message::Close(frame) => {
+            let code = frame.map_or(CloseCode::NORMAL, |f| f.code);
+            conn.close(code, "");
+            Flow::Stop
+        }
+    }
+}
+
+pub fn on_tcp_frame(worker: &Rc<Worker>, conn: &Rc<Conn>, frame: TcpFrame) -> Flow {
+    worker.stats.messages_received.add(1);
+    let payload = frame.payload;
+    match frame.kind {
+        FrameType::Json => {
+            let Ok(text) = std::str::from_utf8(&payload) else {
+                conn.send_error("bad_json", "payload is not UTF-8", &worker.stats);
+                return Flow::Continue;
+            };
+            let routed = tcp_room_event(text);
+            let inbound = Inbound {
+                event: &frame.event,
+                room: routed.as_ref().map(|(r, _)| r.as_str()),
+                data: Some(routed.as_ref().map_or(text, |(_, d)| d.as_str())),
+                ack: None,
+            };
+            route(worker, conn, &inbound)
+        }
+        FrameType::AckReq => {
+            let request: Value = serde_json::from_slice(&payload).unwrap_or(Value::Null);
+            let Some(correlation) = request.get("_correlationId").and_then(Value::as_str) else {
+                conn.send_error(
+                    "invalid_envelope",
+                    "ACK_REQ needs `_correlationId`",
+                    &worker.stats,
+                );
+                return Flow::Continue;
+            };
+            let data = request.get("data").map(Value::to_string);
+            let inbound = Inbound {
+                event: &frame.event,
+                room: None,
+                data: data.as_deref(),
+                ack: Some((&frame.event, correlation)),
+            };
+            route(worker, conn, &inbound)
+        }
+        FrameType::Join | FrameType::Leave => {
+            let Ok(room) = std::str::from_utf8(&payload) else {
+                conn.send_error("invalid_room", "room name is not UTF-8", &worker.stats);
+                return Flow::Continue;
+            };
+            if frame.kind == FrameType::Join {
+                join(worker, conn, room, "joined-room", None)
+            } else {
+                leave(worker, conn, room, "left-room", None)
+            }
+        }
+        FrameType::Ping => {
+            conn.send(tcp::frame::encode(FrameType::Pong, "", &[]), &worker.stats);
+            Flow::Continue
+        }
+        FrameType::Pong => Flow::Continue,
+        FrameType::Disconnect => {
+            conn.close(CloseCode::NORMAL, "");
+            Flow::Stop
+        }
+        FrameType::Binary => Flow::Continue,
+        FrameType::Connect | FrameType::AckRes | FrameType::Error => {
+            conn.send_error(
+                "unexpected_frame",
+                "this frame type is sent by servers only",
+                &worker.stats,
+            );
+            Flow::Continue
+        }
+    }
+}
+
+/// A TCP JSON payload `{"room":"r","data":D}` is a room event with data `D`.
+fn tcp_room_event(text: &str) -> Option<(String, String)> {
+    let value: Value = serde_json::from_str(text).ok()?;
+    let object = value.as_object()?;
+    if object.len() != 2 {
+        return None;
+    }
+    let room = object.get("room")?.as_str()?.to_owned();
+    Some((room, object.get("data")?.to_string()))
+}
+
+fn on_binary(worker: &Rc<Worker>, conn: &Rc<Conn>, bytes: &Bytes) -> Flow {
+    let msg = match BinaryMessage::parse(bytes) {
+        Ok(m) => m,
+        Err(e) => {
+            conn.send_error(e.code(), &e.to_string(), &worker.stats);
+            return Flow::Continue;
+        }
+    };
+    if let Some(room) = msg.room.as_deref() {
+        if !conn.in_room(room) {
+            conn.send_error(
+                "not_member",
+                &format!("not a member of room `{room}`"),
+                &worker.stats,
+            );
+            return Flow::Continue;
+        }
+        let out = Outbound::binary(&msg.event, Some(room), Bytes::copy_from_slice(msg.payload));
+        worker.publish_room(room, out, Some(conn.id));
+    }
+    Flow::Continue
+}
+
+fn route(worker: &Rc<Worker>, conn: &Rc<Conn>, msg: &Inbound<'_>) -> Flow {
+    let data_str = || {
+        msg.data
+            .and_then(|d| serde_json::from_str::<String>(d).ok())
+    };
+    match msg.event {
+        "join-room" => join(
+            worker,
+            conn,
+            &data_str().unwrap_or_default(),
+            "joined-room",
+            msg.ack,
+        ),
+        "subscribe" => join(
+            worker,
+            conn,
+            &data_str().unwrap_or_default(),
+            "subscribed",
+            msg.ack,
+        ),
+        "leave-room" => leave(
+            worker,
+            conn,
+            &data_str().unwrap_or_default(),
+            "left-room",
+            msg.ack,
+        ),
+        "unsubscribe" => leave(
+            worker,
+            conn,
+            &data_str().unwrap_or_default(),
+            "unsubscribed",
+            msg.ack,
+        ),
+        "say" => say(worker, conn, msg.data),
+        "room-view" => {
+            let room = data_str().unwrap_or_default();
+            let members: Vec<String> = worker
+                .shared
+                .dirs
+                .clients(Some(&room))
+                .iter()
+                .map(ToString::to_string)
+                .collect();
+            let view = json!({"room": room, "membersCount": members.len(), "members": members});
+            reply(worker, conn, "room-view", msg.ack, Ok(view.to_string()))
+        }
+        "details" => {
+            let rooms: Vec<String> = conn
+                .rooms
+                .borrow()
+                .iter()
+                .map(ToString::to_string)
+                .collect();
+            let info = &conn.info;
+            let details = json!({
+                "id": info.id, "remoteAddress": info.remote_address.to_string(),
+                "protocol": info.protocol, "connectedAt": info.connected_at, "rooms": rooms,
+            });
+            reply(worker, conn, "details", msg.ack, Ok(details.to_string()))
+        }
+        "file" => {
+            let path = data_str().unwrap_or_default();
+            let answer =
+                crate::http::read_public_file(&worker.config(), &path).map(|(content, mime)| {
+                    let text = String::from_utf8_lossy(&content);
+                    json!({"content": text, "mime": mime, "length": content.len()}).to_string()
+                });
+            let answer = answer.map_err(|_| ("not_found", format!("file `{path}` not found")));
+            reply(
+                worker,
+                conn,
+                "file",
+                msg.ack,
+                answer
+                    .as_ref()
+                    .map(String::clone)
+                    .map_err(|(c, m)| (*c, m.clone())),
+            )
+        }
+        "ping" => {
+            conn.emit_raw("pong", msg.data.unwrap_or("null"), &worker.stats);
+            Flow::Continue
+        }
+        "auth" => {
+            conn.emit_raw(
+                "auth_error",
+                r#"{"error":"authentication is not enabled on this server"}"#,
+                &worker.stats,
+            );
+            Flow::Continue
+        }
+        name if SERVER_EVENTS.contains(&name) => {
+            conn.send_error(
+                "reserved_event",
+                &format!("`{name}` is sent by the server only"),
+                &worker.stats,
+            );
+            Flow::Continue
+        }
+        _ => user_event(worker, conn, msg),
+    }
+}
+
+/// Replies to a verb: an ack reply when it was a request, else an event of that name.
+fn reply(
+    worker: &Worker,
+    conn: &Rc<Conn>,
+    event: &str,
+    ack: Option<(&str, &str)>,
+    answer: Result<String, (&str, String)>,
+) -> Flow {
+    match (ack, &answer) {
+        (Some((name, correlation)), Ok(data)) => {
+            conn.reply_ack(name, correlation, Ok(data), &worker.stats)
+        }
+        (Some((name, correlation)), Err((code, message))) => {
+            conn.reply_ack(name, correlation, Err((code, message)), &worker.stats)
+        }
+        (None, Ok(data)) => conn.emit_raw(event, data, &worker.stats),
+        (None, Err((code, message))) => conn.send_error(code, message, &worker.stats),
+    };
+    Flow::Continue
+}
+
+fn join(
+    worker: &Rc<Worker>,
+    conn: &Rc<Conn>,
+    room: &str,
+    answer: &str,
+    ack: Option<(&str, &str)>,
+) -> Flow {
+    if room.is_empty() {
+        conn.send_error(
+            "invalid_room",
+            "room name must be a non-empty string",
+            &worker.stats,
+        );
+        return Flow::Continue;
+    }
+    let name = serde_json::to_string(room).unwrap_or_default();
+    match worker.join(conn, room) {
+        Ok(barrier) => {
+            conn.emit_raw(answer, &name, &worker.stats);
+            if let Some((handler, correlation)) = ack {
+                conn.reply_ack(handler, correlation, Ok(&name), &worker.stats);
+            }
+            // The reply is queued, but the reader waits for the barrier before it reads
+            // on, and the writer only sends it with what follows; see `Flow::Wait`.
+            barrier.map_or(Flow::Continue, Flow::Wait)
+        }
+        Err(JoinError::TooManyRooms) => {
+            conn.send_error(
+                "too_many_rooms",
+                "max_rooms_per_client reached",
+                &worker.stats,
+            );
+            Flow::Continue
+        }
+        Err(JoinError::ServerRoomsFull) => {
+            conn.send_error(
+                "max_rooms",
+                "the server holds max_rooms rooms",
+                &worker.stats,
+            );
+            Flow::Continue
+        }
+    }
+}
+
+fn leave(
+    worker: &Rc<Worker>,
+    conn: &Rc<Conn>,
+    room: &str,
+    answer: &str,
+    ack: Option<(&str, &str)>,
+) -> Flow {
+    worker.leave(conn, room);
+    let name = serde_json::to_string(room).unwrap_or_default();
+    conn.emit_raw(answer, &name, &worker.stats);
+    if let Some((handler, correlation)) = ack {
+        conn.reply_ack(handler, correlation, Ok(&name), &worker.stats);
+    }
+    Flow::Continue
+}
+
+fn say(worker: &Rc<Worker>, conn: &Rc<Conn>, data: Option<&str>) -> Flow {
+    let parsed: Value = data
+        .and_then(|d| serde_json::from_str(d).ok())
+        .unwrap_or(Value::Null);
+    let (Some(room), Some(message)) = (
+        parsed.get("room").and_then(Value::as_str),
+        parsed.get("message"),
+    ) else {
+        conn.send_error(
+            "invalid_envelope",
+            "say needs {\"room\",\"message\"}",
+            &worker.stats,
+        );
+        return Flow::Continue;
+    };
+    if !conn.in_room(room) {
+        conn.send_error(
+            "not_member",
+            &format!("not a member of room `{room}`"),
+            &worker.stats,
+        );
+        return Flow::Continue;
+    }
+    let sent_at = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    let body = json!({"room": room, "from": conn.info.id, "message": message, "sentAt": sent_at});
+    worker.publish_room(
+        room,
+        Outbound::event("say", &body.to_string(), None),
+        Some(conn.id),
+    );
+    Flow::Continue
+}
+
+fn user_event(worker: &Rc<Worker>, conn: &Rc<Conn>, msg: &Inbound<'_>) -> Flow {
+    let handlers = &worker.shared.handlers;
+    if let Some((name, correlation)) = msg.ack {
+        let Some(handler) = handlers.acks.get(name) else {
+            conn.reply_ack(
+                name,
+                correlation,
+                Err(("unknown_action", &format!("no handler named `{name}`"))),
+                &worker.stats,
+            );
+            return Flow::Continue;
+        };
+        let ctx = Ctx::new(worker, Some(conn), name, parse_data(msg.data));
+        match handler(&ctx) {
+            Ok(result) => conn.reply_ack(name, correlation, Ok(&result.to_string()), &worker.stats),
+            Err(e) => conn.reply_ack(name, correlation, Err((&e.code, &e.message)), &worker.stats),
+        };
+        return ctx.into_flow();
+    }
+    if let Some(room) = msg.room {
+        if !conn.in_room(room) {
+            conn.send_error(
+                "not_member",
+                &format!("not a member of room `{room}`"),
+                &worker.stats,
+            );
+            return Flow::Continue;
+        }
+        let allowed = handlers
+            .room_event
+            .as_ref()
+            .is_none_or(|hook| hook(&conn.info, room, msg.event));
+        if allowed {
+            let out = Outbound::event(msg.event, msg.data.unwrap_or("null"), Some(room));
+            worker.publish_room(room, out, Some(conn.id));
+        }
+    }
+    let specific = handlers.events.get(msg.event);
+    if specific.is_none() && handlers.all.is_empty() {
+        return Flow::Continue;
+    }
+    let ctx = Ctx::new(worker, Some(conn), msg.event, parse_data(msg.data));
+    for handler in specific.into_iter().flatten() {
+        handler(&ctx);
+    }
+    for handler in &handlers.all {
+        handler(&ctx);
+    }
+    ctx.into_flow()
+}
+
+fn parse_data(data: Option<&str>) -> Value {
+    data.and_then(|d| serde_json::from_str(d).ok())
+        .unwrap_or(Value::Null)
+}

@@ -1,0 +1,237 @@
+//! Slow consumers, heartbeats, graceful shutdown, limits and stelar-time-real
+//! compatibility.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use common::*;
+use serde_json::json;
+use stellar_server::{Config, Driver, Server};
+use tungstenite::Message;
+use tungstenite::protocol::frame::coding::CloseCode;
+
+#[test]
+fn slow_consumer_is_closed_while_the_room_keeps_receiving() {
+    let s = TestServer::with(config(1, Driver::Auto));
+    let (mut publisher, mut good, mut slow) = (s.ws(), s.ws(), s.ws());
+    for c in [&mut publisher, &mut good, &mut slow] {
+        c.join("flood");
+    }
+    let payload = "x".repeat(1024);
+    let (total, batch) = (20_000, 500);
+    // The good member reads as it goes and reports progress, so the publisher never
+    // runs more than one batch (~0.5 MiB, under the 1 MiB max_backpressure) ahead of
+    // it; the slow member never reads, so 20 MiB pile up for it.
+    let (progress, acked) = std::sync::mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        for seq in 0..total {
+            let got = good.recv_event("blob");
+            assert_eq!(got["data"]["seq"], seq);
+            if (seq + 1) % batch == 0 {
+                progress.send(seq).unwrap();
+            }
+        }
+        good
+    });
+    for seq in 0..total {
+        publisher
+            .send(json!({"event": "blob", "room": "flood", "data": {"seq": seq, "p": payload}}));
+        if (seq + 1) % batch == 0 {
+            acked
+                .recv_timeout(TIMEOUT)
+                .expect("the good member keeps receiving");
+        }
+    }
+    let mut good = reader
+        .join()
+        .expect("the good member got every message in order");
+    let (code, reason) = slow.expect_close();
+    assert_eq!(
+        (code, reason.as_str()),
+        (CloseCode::Policy, "slow consumer")
+    );
+    assert_eq!(s.handle.stats().slow_consumer_closes, 1);
+    good.send(json!({"event": "ping"}));
+    good.recv_event("pong");
+}
+
+#[test]
+fn silent_client_is_dropped_after_heartbeat_timeout() {
+    let config = Config {
+        heartbeat_interval: Duration::from_millis(100),
+        heartbeat_timeout: Duration::from_millis(400),
+        ..config(1, Driver::Auto)
+    };
+    let s = TestServer::with(config);
+    let mut silent = s.ws();
+    let mut lively = s.ws();
+    // The lively client keeps reading, so tungstenite answers each ping with a pong.
+    let keep_alive = std::thread::spawn(move || {
+        lively
+            .ws
+            .get_mut()
+            .set_read_timeout(Some(Duration::from_millis(50)))
+            .unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_millis(1200);
+        let mut pings = 0;
+        while std::time::Instant::now() < deadline {
+            match lively.ws.read() {
+                Ok(Message::Ping(_)) => pings += 1,
+                Ok(Message::Close(f)) => panic!("lively client closed: {f:?}"),
+                _ => {}
+            }
+            let _ = lively.ws.flush();
+        }
+        assert!(pings > 0, "an idle client is pinged");
+        lively
+    });
+    std::thread::sleep(Duration::from_millis(800));
+    let (code, reason) = silent.expect_close();
+    assert_eq!(
+        (code, reason.as_str()),
+        (CloseCode::Away, "Heartbeat timeout")
+    );
+    let mut lively = keep_alive.join().unwrap();
+    lively.ws.get_mut().set_read_timeout(Some(TIMEOUT)).unwrap();
+    lively.send(json!({"event": "ping"}));
+    lively.recv_event("pong");
+}
+
+#[test]
+fn graceful_shutdown_sends_1001_and_runs_hooks() {
+    let hooked = Arc::new(AtomicBool::new(false));
+    let flag = Arc::clone(&hooked);
+    let s = TestServer::start(
+        Server::builder()
+            .config(config(2, Driver::Auto))
+            .on_shutdown(move |signal, forced| {
+                assert_eq!((signal, forced), ("api", false));
+                flag.store(true, Ordering::SeqCst);
+            }),
+    );
+    let mut clients = clients_on_every_worker(&s, 2, 4);
+    let handle = s.handle.clone();
+    let stopper = std::thread::spawn(move || handle.shutdown(Duration::from_secs(5)));
+    for c in &mut clients {
+        let (code, reason) = c.expect_close();
+        assert_eq!(
+            (code, reason.as_str()),
+            (CloseCode::Away, "Server shutting down")
+        );
+        let _ = c.ws.flush();
+    }
+    stopper.join().unwrap();
+    assert!(hooked.load(Ordering::SeqCst));
+    assert!(
+        std::net::TcpStream::connect(("127.0.0.1", s.handle.port())).is_err(),
+        "no longer accepting"
+    );
+}
+
+#[test]
+fn full_server_closes_new_clients_with_1008() {
+    let config = Config {
+        max_connections: 2,
+        ..config(1, Driver::Auto)
+    };
+    let s = TestServer::with(config);
+    let (_a, _b) = (s.ws(), s.ws());
+    let stream = std::net::TcpStream::connect(("127.0.0.1", s.handle.port())).unwrap();
+    stream.set_read_timeout(Some(TIMEOUT)).unwrap();
+    let (mut ws, _) =
+        tungstenite::client(format!("ws://127.0.0.1:{}/", s.handle.port()), stream).unwrap();
+    match ws.read() {
+        Ok(Message::Close(Some(f))) => assert_eq!(
+            (f.code, f.reason.as_str()),
+            (CloseCode::Policy, "Server full")
+        ),
+        other => panic!("expected close, got {other:?}"),
+    }
+}
+
+#[test]
+fn room_limits_answer_errors() {
+    let config = Config {
+        max_rooms_per_client: 2,
+        ..config(1, Driver::Auto)
+    };
+    let s = TestServer::with(config);
+    let mut c = s.ws();
+    c.join("a");
+    c.join("b");
+    c.send(json!({"event": "join-room", "data": "c"}));
+    assert_eq!(c.recv_event("error")["data"]["code"], "too_many_rooms");
+}
+
+#[test]
+fn oversized_message_closes_with_1009() {
+    let config = Config {
+        max_payload: 1024,
+        ..config(1, Driver::Auto)
+    };
+    let s = TestServer::with(config);
+    let mut c = s.ws();
+    let mut other = s.ws();
+    c.send_raw(&format!(r#"{{"event":"x","data":"{}"}}"#, "y".repeat(2000)));
+    let (code, _) = c.expect_close();
+    assert_eq!(code, CloseCode::Size);
+    other.send(json!({"event": "ping"}));
+    other.recv_event("pong");
+}
+
+/// A client written for stelar-time-real 3.x sends exactly these bytes.
+#[test]
+fn stelar_time_real_client_frames_work_unchanged() {
+    let s = TestServer::with(config(1, Driver::Auto));
+    // Raw handshake as its Node client writes it.
+    let mut raw = std::net::TcpStream::connect(("127.0.0.1", s.handle.port())).unwrap();
+    raw.set_read_timeout(Some(TIMEOUT)).unwrap();
+    raw.write_all(
+        b"GET / HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+    )
+    .unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        raw.read_exact(&mut byte).unwrap();
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8(head).unwrap();
+    assert!(
+        head.contains("Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n"),
+        "{head}"
+    );
+    let mut ws =
+        tungstenite::WebSocket::from_raw_socket(raw, tungstenite::protocol::Role::Client, None);
+    let welcome: serde_json::Value = match ws.read().unwrap() {
+        Message::Text(t) => serde_json::from_str(&t).unwrap(),
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(welcome["data"]["context"], "api");
+    ws.send(Message::text(r#"{"event":"join-room","data":"legacy"}"#))
+        .unwrap();
+    ws.send(Message::text(
+        r#"{"event":"echo","data":{"n":1},"_ackName":"echo","_correlationId":"echo#1"}"#,
+    ))
+    .unwrap();
+    let mut got = Vec::new();
+    while got.len() < 2 {
+        if let Message::Text(t) = ws.read().unwrap() {
+            got.push(serde_json::from_str::<serde_json::Value>(&t).unwrap());
+        }
+    }
+    assert_eq!(got[0], json!({"event": "joined-room", "data": "legacy"}));
+    assert_eq!(got[1]["_correlationId"], "echo#1");
+    assert_eq!(
+        got[1]["error"]["code"], "unknown_action",
+        "no echo handler in the library by default"
+    );
+    // Its TCP client reads the id from the CONNECT frame's payload as text.
+    let tcp = s.tcp();
+    assert!(tcp.id.parse::<String>().is_ok() && tcp.id.contains('-'));
+}

@@ -1,0 +1,241 @@
+//! Every reserved verb of SPEC §3.1, acks, and error events, over real WebSockets.
+
+mod common;
+
+use common::*;
+use serde_json::{Value, json};
+use stellar_server::{AckError, Driver, Server};
+use tungstenite::Message;
+
+fn server() -> TestServer {
+    let dir = std::env::temp_dir().join(format!("stellar-verbs-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("hello.txt"), "hello file").unwrap();
+    let config = stellar_server::Config {
+        public_dir: Some(dir),
+        ..config(2, Driver::Auto)
+    };
+    TestServer::start(
+        Server::builder()
+            .config(config)
+            .on_ack("getUser", |ctx| match ctx.data().get("id") {
+                Some(id) => Ok(json!({"id": id, "name": "Ada"})),
+                None => Err(AckError::new("bad_request", "id is required")),
+            })
+            .on("shout", |ctx| ctx.emit("shouted", ctx.data())),
+    )
+}
+
+#[test]
+fn welcome_names_the_client_and_its_worker() {
+    let s = server();
+    let c = s.ws();
+    assert!(c.worker() < 2);
+}
+
+#[test]
+fn join_and_leave_and_their_aliases_answer() {
+    let s = server();
+    let mut c = s.ws();
+    c.join("lobby");
+    c.send(json!({"event": "subscribe", "data": "news"}));
+    assert_eq!(c.recv_event("subscribed")["data"], "news");
+    c.send(json!({"event": "leave-room", "data": "lobby"}));
+    assert_eq!(c.recv_event("left-room")["data"], "lobby");
+    c.send(json!({"event": "unsubscribe", "data": "news"}));
+    assert_eq!(c.recv_event("unsubscribed")["data"], "news");
+    eventually("rooms to empty", || s.handle.rooms().is_empty());
+}
+
+#[test]
+fn room_events_reach_other_members_only() {
+    let s = server();
+    let (mut a, mut b, mut outsider) = (s.ws(), s.ws(), s.ws());
+    a.join("r");
+    b.join("r");
+    a.send(json!({"event": "move", "room": "r", "data": {"x": 1}}));
+    let got = b.recv_event("move");
+    assert_eq!(got["data"], json!({"x": 1}));
+    assert_eq!(got["room"], "r");
+    // Not echoed to the sender: its next message is the answer to a ping.
+    a.send(json!({"event": "ping"}));
+    a.recv_event("pong");
+    outsider.send(json!({"event": "move", "room": "r", "data": 1}));
+    assert_eq!(outsider.recv_event("error")["data"]["code"], "not_member");
+}
+
+#[test]
+fn say_is_relayed_with_sender_and_time() {
+    let s = server();
+    let (mut a, mut b) = (s.ws(), s.ws());
+    a.join("chat");
+    b.join("chat");
+    a.send(json!({"event": "say", "data": {"room": "chat", "message": "hi"}}));
+    let said = b.recv_event("say");
+    assert_eq!(said["data"]["room"], "chat");
+    assert_eq!(said["data"]["from"], a.id.as_str());
+    assert_eq!(said["data"]["message"], "hi");
+    assert!(said["data"]["sentAt"].as_u64().unwrap() > 0);
+}
+
+#[test]
+fn room_view_and_details_answer_as_acks() {
+    let s = server();
+    let (mut a, mut b) = (s.ws(), s.ws());
+    a.join("v");
+    b.join("v");
+    let view = a.request("room-view", json!("v"), "rv#1");
+    assert_eq!(view["event"], "room-view");
+    assert_eq!(view["data"]["membersCount"], 2);
+    let mut members: Vec<String> = view["data"]["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m.as_str().unwrap().to_owned())
+        .collect();
+    members.sort();
+    let mut expected = vec![a.id.clone(), b.id.clone()];
+    expected.sort();
+    assert_eq!(members, expected);
+    let details = a.request("details", Value::Null, "d#1");
+    assert_eq!(details["data"]["id"], a.id.as_str());
+    assert_eq!(details["data"]["protocol"], "websocket");
+    assert_eq!(details["data"]["rooms"], json!(["v"]));
+    assert!(
+        details["data"]["remoteAddress"]
+            .as_str()
+            .unwrap()
+            .starts_with("127.0.0.1:")
+    );
+}
+
+#[test]
+fn file_serves_from_public_dir_and_refuses_traversal() {
+    let s = server();
+    let mut c = s.ws();
+    let ok = c.request("file", json!("hello.txt"), "f#1");
+    assert_eq!(
+        ok["data"],
+        json!({"content": "hello file", "mime": "text/plain; charset=utf-8", "length": 10})
+    );
+    let escape = c.request("file", json!("../../etc/passwd"), "f#2");
+    assert_eq!(escape["error"]["code"], "not_found");
+}
+
+#[test]
+fn ping_event_and_ping_frame_are_answered() {
+    let s = server();
+    let mut c = s.ws();
+    c.send(json!({"event": "ping", "data": 7}));
+    assert_eq!(c.recv_event("pong")["data"], 7);
+    c.ws.send(Message::Ping(b"beat".to_vec().into())).unwrap();
+    loop {
+        match c.ws.read().unwrap() {
+            Message::Pong(p) => {
+                assert_eq!(&p[..], b"beat");
+                break;
+            }
+            other => panic!("expected pong, got {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn acks_reply_with_result_error_or_unknown_action() {
+    let s = server();
+    let mut c = s.ws();
+    let ok = c.request("getUser", json!({"id": 7}), "getUser#1");
+    assert_eq!(ok["event"], "getUser");
+    assert_eq!(ok["data"], json!({"id": 7, "name": "Ada"}));
+    let failed = c.request("getUser", json!({}), "getUser#2");
+    assert_eq!(
+        failed["error"],
+        json!({"code": "bad_request", "message": "id is required"})
+    );
+    let unknown = c.request("nope", json!({}), "nope#1");
+    assert_eq!(unknown["error"]["code"], "unknown_action");
+    // Handler named by `event` when only `_correlationId` is given.
+    c.send(json!({"event": "getUser", "data": {"id": 1}, "_correlationId": "c9"}));
+    let by_event = c.recv_json();
+    assert_eq!(
+        (
+            by_event["_correlationId"].as_str(),
+            by_event["data"]["name"].as_str()
+        ),
+        (Some("c9"), Some("Ada"))
+    );
+}
+
+#[test]
+fn handlers_get_events_and_can_emit() {
+    let s = server();
+    let mut c = s.ws();
+    c.send(json!({"event": "shout", "data": "hey"}));
+    assert_eq!(c.recv_event("shouted")["data"], "hey");
+}
+
+#[test]
+fn malformed_envelopes_get_error_events_and_the_connection_stays() {
+    let s = server();
+    let mut c = s.ws();
+    c.send_raw("{not json");
+    assert_eq!(c.recv_event("error")["data"]["code"], "bad_json");
+    c.send_raw(r#"{"data": 1}"#);
+    assert_eq!(c.recv_event("error")["data"]["code"], "invalid_envelope");
+    c.send(json!({"event": "welcome", "data": {}}));
+    assert_eq!(c.recv_event("error")["data"]["code"], "reserved_event");
+    let ok = c.request("getUser", json!({"id": 2}), "after#1");
+    assert_eq!(ok["data"]["id"], 2);
+}
+
+#[test]
+fn alert_reaches_one_client() {
+    let s = server();
+    let mut c = s.ws();
+    assert!(s.handle.alert(&c.id, "maintenance at noon"));
+    assert_eq!(
+        c.recv_event("alert")["data"]["message"],
+        "maintenance at noon"
+    );
+}
+
+#[test]
+fn http_health_stats_and_metrics() {
+    let s = server();
+    let _c = s.ws();
+    let get = |path: &str| -> String {
+        use std::io::{Read, Write};
+        let mut stream = std::net::TcpStream::connect(("127.0.0.1", s.handle.port())).unwrap();
+        stream.set_read_timeout(Some(TIMEOUT)).unwrap();
+        write!(stream, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+        let mut out = String::new();
+        stream.read_to_string(&mut out).unwrap();
+        out
+    };
+    let health = get("/health");
+    assert!(health.starts_with("HTTP/1.1 200 OK\r\n"), "{health}");
+    assert!(health.ends_with(r#"{"status":"ok"}"#));
+    let stats = get("/stats");
+    let body: Value = serde_json::from_str(stats.split("\r\n\r\n").nth(1).unwrap()).unwrap();
+    assert_eq!(body["activeConnections"], 1);
+    assert_eq!(body["workers"].as_array().unwrap().len(), 2);
+    let metrics = get("/metrics");
+    assert!(
+        metrics.contains("stellar_connections_active 1\n"),
+        "{metrics}"
+    );
+    assert!(get("/nope").starts_with("HTTP/1.1 404"));
+}
+
+#[test]
+fn stats_count_connections_and_messages() {
+    let s = server();
+    let mut c = s.ws();
+    c.send(json!({"event": "ping"}));
+    c.recv_event("pong");
+    let stats = s.handle.stats();
+    assert_eq!(stats.active_connections, 1);
+    assert_eq!(stats.ws_connections, 1);
+    assert!(stats.total_messages_received >= 1);
+    assert!(stats.total_messages_sent >= 2);
+}
