@@ -162,11 +162,7 @@ impl ServerBuilder {
             .parse()
             .map_err(|_| StartError::Address(self.config.host.clone()))?;
         let ws = bind_group(SocketAddr::new(ip, self.config.port), workers)?;
-        let tcp_port = match self.config.tcp_port() {
-            0 => 0,
-            p => p,
-        };
-        let tcp = bind_group(SocketAddr::new(ip, tcp_port), workers)?;
+        let tcp = bind_group(SocketAddr::new(ip, self.config.tcp_port()), workers)?;
         let port = ws
             .first()
             .and_then(|l| l.local_addr().ok())

@@ -274,16 +274,7 @@ fn route(worker: &Rc<Worker>, conn: &Rc<Conn>, msg: &Inbound<'_>) -> Flow {
                     json!({"content": text, "mime": mime, "length": content.len()}).to_string()
                 });
             let answer = answer.map_err(|_| ("not_found", format!("file `{path}` not found")));
-            reply(
-                worker,
-                conn,
-                "file",
-                msg.ack,
-                answer
-                    .as_ref()
-                    .map(String::clone)
-                    .map_err(|(c, m)| (*c, m.clone())),
-            )
+            reply(worker, conn, "file", msg.ack, answer)
         }
         "ping" => {
             conn.emit_raw("pong", msg.data.unwrap_or("null"), &worker.stats);

@@ -84,8 +84,14 @@ pub fn run(
             .enable_timer()
             .build()
         {
-            Ok(monoio::FusionRuntime::Uring(mut rt)) => Ok(rt.block_on(main("uring"))),
-            Ok(monoio::FusionRuntime::Legacy(mut rt)) => Ok(rt.block_on(main("epoll"))),
+            Ok(monoio::FusionRuntime::Uring(mut rt)) => {
+                rt.block_on(main("uring"));
+                Ok(())
+            }
+            Ok(monoio::FusionRuntime::Legacy(mut rt)) => {
+                rt.block_on(main("epoll"));
+                Ok(())
+            }
             Err(e) => Err(e),
         },
     };
@@ -422,12 +428,12 @@ impl Worker {
         };
         let room = conn.rooms.borrow_mut().swap_remove(at);
         let last = self.rooms.borrow_mut().leave(&room, conn);
-        if let Some(mut dir) = self.shared.dirs.lock(self.index) {
-            if let Some(members) = dir.rooms.get_mut(&room) {
-                members.remove(&conn.id);
-                if members.is_empty() {
-                    dir.rooms.remove(&room);
-                }
+        if let Some(mut dir) = self.shared.dirs.lock(self.index)
+            && let Some(members) = dir.rooms.get_mut(&room)
+        {
+            members.remove(&conn.id);
+            if members.is_empty() {
+                dir.rooms.remove(&room);
             }
         }
         if last {
