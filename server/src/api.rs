@@ -555,7 +555,9 @@ impl<'a> Ctx<'a> {
     }
 
     pub(crate) fn into_flow(self) -> Flow {
-        self.pending.into_inner().map_or(Flow::Continue, Flow::Wait)
+        self.pending
+            .into_inner()
+            .map_or(Flow::Continue, |b| Flow::Wait(b, Vec::new()))
     }
 
     /// The client's id (`"http"` for an HTTP action).

@@ -172,11 +172,15 @@ impl Conn {
 
     /// Sends `{"event":event,"data":data}` (raw JSON data) to this client only.
     pub fn emit_raw(self: &Rc<Self>, event: &str, data: &str, stats: &WorkerStats) -> Queued {
-        let frame = match self.proto {
+        self.send(self.event_frame(event, data), stats)
+    }
+
+    /// The frame of a JSON event for this connection's protocol.
+    pub fn event_frame(&self, event: &str, data: &str) -> Bytes {
+        match self.proto {
             Proto::Ws => encode_server(OpCode::Text, &envelope::encode_event(event, data, None)),
             Proto::Tcp => tcp::frame::encode(FrameType::Json, event, data.as_bytes()),
-        };
-        self.send(frame, stats)
+        }
     }
 
     /// Sends an ack reply: the handler's result or its error.
@@ -187,7 +191,17 @@ impl Conn {
         result: Result<&str, (&str, &str)>,
         stats: &WorkerStats,
     ) -> Queued {
-        let frame = match (self.proto, result) {
+        self.send(self.ack_frame(name, correlation_id, result), stats)
+    }
+
+    /// The frame of an ack reply (WebSocket envelope or TCP ACK_RES).
+    pub fn ack_frame(
+        &self,
+        name: &str,
+        correlation_id: &str,
+        result: Result<&str, (&str, &str)>,
+    ) -> Bytes {
+        match (self.proto, result) {
             (Proto::Ws, Ok(data)) => encode_server(
                 OpCode::Text,
                 &envelope::encode_ack_ok(name, correlation_id, data),
@@ -213,8 +227,7 @@ impl Conn {
                 body.extend_from_slice(b"}");
                 tcp::frame::encode(FrameType::AckRes, name, &body)
             }
-        };
-        self.send(frame, stats)
+        }
     }
 
     /// Sends an `error` event (SPEC §3.1): the request is refused, the connection stays.

@@ -9,14 +9,15 @@
 use std::rc::Rc;
 use std::sync::Arc;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use serde_json::{Value, json};
 use stellar_protocol::binary::BinaryMessage;
 use stellar_protocol::envelope::Envelope;
 use stellar_protocol::tcp;
-use stellar_protocol::tcp::{FrameType, TcpFrame};
+use stellar_protocol::tcp::{FrameType, TcpDecoder, TcpFrame};
 use stellar_protocol::ws::frame::encode_server;
-use stellar_protocol::ws::{CloseCode, Message, OpCode};
+use stellar_protocol::ws::{CloseCode, Message, MessageDecoder, OpCode};
+use tracing::debug;
 
 use crate::api::Ctx;
 use crate::connection::Conn;
@@ -27,8 +28,10 @@ use crate::worker::{JoinError, Worker};
 /// What the reader does after a message.
 pub enum Flow {
     Continue,
-    /// Wait until every worker knows about a join before reading on.
-    Wait(Arc<Barrier>),
+    /// Wait until every worker knows about a join, then send these replies and read
+    /// on: a `joined-room` means the room's messages will reach the client from any
+    /// worker.
+    Wait(Arc<Barrier>, Vec<Bytes>),
     /// The connection is closing: stop routing.
     Stop,
 }
@@ -57,12 +60,51 @@ struct Inbound<'a> {
     ack: Option<(&'a str, &'a str)>,
 }
 
+/// A connection's inbound decoder, by protocol.
+pub enum Decoder {
+    Ws(MessageDecoder),
+    Tcp(TcpDecoder),
+}
+
+impl Decoder {
+    /// Decodes the next message from `buf` and routes it; `None` when `buf` holds no
+    /// whole message. A framing violation closes the connection (`Flow::Stop`).
+    pub fn route_next(
+        &mut self,
+        worker: &Rc<Worker>,
+        conn: &Rc<Conn>,
+        buf: &mut BytesMut,
+    ) -> Option<Flow> {
+        match self {
+            Self::Ws(decoder) => match decoder.decode(buf) {
+                Ok(Some(msg)) => Some(on_ws_message(worker, conn, msg)),
+                Ok(None) => None,
+                Err(e) => {
+                    debug!(client = %conn.id, error = %e, "protocol violation");
+                    conn.close(e.close_code(), &e.to_string());
+                    Some(Flow::Stop)
+                }
+            },
+            Self::Tcp(decoder) => match decoder.decode(buf) {
+                Ok(Some(frame)) => Some(on_tcp_frame(worker, conn, frame)),
+                Ok(None) => None,
+                Err(e) => {
+                    debug!(client = %conn.id, error = %e, "tcp frame refused");
+                    conn.send_error(e.code(), &e.to_string(), &worker.stats);
+                    conn.close(CloseCode::NORMAL, "");
+                    Some(Flow::Stop)
+                }
+            },
+        }
+    }
+}
+
 /// `{"id","message","context"}` of the `welcome` event.
 pub fn welcome_data(id: &str) -> String {
     json!({"id": id, "message": "Connected", "context": "api"}).to_string()
 }
 
-pub fn on_ws_message(worker: &Rc<Worker>, conn: &Rc<Conn>, msg: Message) -> Flow {
+fn on_ws_message(worker: &Rc<Worker>, conn: &Rc<Conn>, msg: Message) -> Flow {
     match msg {
         Message::Text(text) => {
             worker.stats.messages_received.add(1);
@@ -102,7 +144,7 @@ pub fn on_ws_message(worker: &Rc<Worker>, conn: &Rc<Conn>, msg: Message) -> Flow
     }
 }
 
-pub fn on_tcp_frame(worker: &Rc<Worker>, conn: &Rc<Conn>, frame: TcpFrame) -> Flow {
+fn on_tcp_frame(worker: &Rc<Worker>, conn: &Rc<Conn>, frame: TcpFrame) -> Flow {
     worker.stats.messages_received.add(1);
     let payload = frame.payload;
     match frame.kind {
@@ -339,13 +381,19 @@ fn join(
     let name = serde_json::to_string(room).unwrap_or_default();
     match worker.join(conn, room) {
         Ok(barrier) => {
-            conn.emit_raw(answer, &name, &worker.stats);
+            let mut replies = vec![conn.event_frame(answer, &name)];
             if let Some((handler, correlation)) = ack {
-                conn.reply_ack(handler, correlation, Ok(&name), &worker.stats);
+                replies.push(conn.ack_frame(handler, correlation, Ok(&name)));
             }
-            // The reply is queued, but the reader waits for the barrier before it reads
-            // on, and the writer only sends it with what follows; see `Flow::Wait`.
-            barrier.map_or(Flow::Continue, Flow::Wait)
+            match barrier {
+                Some(barrier) => Flow::Wait(barrier, replies),
+                None => {
+                    for reply in replies {
+                        conn.send(reply, &worker.stats);
+                    }
+                    Flow::Continue
+                }
+            }
         }
         Err(JoinError::TooManyRooms) => {
             conn.send_error(

@@ -31,7 +31,7 @@ use crate::http;
 use crate::mesh::{Barrier, ClientId, MeshMsg};
 use crate::outbound::{Outbound, Proto};
 use crate::rooms::{Interest, LocalRooms, RoomName};
-use crate::router::{self, Flow};
+use crate::router::{self, Decoder, Flow};
 use crate::stats::WorkerStats;
 
 /// Bytes asked of the kernel per read.
@@ -603,81 +603,43 @@ impl Worker {
             }
         }
         if self.admit_hooks(&conn) {
-            match conn.proto {
-                Proto::Ws => self.read_ws(&conn, reader, leftover).await,
-                Proto::Tcp => self.read_tcp(&conn, reader, leftover).await,
-            }
+            self.read_loop(&conn, reader, leftover).await;
         }
         self.unregister(&conn);
         conn.finish();
         conn.release_half();
     }
 
-    async fn read_ws(
+    /// Decodes and routes until the peer goes away. After a close, keeps reading (and
+    /// discarding) until the peer closes or the grace period shuts the socket, so our
+    /// close frame is not lost to a reset.
+    async fn read_loop(
         self: &Rc<Self>,
         conn: &Rc<Conn>,
         mut reader: impl AsyncReadRent,
         mut buf: BytesMut,
     ) {
-        let mut decoder = MessageDecoder::new(DecoderConfig {
-            max_message_size: self.config().max_payload,
-            ..DecoderConfig::default()
-        });
+        let max_payload = self.config().max_payload;
+        let mut decoder = match conn.proto {
+            Proto::Ws => Decoder::Ws(MessageDecoder::new(DecoderConfig {
+                max_message_size: max_payload,
+                ..DecoderConfig::default()
+            })),
+            Proto::Tcp => Decoder::Tcp(TcpDecoder::new(max_payload)),
+        };
         let mut open = true;
         loop {
             while open {
-                match decoder.decode(&mut buf) {
-                    Ok(Some(msg)) => match router::on_ws_message(self, conn, msg) {
-                        Flow::Continue => {}
-                        Flow::Wait(barrier) => barrier.wait().await,
-                        Flow::Stop => open = false,
-                    },
-                    Ok(None) => break,
-                    Err(e) => {
-                        debug!(client = %conn.id, error = %e, "protocol violation");
-                        conn.close(e.close_code(), &e.to_string());
-                        open = false;
+                match decoder.route_next(self, conn, &mut buf) {
+                    None => break,
+                    Some(Flow::Continue) => {}
+                    Some(Flow::Wait(barrier, replies)) => {
+                        barrier.wait().await;
+                        for reply in replies {
+                            conn.send(reply, &self.stats);
+                        }
                     }
-                }
-            }
-            if !open {
-                // Closing: keep reading (and discarding) until the peer closes or the
-                // grace period shuts the socket, so our close frame is not reset away.
-                buf.clear();
-            }
-            if !self.read_more(conn, &mut reader, &mut buf).await {
-                return;
-            }
-        }
-    }
-
-    async fn read_tcp(
-        self: &Rc<Self>,
-        conn: &Rc<Conn>,
-        mut reader: impl AsyncReadRent,
-        mut buf: BytesMut,
-    ) {
-        let mut decoder = TcpDecoder::new(self.config().max_payload);
-        let mut open = true;
-        loop {
-            while open {
-                match decoder.decode(&mut buf) {
-                    Ok(Some(frame)) => match router::on_tcp_frame(self, conn, frame) {
-                        Flow::Continue => {}
-                        Flow::Wait(barrier) => barrier.wait().await,
-                        Flow::Stop => open = false,
-                    },
-                    Ok(None) => break,
-                    Err(e) => {
-                        debug!(client = %conn.id, error = %e, "tcp frame refused");
-                        let data = crate::connection::error_data(e.code(), &e.to_string());
-                        conn.send(
-                            tcp::frame::encode(FrameType::Error, "error", &data),
-                            &self.stats,
-                        );
-                        conn.close(CloseCode::NORMAL, "");
-                        open = false;
-                    }
+                    Some(Flow::Stop) => open = false,
                 }
             }
             if !open {

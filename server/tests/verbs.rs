@@ -7,12 +7,22 @@ use serde_json::{Value, json};
 use stellar_server::{AckError, Driver, Server};
 use tungstenite::Message;
 
+/// The public directory, written once: tests run in parallel threads and must not
+/// rewrite a file another test's server is reading.
+fn public_dir() -> std::path::PathBuf {
+    static DIR: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+    DIR.get_or_init(|| {
+        let dir = std::env::temp_dir().join(format!("stellar-verbs-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("hello.txt"), "hello file").unwrap();
+        dir
+    })
+    .clone()
+}
+
 fn server() -> TestServer {
-    let dir = std::env::temp_dir().join(format!("stellar-verbs-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    std::fs::write(dir.join("hello.txt"), "hello file").unwrap();
     let config = stellar_server::Config {
-        public_dir: Some(dir),
+        public_dir: Some(public_dir()),
         ..config(2, Driver::Auto)
     };
     TestServer::start(
