@@ -1,6 +1,374 @@
-//! The `stellar-bench` load generator.
+//! `stellar-bench`: a thread-per-core load generator for Stellar and any server that
+//! speaks its envelope (SPEC §9). Every speed claim of the project comes from here.
+//!
+//! One generator thread per `--cpus` entry, pinned, each with its own io_uring (monoio)
+//! loop holding its share of the clients. Connections come from 127.0.0.1, .2, ... so
+//! more than 64 k of them fit. Publishers are open-loop; latency is measured from the
+//! intended send time; warm-up is excluded; the run is bounded by `--duration`.
+
+mod conn;
+mod report;
+mod scenario;
+
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::PathBuf;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use indicatif::{ProgressBar, ProgressStyle};
+
+use conn::Proto;
+use report::{Percentiles, Report};
+use scenario::{Counters, Run, Scenario};
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-fn main() {}
+/// Load generator for Stellar and peer servers.
+#[derive(Debug, Parser)]
+#[command(name = "stellar-bench", version)]
+struct Args {
+    /// Scenario to run.
+    #[arg(value_enum)]
+    scenario: Scenario,
+    /// Server address (host:port): the WebSocket port, or the TCP port with `--proto tcp`.
+    #[arg(long, default_value = "127.0.0.1:3000")]
+    server: String,
+    #[arg(long, value_enum, default_value = "ws")]
+    proto: Proto,
+    /// Cores to run generator threads on, e.g. `1` or `0,1`.
+    #[arg(long, value_delimiter = ',', default_value = "0")]
+    cpus: Vec<usize>,
+    /// Clients (broadcast: rooms × members).
+    #[arg(long, default_value_t = 1000)]
+    clients: usize,
+    /// Rooms (broadcast); fanout uses one.
+    #[arg(long, default_value_t = 100)]
+    rooms: usize,
+    /// Publishing clients (broadcast).
+    #[arg(long, default_value_t = 100)]
+    publishers: usize,
+    /// Target messages per second over all publishers (echo/ack: over all clients).
+    #[arg(long, default_value_t = 1000.0)]
+    rate: f64,
+    /// Padding bytes added to each message.
+    #[arg(long, default_value_t = 32)]
+    payload: usize,
+    /// Measured seconds, after the warm-up.
+    #[arg(long, default_value_t = 10.0)]
+    duration: f64,
+    /// Warm-up seconds, not measured.
+    #[arg(long, default_value_t = 2.0)]
+    warmup: f64,
+    /// Connections opened at once per thread (connect, idle).
+    #[arg(long, default_value_t = 64)]
+    concurrency: usize,
+    /// Seed for the room assignment.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// PID of the server, to read its CPU time and RSS from /proc.
+    #[arg(long)]
+    server_pid: Option<String>,
+    /// Label of the server in reports.
+    #[arg(long, default_value = "stellar")]
+    label: String,
+    /// Where to write the JSON result (an SVG plot is written beside it).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Exit non-zero when the loss ratio exceeds this.
+    #[arg(long, default_value_t = 0.0)]
+    max_loss: f64,
+    /// Exit non-zero when errors exceed this.
+    #[arg(long, default_value_t = 0)]
+    max_errors: u64,
+}
+
+fn main() -> std::process::ExitCode {
+    let args = Args::parse();
+    raise_fd_limit();
+    let server = match args
+        .server
+        .to_socket_addrs()
+        .ok()
+        .and_then(|mut a| a.next())
+    {
+        Some(a) => a,
+        None => {
+            eprintln!("stellar-bench: cannot resolve {}", args.server);
+            return std::process::ExitCode::from(2);
+        }
+    };
+    let report = run(&args, server);
+    report.print();
+    if let Some(out) = &args.out
+        && let Err(e) = report.write_json(out)
+    {
+        eprintln!("stellar-bench: writing {}: {e}", out.display());
+    }
+    let failed = report.loss_ratio > args.max_loss
+        || report.errors + report.connect_errors > args.max_errors;
+    if failed {
+        eprintln!("stellar-bench: loss or errors over the threshold");
+        return std::process::ExitCode::from(1);
+    }
+    std::process::ExitCode::SUCCESS
+}
+
+fn raise_fd_limit() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    if let Ok((_, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
+        let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
+    }
+}
+
+/// Deals clients into rooms reproducibly from the seed.
+fn assign_rooms(clients: usize, rooms: usize, seed: u64) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..clients).collect();
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    for i in (1..order.len()).rev() {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        order.swap(i, (x % (i as u64 + 1)) as usize);
+    }
+    let mut room_of = vec![0; clients];
+    for (slot, client) in order.into_iter().enumerate() {
+        room_of[client] = slot % rooms.max(1);
+    }
+    room_of
+}
+
+fn run(args: &Args, server: SocketAddr) -> Report {
+    let rooms = match args.scenario {
+        Scenario::Fanout => 1,
+        Scenario::Broadcast | Scenario::Binary => args.rooms.max(1),
+        _ => 1,
+    };
+    let publishers = match args.scenario {
+        Scenario::Fanout => 1,
+        Scenario::Broadcast | Scenario::Binary => args.publishers.clamp(1, rooms),
+        _ => 0,
+    };
+    let run = Arc::new(Run {
+        scenario: args.scenario,
+        proto: args.proto,
+        server,
+        clients: args.clients,
+        rooms,
+        publishers,
+        rate: args.rate,
+        payload: args.payload,
+        concurrency: args.concurrency,
+        room_of: assign_rooms(args.clients, rooms, args.seed),
+        start: Instant::now(),
+        go: AtomicBool::new(false),
+        go_at: AtomicU64::new(0),
+        window: (AtomicU64::new(u64::MAX), AtomicU64::new(u64::MAX)),
+        done: AtomicBool::new(false),
+        counters: Counters::default(),
+        close_codes: Mutex::default(),
+    });
+    let rss_before = args.server_pid.as_deref().and_then(report::rss_bytes);
+    let gen_cpu_before = report::cpu_seconds("self").unwrap_or(0.0);
+    let threads: Vec<_> = args
+        .cpus
+        .iter()
+        .enumerate()
+        .map(|(t, &cpu)| {
+            let run = Arc::clone(&run);
+            let count = args.cpus.len();
+            std::thread::spawn(move || generator_thread(run, t, count, cpu))
+        })
+        .collect();
+
+    // Phase 1: connect (and join) everyone.
+    let bar = ProgressBar::new(args.clients as u64);
+    bar.set_style(
+        ProgressStyle::with_template("{msg:12} [{bar:40}] {pos}/{len} {elapsed}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    bar.set_message("connecting");
+    let storm_start = Instant::now();
+    let connect_deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let c = &run.counters;
+        let settled =
+            c.connected.load(Ordering::Relaxed) + c.connect_errors.load(Ordering::Relaxed);
+        bar.set_position(settled);
+        if settled >= args.clients as u64 || Instant::now() > connect_deadline {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let storm_seconds = storm_start.elapsed().as_secs_f64();
+
+    // Phase 2: run, measuring only the window after the warm-up.
+    let go = run.now_ns() + 50_000_000;
+    let from = go + (args.warmup * 1e9) as u64;
+    let until = from + (args.duration * 1e9) as u64;
+    run.go_at.store(go, Ordering::Release);
+    run.window.0.store(from, Ordering::Release);
+    run.window.1.store(until, Ordering::Release);
+    run.go.store(true, Ordering::Release);
+    let measuring = matches!(args.scenario, Scenario::Connect);
+    let wait = |ns: u64| {
+        let now = run.now_ns();
+        if ns > now {
+            std::thread::sleep(Duration::from_nanos(ns - now));
+        }
+    };
+    bar.set_length((args.warmup + args.duration).ceil() as u64);
+    bar.set_position(0);
+    bar.set_message(if measuring { "holding" } else { "running" });
+    let mut server_cpu = (None, None);
+    let mut rss_after = None;
+    if !measuring {
+        wait(from);
+        server_cpu.0 = args.server_pid.as_deref().and_then(report::cpu_seconds);
+        while run.now_ns() < until {
+            bar.set_position(
+                ((run.now_ns().saturating_sub(go)) / 1_000_000_000).min(bar.length().unwrap_or(0)),
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        server_cpu.1 = args.server_pid.as_deref().and_then(report::cpu_seconds);
+        rss_after = args.server_pid.as_deref().and_then(report::rss_bytes);
+        // Let deliveries in flight arrive.
+        std::thread::sleep(Duration::from_secs(2));
+    }
+    bar.finish_and_clear();
+    run.done.store(true, Ordering::Release);
+    let mut latency = scenario::new_histogram();
+    for t in threads {
+        if let Ok(h) = t.join() {
+            let _ = latency.add(&h);
+        }
+    }
+    let gen_cpu = report::cpu_seconds("self").unwrap_or(0.0) - gen_cpu_before;
+
+    let c = &run.counters;
+    let seconds = if measuring {
+        storm_seconds
+    } else {
+        args.duration
+    };
+    let delivered = c.delivered.load(Ordering::Relaxed);
+    let expected = c.expected.load(Ordering::Relaxed);
+    let sent = c.sent.load(Ordering::Relaxed);
+    let loss = expected.saturating_sub(delivered);
+    let server_cpu_seconds = match server_cpu {
+        (Some(a), Some(b)) => Some(b - a),
+        _ => None,
+    };
+    let connected = c.connected.load(Ordering::Relaxed);
+    let report = Report {
+        label: args.label.clone(),
+        scenario: format!("{:?}", args.scenario).to_lowercase(),
+        proto: format!("{:?}", args.proto).to_lowercase(),
+        command: std::env::args().collect::<Vec<_>>().join(" "),
+        clients: args.clients,
+        rooms,
+        publishers,
+        target_rate: args.rate,
+        payload: args.payload,
+        seconds,
+        connected,
+        connect_errors: c.connect_errors.load(Ordering::Relaxed),
+        sent,
+        expected_deliveries: expected,
+        deliveries: delivered,
+        deliveries_per_sec: delivered as f64 / seconds,
+        messages_per_sec: sent as f64 / seconds,
+        loss,
+        loss_ratio: if expected == 0 {
+            0.0
+        } else {
+            loss as f64 / expected as f64
+        },
+        duplicates: c.duplicates.load(Ordering::Relaxed),
+        out_of_order: c.out_of_order.load(Ordering::Relaxed),
+        errors: c.errors.load(Ordering::Relaxed),
+        close_codes: run
+            .close_codes
+            .lock()
+            .map(|m| m.clone())
+            .unwrap_or_default(),
+        connections_per_sec: if measuring {
+            connected as f64 / storm_seconds
+        } else {
+            0.0
+        },
+        latency_us: Percentiles::of(&latency),
+        server_cpu_seconds,
+        server_cpu_ns_per_delivery: server_cpu_seconds
+            .filter(|_| delivered > 0)
+            .map(|s| s * 1e9 / delivered as f64),
+        server_rss_bytes_per_connection: match (rss_before, rss_after) {
+            (Some(a), Some(b)) if args.scenario == Scenario::Idle && connected > 0 => {
+                Some((b as f64 - a as f64) / connected as f64)
+            }
+            _ => None,
+        },
+        server_rss_bytes: rss_after,
+        generator_cpu_seconds: gen_cpu,
+        generator_threads: args.cpus.len(),
+    };
+    if let Some(out) = &args.out {
+        let svg = out.with_extension("svg");
+        let title = format!("{} {} latency", report.label, report.scenario);
+        if let Err(e) = report::write_svg(&svg, &title, &latency) {
+            eprintln!("stellar-bench: plotting {}: {e}", svg.display());
+        }
+    }
+    report
+}
+
+/// One pinned generator thread running clients `t, t + count, t + 2·count, ...`.
+fn generator_thread(
+    run: Arc<Run>,
+    t: usize,
+    count: usize,
+    cpu: usize,
+) -> hdrhistogram::Histogram<u64> {
+    if let Some(core) =
+        core_affinity::get_core_ids().and_then(|ids| ids.into_iter().find(|c| c.id == cpu))
+    {
+        core_affinity::set_for_current(core);
+    }
+    let latency = Rc::new(std::cell::RefCell::new(scenario::new_histogram()));
+    let mut rt = match monoio::RuntimeBuilder::<monoio::FusionDriver>::new()
+        .enable_timer()
+        .with_entries(4096)
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("stellar-bench: thread {t}: no event loop: {e}");
+            return scenario::new_histogram();
+        }
+    };
+    let l = Rc::clone(&latency);
+    rt.block_on(async move {
+        let mine: Vec<usize> = (t..run.clients).step_by(count).collect();
+        // Open connections `concurrency` at a time, so a storm does not overflow the
+        // server's accept backlog.
+        let in_flight = Rc::new(std::cell::Cell::new(0usize));
+        for index in mine {
+            while in_flight.get() >= run.concurrency {
+                monoio::time::sleep(Duration::from_micros(200)).await;
+            }
+            in_flight.set(in_flight.get() + 1);
+            let (run2, l2, flight) = (Arc::clone(&run), Rc::clone(&l), Rc::clone(&in_flight));
+            monoio::spawn(scenario::client_with_slot(run2, index, l2, flight));
+        }
+        while !run.done.load(Ordering::Acquire) {
+            monoio::time::sleep(Duration::from_millis(20)).await;
+        }
+        // Give clients a moment to send their closes.
+        monoio::time::sleep(Duration::from_millis(100)).await;
+    });
+    latency.replace(scenario::new_histogram())
+}

@@ -1,0 +1,343 @@
+//! One load-generator connection: TCP connect from a chosen loopback source address,
+//! the WebSocket handshake (or the TCP protocol's CONNECT), and framing of what the
+//! scenarios send and receive. Built on the project's own sans-IO codecs.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::os::fd::{FromRawFd, IntoRawFd};
+
+use bytes::{Bytes, BytesMut};
+use monoio::buf::IoBufMut;
+use monoio::io::{AsyncReadRent, AsyncWriteRentExt, OwnedReadHalf, OwnedWriteHalf, Splitable};
+use monoio::net::TcpStream;
+use stellar_protocol::tcp::{FrameType, TcpDecoder};
+use stellar_protocol::ws::frame::encode_client;
+use stellar_protocol::ws::{DecoderConfig, Message, MessageDecoder, OpCode, Role};
+
+/// Connections per loopback source address: below the ~28 k ephemeral ports one
+/// (source, destination) pair can use.
+pub const CONNS_PER_SOURCE: usize = 20_000;
+
+/// Which wire the clients speak.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Proto {
+    Ws,
+    Tcp,
+}
+
+/// A message received, reduced to what scenarios look at.
+pub enum Inbound {
+    /// A JSON event: name and raw data (WebSocket envelope or TCP JSON frame).
+    Event {
+        event: String,
+        data: Bytes,
+    },
+    Binary(Bytes),
+    Closed(Option<u16>),
+}
+
+/// Source address for connection number `index`: 127.0.0.1, then .2, ... every
+/// [`CONNS_PER_SOURCE`] connections.
+pub fn source_for(index: usize) -> IpAddr {
+    let n = (index / CONNS_PER_SOURCE) as u32 + 1;
+    IpAddr::V4(Ipv4Addr::from(0x7f00_0000 + n))
+}
+
+/// Connects from `source` (blocking connect on loopback is microseconds) and hands the
+/// socket to the event loop.
+pub fn connect_from(source: IpAddr, server: SocketAddr) -> std::io::Result<TcpStream> {
+    use nix::sys::socket::{self, AddressFamily, SockFlag, SockType, SockaddrStorage, sockopt};
+    let fd = socket::socket(
+        AddressFamily::Inet,
+        SockType::Stream,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )?;
+    socket::setsockopt(fd, sockopt::ReuseAddr, &true)?;
+    socket::bind(fd, &SockaddrStorage::from(SocketAddr::new(source, 0)))?;
+    if let Err(e) = socket::connect(fd, &SockaddrStorage::from(server)) {
+        let _ = nix::unistd::close(fd);
+        return Err(e.into());
+    }
+    // SAFETY: `fd` was created above, is connected, and nothing else owns it; the std
+    // stream takes sole ownership.
+    let std = unsafe { std::net::TcpStream::from_raw_fd(fd.into_raw_fd()) };
+    std.set_nodelay(true)?;
+    std.set_nonblocking(true)?;
+    TcpStream::from_std(std)
+}
+
+/// The reading half with its decoder.
+pub struct Reader {
+    half: OwnedReadHalf<TcpStream>,
+    buf: BytesMut,
+    decoder: Decoder,
+}
+
+enum Decoder {
+    Ws(MessageDecoder),
+    Tcp(TcpDecoder),
+}
+
+/// The writing half.
+pub struct Writer {
+    half: OwnedWriteHalf<TcpStream>,
+    proto: Proto,
+    mask: u32,
+}
+
+/// Connects and completes the opening: WebSocket handshake or nothing for TCP. The
+/// server's first message (`welcome` / CONNECT) is left for the caller to read.
+pub async fn open(
+    stream: TcpStream,
+    proto: Proto,
+    host: &str,
+) -> std::io::Result<(Reader, Writer)> {
+    let mut stream = stream;
+    let mut buf = BytesMut::with_capacity(4096);
+    if proto == Proto::Ws {
+        let request = format!(
+            "GET / HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        );
+        let (res, _) = stream.write_all(request.into_bytes()).await;
+        res?;
+        loop {
+            if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                if !buf.starts_with(b"HTTP/1.1 101") {
+                    return Err(std::io::Error::other("handshake refused"));
+                }
+                let _ = buf.split_to(end + 4);
+                break;
+            }
+            if read_append(&mut stream, &mut buf).await? == 0 {
+                return Err(std::io::Error::other("closed during handshake"));
+            }
+        }
+    }
+    let decoder = match proto {
+        Proto::Ws => Decoder::Ws(MessageDecoder::new(DecoderConfig {
+            role: Role::Client,
+            max_message_size: 64 << 20,
+        })),
+        Proto::Tcp => Decoder::Tcp(TcpDecoder::new(64 << 20)),
+    };
+    let (half, write) = stream.into_split();
+    Ok((
+        Reader { half, buf, decoder },
+        Writer {
+            half: write,
+            proto,
+            mask: 0x9e37_79b9,
+        },
+    ))
+}
+
+async fn read_append(
+    stream: &mut impl AsyncReadRent,
+    buf: &mut BytesMut,
+) -> std::io::Result<usize> {
+    buf.reserve(16 * 1024);
+    let start = buf.len();
+    let (res, slice) = stream.read(std::mem::take(buf).slice_mut(start..)).await;
+    *buf = slice.into_inner();
+    res
+}
+
+impl Reader {
+    /// The next message; `Closed` at end of stream.
+    pub async fn next(&mut self) -> Inbound {
+        loop {
+            match self.decode() {
+                Step::Got(inbound) => return inbound,
+                Step::Skip => continue,
+                Step::NeedMore => match read_append(&mut self.half, &mut self.buf).await {
+                    Ok(n) if n > 0 => {}
+                    _ => return Inbound::Closed(None),
+                },
+            }
+        }
+    }
+
+    fn decode(&mut self) -> Step {
+        match &mut self.decoder {
+            Decoder::Ws(d) => match d.decode(&mut self.buf) {
+                Ok(Some(Message::Text(t))) => parse_event(&t).map_or(Step::Skip, Step::Got),
+                Ok(Some(Message::Binary(b))) => Step::Got(Inbound::Binary(b)),
+                Ok(Some(Message::Close(c))) => Step::Got(Inbound::Closed(c.map(|c| c.code.0))),
+                Ok(Some(_)) => Step::Skip,
+                Ok(None) => Step::NeedMore,
+                Err(_) => Step::Got(Inbound::Closed(None)),
+            },
+            Decoder::Tcp(d) => match d.decode(&mut self.buf) {
+                Ok(Some(f)) => match f.kind {
+                    FrameType::Json | FrameType::Connect | FrameType::AckRes | FrameType::Error => {
+                        Step::Got(Inbound::Event {
+                            event: f.event,
+                            data: f.payload,
+                        })
+                    }
+                    FrameType::Binary => Step::Got(Inbound::Binary(f.payload)),
+                    FrameType::Disconnect => Step::Got(Inbound::Closed(Some(1000))),
+                    _ => Step::Skip,
+                },
+                Ok(None) => Step::NeedMore,
+                Err(_) => Step::Got(Inbound::Closed(None)),
+            },
+        }
+    }
+}
+
+enum Step {
+    Got(Inbound),
+    Skip,
+    NeedMore,
+}
+
+/// `event` and raw `data` of an envelope, found by sonic-free scanning: the generator
+/// must stay cheaper than the server it measures.
+fn parse_event(text: &Bytes) -> Option<Inbound> {
+    let s = std::str::from_utf8(text).ok()?;
+    let event = s.find("\"event\":\"").map(|at| {
+        let rest = &s[at + 9..];
+        rest[..rest.find('"').unwrap_or(rest.len())].to_owned()
+    })?;
+    let data = match s.find("\"data\":") {
+        Some(at) => text.slice(at + 7..),
+        None => Bytes::new(),
+    };
+    Some(Inbound::Event { event, data })
+}
+
+impl Writer {
+    fn next_mask(&mut self) -> [u8; 4] {
+        // xorshift32: masks need only be unpredictable to proxies, not cryptographic.
+        self.mask ^= self.mask << 13;
+        self.mask ^= self.mask >> 17;
+        self.mask ^= self.mask << 5;
+        self.mask.to_ne_bytes()
+    }
+
+    /// Sends a JSON event: a text frame, or a TCP JSON frame (`room` wraps the data as
+    /// `{"room","data"}`).
+    pub async fn send_event(
+        &mut self,
+        event: &str,
+        data: &str,
+        room: Option<&str>,
+    ) -> std::io::Result<()> {
+        let frame = match self.proto {
+            Proto::Ws => {
+                let json = stellar_protocol::envelope::encode_event(event, data, room);
+                let mask = self.next_mask();
+                encode_client(OpCode::Text, &json, mask)
+            }
+            Proto::Tcp => match room {
+                Some(r) => {
+                    let payload = format!(
+                        "{{\"room\":{},\"data\":{data}}}",
+                        serde_json::Value::from(r)
+                    );
+                    stellar_protocol::tcp::frame::encode(FrameType::Json, event, payload.as_bytes())
+                }
+                None => {
+                    stellar_protocol::tcp::frame::encode(FrameType::Json, event, data.as_bytes())
+                }
+            },
+        };
+        self.send_raw(frame).await
+    }
+
+    /// Sends a request to ack handler `name`.
+    pub async fn send_request(
+        &mut self,
+        name: &str,
+        data: &str,
+        correlation: &str,
+    ) -> std::io::Result<()> {
+        let frame = match self.proto {
+            Proto::Ws => {
+                let json = format!(
+                    "{{\"event\":\"{name}\",\"data\":{data},\"_ackName\":\"{name}\",\"_correlationId\":\"{correlation}\"}}"
+                );
+                let mask = self.next_mask();
+                encode_client(OpCode::Text, json.as_bytes(), mask)
+            }
+            Proto::Tcp => {
+                let payload = format!("{{\"data\":{data},\"_correlationId\":\"{correlation}\"}}");
+                stellar_protocol::tcp::frame::encode(FrameType::AckReq, name, payload.as_bytes())
+            }
+        };
+        self.send_raw(frame).await
+    }
+
+    /// Joins a room (the answer is read by the caller).
+    pub async fn join(&mut self, room: &str) -> std::io::Result<()> {
+        match self.proto {
+            Proto::Ws => {
+                self.send_event(
+                    "join-room",
+                    &serde_json::Value::from(room).to_string(),
+                    None,
+                )
+                .await
+            }
+            Proto::Tcp => {
+                self.send_raw(stellar_protocol::tcp::frame::encode(
+                    FrameType::Join,
+                    "join-room",
+                    room.as_bytes(),
+                ))
+                .await
+            }
+        }
+    }
+
+    /// Sends a binary event to a room.
+    pub async fn send_binary(
+        &mut self,
+        event: &str,
+        room: &str,
+        payload: &[u8],
+    ) -> std::io::Result<()> {
+        let msg = stellar_protocol::binary::encode(event, Some(room), payload);
+        let mask = self.next_mask();
+        self.send_raw(encode_client(OpCode::Binary, &msg, mask))
+            .await
+    }
+
+    pub async fn send_raw(&mut self, frame: Bytes) -> std::io::Result<()> {
+        let (res, _) = self.half.write_all(frame).await;
+        res.map(|_| ())
+    }
+
+    /// Sends a close (WebSocket 1000 or TCP DISCONNECT).
+    pub async fn close(&mut self) {
+        let frame = match self.proto {
+            Proto::Ws => {
+                let mask = self.next_mask();
+                encode_client(OpCode::Close, &1000u16.to_be_bytes(), mask)
+            }
+            Proto::Tcp => stellar_protocol::tcp::frame::encode(FrameType::Disconnect, "", &[]),
+        };
+        let _ = self.send_raw(frame).await;
+    }
+}
+
+/// Reads a numeric field `"key":123` from relayed JSON data, whatever the key order.
+pub fn field_u64(data: &[u8], key: &str) -> Option<u64> {
+    let needle = format!("\"{key}\":");
+    let at = data
+        .windows(needle.len())
+        .position(|w| w == needle.as_bytes())?
+        + needle.len();
+    let digits = data
+        .get(at..)?
+        .iter()
+        .take_while(|b| b.is_ascii_digit())
+        .count();
+    std::str::from_utf8(data.get(at..at + digits)?)
+        .ok()?
+        .parse()
+        .ok()
+}

@@ -1,0 +1,191 @@
+//! What a run reports: a table on stdout, a JSON result file and an SVG plot of the
+//! latency percentiles (HdrHistogram), all under `results/`.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use hdrhistogram::Histogram;
+use plotters::prelude::*;
+use serde::Serialize;
+
+/// Latency percentiles in microseconds.
+#[derive(Debug, Serialize, Default)]
+pub struct Percentiles {
+    pub p50: f64,
+    pub p90: f64,
+    pub p99: f64,
+    pub p999: f64,
+    pub max: f64,
+    pub mean: f64,
+    pub samples: u64,
+}
+
+impl Percentiles {
+    pub fn of(h: &Histogram<u64>) -> Self {
+        let us = |ns: u64| ns as f64 / 1000.0;
+        Self {
+            p50: us(h.value_at_quantile(0.5)),
+            p90: us(h.value_at_quantile(0.9)),
+            p99: us(h.value_at_quantile(0.99)),
+            p999: us(h.value_at_quantile(0.999)),
+            max: us(h.max()),
+            mean: h.mean() / 1000.0,
+            samples: h.len(),
+        }
+    }
+}
+
+/// One run's result, as written to JSON.
+#[derive(Debug, Serialize)]
+pub struct Report {
+    pub label: String,
+    pub scenario: String,
+    pub proto: String,
+    pub command: String,
+    pub clients: usize,
+    pub rooms: usize,
+    pub publishers: usize,
+    pub target_rate: f64,
+    pub payload: usize,
+    pub seconds: f64,
+    pub connected: u64,
+    pub connect_errors: u64,
+    pub sent: u64,
+    pub expected_deliveries: u64,
+    pub deliveries: u64,
+    pub deliveries_per_sec: f64,
+    pub messages_per_sec: f64,
+    pub loss: u64,
+    pub loss_ratio: f64,
+    pub duplicates: u64,
+    pub out_of_order: u64,
+    pub errors: u64,
+    pub close_codes: HashMap<String, u64>,
+    /// Connect scenario: connections per second over the storm.
+    pub connections_per_sec: f64,
+    /// Handshake (connect) or end-to-end (others) latency.
+    pub latency_us: Percentiles,
+    /// Server CPU seconds over the window, from /proc/<pid>/stat (with --server-pid).
+    pub server_cpu_seconds: Option<f64>,
+    pub server_cpu_ns_per_delivery: Option<f64>,
+    /// Server RSS growth per connection (idle scenario, with --server-pid).
+    pub server_rss_bytes_per_connection: Option<f64>,
+    pub server_rss_bytes: Option<u64>,
+    /// Generator CPU seconds over the window, to tell when the generator is the limit.
+    pub generator_cpu_seconds: f64,
+    pub generator_threads: usize,
+}
+
+impl Report {
+    pub fn print(&self) {
+        println!(
+            "\n{} {} ({}) — {:.1}s",
+            self.label, self.scenario, self.proto, self.seconds
+        );
+        println!(
+            "  clients {} (connected {}, errors {}), rooms {}, publishers {}",
+            self.clients, self.connected, self.connect_errors, self.rooms, self.publishers
+        );
+        println!(
+            "  sent {}  deliveries {} / {} expected  ({:.0} msg/s, {:.0} deliveries/s)",
+            self.sent,
+            self.deliveries,
+            self.expected_deliveries,
+            self.messages_per_sec,
+            self.deliveries_per_sec
+        );
+        println!(
+            "  loss {} ({:.4}%), duplicates {}, out-of-order {}, errors {}, closes {:?}",
+            self.loss,
+            self.loss_ratio * 100.0,
+            self.duplicates,
+            self.out_of_order,
+            self.errors,
+            self.close_codes
+        );
+        let l = &self.latency_us;
+        println!(
+            "  latency µs: p50 {:.0}  p90 {:.0}  p99 {:.0}  p99.9 {:.0}  max {:.0}  ({} samples)",
+            l.p50, l.p90, l.p99, l.p999, l.max, l.samples
+        );
+        if self.connections_per_sec > 0.0 {
+            println!("  connections/s {:.0}", self.connections_per_sec);
+        }
+        if let Some(cpu) = self.server_cpu_ns_per_delivery {
+            println!("  server CPU {:.0} ns per delivery", cpu);
+        }
+        if let Some(b) = self.server_rss_bytes_per_connection {
+            println!("  server RSS {:.0} bytes per connection", b);
+        }
+        println!(
+            "  generator CPU {:.2}s over {} threads",
+            self.generator_cpu_seconds, self.generator_threads
+        );
+    }
+
+    pub fn write_json(&self, path: &Path) -> std::io::Result<()> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        let text = serde_json::to_string_pretty(self).map_err(std::io::Error::other)?;
+        std::fs::write(path, text)
+    }
+}
+
+/// Plots latency against percentile (log scale of 1/(1-q)), the usual HdrHistogram view.
+pub fn write_svg(
+    path: &Path,
+    title: &str,
+    h: &Histogram<u64>,
+) -> Result<(), Box<dyn std::error::Error>> {
+    if h.is_empty() {
+        return Ok(());
+    }
+    let points: Vec<(f64, f64)> = (0..=50)
+        .map(|i| {
+            let nines = i as f64 / 10.0; // 0 .. 5 nines
+            let q = 1.0 - 10f64.powf(-nines);
+            (nines, h.value_at_quantile(q.min(0.99999)) as f64 / 1000.0)
+        })
+        .collect();
+    let max_y = points.iter().map(|p| p.1).fold(1.0, f64::max) * 1.1;
+    let root = SVGBackend::new(path, (800, 480)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(title, ("sans-serif", 18))
+        .margin(12)
+        .x_label_area_size(36)
+        .y_label_area_size(60)
+        .build_cartesian_2d(0f64..5f64, 0f64..max_y)?;
+    chart
+        .configure_mesh()
+        .x_desc("percentile")
+        .y_desc("latency (µs)")
+        .x_label_formatter(&|x| format!("{:.3}%", (1.0 - 10f64.powf(-x)) * 100.0))
+        .draw()?;
+    chart.draw_series(LineSeries::new(points, &BLUE))?;
+    root.present()?;
+    Ok(())
+}
+
+/// User+system CPU seconds of a process from `/proc/<pid>/stat`.
+pub fn cpu_seconds(pid: &str) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let after = stat.rsplit_once(')')?.1;
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let utime: f64 = fields.get(11)?.parse().ok()?;
+    let stime: f64 = fields.get(12)?.parse().ok()?;
+    let ticks = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK).ok()??;
+    Some((utime + stime) / ticks as f64)
+}
+
+/// Resident set size of a process in bytes.
+pub fn rss_bytes(pid: &str) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    line.split_whitespace()
+        .nth(1)?
+        .parse::<u64>()
+        .ok()
+        .map(|kib| kib * 1024)
+}

@@ -1,0 +1,391 @@
+//! What each simulated client does in each scenario, and the shared run state the
+//! clients report into.
+//!
+//! Timestamps are nanoseconds since the run's start `Instant` (one process, one clock).
+//! Publishers run open-loop: message k has an intended send time `go + k·interval` and
+//! carries that time, so a stalled server shows up as latency instead of silently
+//! slowing the generator (no coordinated omission).
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+
+use crate::conn::{self, Inbound, Proto, Reader, Writer};
+
+/// The scenarios of SPEC §9.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Scenario {
+    Echo,
+    Ack,
+    Broadcast,
+    Fanout,
+    Binary,
+    Connect,
+    Idle,
+}
+
+/// Counters every client adds into.
+#[derive(Default)]
+pub struct Counters {
+    pub connected: AtomicU64,
+    pub connect_errors: AtomicU64,
+    pub sent: AtomicU64,
+    pub expected: AtomicU64,
+    pub delivered: AtomicU64,
+    pub duplicates: AtomicU64,
+    pub out_of_order: AtomicU64,
+    pub errors: AtomicU64,
+}
+
+/// The plan and state of one run, shared by all generator threads.
+pub struct Run {
+    pub scenario: Scenario,
+    pub proto: Proto,
+    pub server: SocketAddr,
+    pub clients: usize,
+    pub rooms: usize,
+    pub publishers: usize,
+    /// Messages per second over all publishers.
+    pub rate: f64,
+    pub payload: usize,
+    pub concurrency: usize,
+    /// Room of each client, from the seed.
+    pub room_of: Vec<usize>,
+    pub start: Instant,
+    /// Set by the coordinator once every client is connected and joined.
+    pub go: AtomicBool,
+    pub go_at: AtomicU64,
+    pub window: (AtomicU64, AtomicU64),
+    pub done: AtomicBool,
+    pub counters: Counters,
+    pub close_codes: Mutex<HashMap<String, u64>>,
+}
+
+impl Run {
+    pub fn now_ns(&self) -> u64 {
+        self.start.elapsed().as_nanos() as u64
+    }
+
+    fn in_window(&self, t: u64) -> bool {
+        t >= self.window.0.load(Ordering::Acquire) && t < self.window.1.load(Ordering::Acquire)
+    }
+
+    pub fn note_close(&self, code: Option<u16>) {
+        let key = code.map_or_else(|| "abrupt".to_owned(), |c| c.to_string());
+        let mut codes = self
+            .close_codes
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        *codes.entry(key).or_default() += 1;
+    }
+
+    /// Members per room (clients are dealt round-robin into rooms by `room_of`).
+    pub fn room_size(&self, room: usize) -> usize {
+        self.room_of.iter().filter(|r| **r == room).count()
+    }
+
+    /// Publisher `p` is the first client of room `p % rooms`.
+    pub fn publisher_index(&self, client: usize) -> Option<usize> {
+        let room = self.room_of[client];
+        let first = self.room_of.iter().position(|r| *r == room)?;
+        if first != client {
+            return None;
+        }
+        (0..self.publishers).find(|p| p % self.rooms == room)
+    }
+}
+
+/// Per-thread latency histogram (nanoseconds).
+pub type Latency = Rc<RefCell<Histogram<u64>>>;
+
+pub fn new_histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1_000, 120_000_000_000, 3)
+        .unwrap_or_else(|_| Histogram::new(3).expect("3 sigfigs is valid"))
+}
+
+/// Holds one of a thread's connection slots until the client is connected (or failed).
+struct Slot(Rc<std::cell::Cell<usize>>);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.set(self.0.get().saturating_sub(1));
+    }
+}
+
+/// Runs client `index` to the end of the run; `slot` counts connections in progress.
+pub async fn client_with_slot(
+    run: Arc<Run>,
+    index: usize,
+    latency: Latency,
+    slot: Rc<std::cell::Cell<usize>>,
+) {
+    let slot = Slot(slot);
+    let started = Instant::now();
+    let opened = match conn::connect_from(conn::source_for(index), run.server) {
+        Ok(stream) => conn::open(stream, run.proto, "127.0.0.1").await,
+        Err(e) => Err(e),
+    };
+    let (mut reader, mut writer) = match opened {
+        Ok(pair) => pair,
+        Err(_) => {
+            run.counters.connect_errors.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+    };
+    // The server's first message: `welcome` (WebSocket) or CONNECT (TCP).
+    match reader.next().await {
+        Inbound::Event { .. } => {}
+        _ => {
+            run.counters.connect_errors.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+    }
+    if matches!(run.scenario, Scenario::Connect) {
+        record(&latency, started.elapsed().as_nanos() as u64);
+    }
+    let room = format!("room-{}", run.room_of[index]);
+    let joins = matches!(
+        run.scenario,
+        Scenario::Broadcast | Scenario::Fanout | Scenario::Binary
+    );
+    if joins
+        && (writer.join(&room).await.is_err() || !await_event(&mut reader, "joined-room").await)
+    {
+        run.counters.connect_errors.fetch_add(1, Ordering::Relaxed);
+        return;
+    }
+    run.counters.connected.fetch_add(1, Ordering::Relaxed);
+    drop(slot);
+    while !run.go.load(Ordering::Acquire) {
+        monoio::time::sleep(Duration::from_millis(5)).await;
+    }
+    match run.scenario {
+        Scenario::Connect | Scenario::Idle => {
+            while !run.done.load(Ordering::Acquire) {
+                monoio::time::sleep(Duration::from_millis(50)).await;
+            }
+            writer.close().await;
+        }
+        Scenario::Echo | Scenario::Ack => {
+            let interval = Duration::from_secs_f64(run.clients as f64 / run.rate);
+            monoio::spawn(publish(
+                Arc::clone(&run),
+                writer,
+                index,
+                interval,
+                String::new(),
+            ));
+            receive(run, reader, latency, 1).await;
+        }
+        Scenario::Broadcast | Scenario::Fanout | Scenario::Binary => {
+            if let Some(p) = run.publisher_index(index) {
+                let interval = Duration::from_secs_f64(run.publishers as f64 / run.rate);
+                let receivers = run.room_size(run.room_of[index]).saturating_sub(1) as u64;
+                monoio::spawn(publish_room(
+                    Arc::clone(&run),
+                    writer,
+                    p,
+                    interval,
+                    room,
+                    receivers,
+                ));
+            }
+            let publishers = run.publishers.max(1);
+            receive(run, reader, latency, publishers).await;
+        }
+    }
+}
+
+async fn await_event(reader: &mut Reader, name: &str) -> bool {
+    loop {
+        match reader.next().await {
+            Inbound::Event { event, .. } if event == name => return true,
+            Inbound::Event { .. } | Inbound::Binary(_) => {}
+            Inbound::Closed(_) => return false,
+        }
+    }
+}
+
+fn record(latency: &Latency, ns: u64) {
+    let _ = latency.borrow_mut().record(ns.max(1_000));
+}
+
+/// The data every measured message carries.
+fn stamp(run: &Run, p: usize, seq: u64, t: u64, pad: &str) -> String {
+    let _ = run;
+    format!("{{\"p\":{p},\"s\":{seq},\"t\":{t},\"x\":\"{pad}\"}}")
+}
+
+/// Waits until the intended send time of message `k` (publishers are spread evenly
+/// over one interval by `phase`, so they do not all fire at once); returns that time. The event
+/// loop's timer ticks in milliseconds, so it sleeps to within 2 ms and then yields
+/// until the time: timer slop would otherwise count as up to 2 ms of latency.
+async fn pace(run: &Run, k: u64, interval: Duration, phase: u64) -> u64 {
+    const COARSE: u64 = 2_000_000;
+    let go = run.go_at.load(Ordering::Acquire) + phase;
+    let intended = go + k * interval.as_nanos() as u64;
+    let now = run.now_ns();
+    if intended > now + COARSE {
+        monoio::time::sleep(Duration::from_nanos(intended - now - COARSE)).await;
+    }
+    while run.now_ns() < intended {
+        yield_now().await;
+    }
+    intended
+}
+
+/// Lets every other ready task run once.
+async fn yield_now() {
+    let mut yielded = false;
+    std::future::poll_fn(|cx| {
+        if yielded {
+            return std::task::Poll::Ready(());
+        }
+        yielded = true;
+        cx.waker().wake_by_ref();
+        std::task::Poll::Pending
+    })
+    .await
+}
+
+/// Echo/ack: client `index` sends to itself through the server.
+async fn publish(
+    run: Arc<Run>,
+    mut writer: Writer,
+    index: usize,
+    interval: Duration,
+    _room: String,
+) {
+    let pad = "x".repeat(run.payload);
+    let phase = interval.as_nanos() as u64 * index as u64 / run.clients.max(1) as u64;
+    let mut k = 0;
+    while !run.done.load(Ordering::Acquire) {
+        let t = pace(&run, k, interval, phase).await;
+        let data = stamp(&run, index, k, t, &pad);
+        let sent = match run.scenario {
+            Scenario::Ack => writer.send_request("echo", &data, &format!("c{k}")).await,
+            _ => writer.send_event("echo", &data, None).await,
+        };
+        if sent.is_err() {
+            run.counters.errors.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        if run.in_window(t) {
+            run.counters.sent.fetch_add(1, Ordering::Relaxed);
+            run.counters.expected.fetch_add(1, Ordering::Relaxed);
+        }
+        k += 1;
+    }
+}
+
+/// Broadcast/fanout/binary: publisher `p` sends to its room.
+async fn publish_room(
+    run: Arc<Run>,
+    mut writer: Writer,
+    p: usize,
+    interval: Duration,
+    room: String,
+    receivers: u64,
+) {
+    let pad = "x".repeat(run.payload);
+    let phase = interval.as_nanos() as u64 * p as u64 / run.publishers.max(1) as u64;
+    let mut k = 0u64;
+    while !run.done.load(Ordering::Acquire) {
+        let t = pace(&run, k, interval, phase).await;
+        let sent = if run.scenario == Scenario::Binary {
+            let mut body = Vec::with_capacity(20 + run.payload);
+            body.extend_from_slice(&(p as u32).to_be_bytes());
+            body.extend_from_slice(&k.to_be_bytes());
+            body.extend_from_slice(&t.to_be_bytes());
+            body.extend_from_slice(pad.as_bytes());
+            writer.send_binary("bin", &room, &body).await
+        } else {
+            writer
+                .send_event("b", &stamp(&run, p, k, t, &pad), Some(&room))
+                .await
+        };
+        if sent.is_err() {
+            run.counters.errors.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        if run.in_window(t) {
+            run.counters.sent.fetch_add(1, Ordering::Relaxed);
+            run.counters
+                .expected
+                .fetch_add(receivers, Ordering::Relaxed);
+        }
+        k += 1;
+    }
+}
+
+/// Reads until the run ends, recording latency, duplicates and order per publisher.
+async fn receive(run: Arc<Run>, mut reader: Reader, latency: Latency, publishers: usize) {
+    let mut last: HashMap<u64, u64> = HashMap::with_capacity(publishers);
+    loop {
+        let (p, seq, t) = match reader.next().await {
+            Inbound::Event { event, data } => {
+                if event == "error" {
+                    run.counters.errors.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                }
+                match (
+                    conn::field_u64(&data, "p"),
+                    conn::field_u64(&data, "s"),
+                    conn::field_u64(&data, "t"),
+                ) {
+                    (Some(p), Some(s), Some(t)) => (p, s, t),
+                    _ => continue,
+                }
+            }
+            Inbound::Binary(b) => match binary_stamp(&b, run.proto) {
+                Some(stamp) => stamp,
+                None => continue,
+            },
+            Inbound::Closed(code) => {
+                if !run.done.load(Ordering::Acquire) {
+                    run.note_close(code);
+                }
+                return;
+            }
+        };
+        let now = run.now_ns();
+        if !run.in_window(t) {
+            continue;
+        }
+        record(&latency, now.saturating_sub(t));
+        run.counters.delivered.fetch_add(1, Ordering::Relaxed);
+        match last.get(&p) {
+            Some(&prev) if seq == prev => {
+                run.counters.duplicates.fetch_add(1, Ordering::Relaxed);
+            }
+            Some(&prev) if seq < prev => {
+                run.counters.out_of_order.fetch_add(1, Ordering::Relaxed);
+            }
+            _ => {
+                last.insert(p, seq);
+            }
+        }
+    }
+}
+
+/// `(publisher, seq, time)` from a binary message's payload.
+fn binary_stamp(msg: &[u8], proto: Proto) -> Option<(u64, u64, u64)> {
+    let payload = match proto {
+        Proto::Ws => {
+            let header_len = u32::from_be_bytes(msg.get(..4)?.try_into().ok()?) as usize;
+            msg.get(4 + header_len..)?
+        }
+        Proto::Tcp => msg,
+    };
+    let p = u32::from_be_bytes(payload.get(..4)?.try_into().ok()?) as u64;
+    let s = u64::from_be_bytes(payload.get(4..12)?.try_into().ok()?);
+    let t = u64::from_be_bytes(payload.get(12..20)?.try_into().ok()?);
+    Some((p, s, t))
+}
