@@ -34,8 +34,13 @@ use crate::rooms::{Interest, LocalRooms, RoomName};
 use crate::router::{self, Decoder, Flow};
 use crate::stats::WorkerStats;
 
-/// Bytes asked of the kernel per read.
+/// Bytes asked of the kernel per read while a connection is busy (its last read
+/// filled the buffer).
 const READ_CHUNK: usize = 16 * 1024;
+/// The read buffer of an idle connection. With io_uring the buffer is lent to the
+/// kernel for as long as the read is pending, so an idle connection holds exactly this
+/// much: it is what keeps idle connections cheap.
+const IDLE_READ: usize = 512;
 
 /// Why a join was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -501,7 +506,21 @@ impl Worker {
 
     /// A connection on the WebSocket/HTTP port: read the request head within
     /// `connect_timeout`, then upgrade or answer as HTTP.
-    async fn serve_http(self: Rc<Self>, mut stream: TcpStream, remote: SocketAddr) {
+    async fn serve_http(self: Rc<Self>, stream: TcpStream, remote: SocketAddr) {
+        // The handshake's state is boxed and freed once it is done, so the task of a
+        // long-lived connection only keeps the (smaller) session state.
+        if let Some((stream, conn, leftover)) = Box::pin(self.handshake(stream, remote)).await {
+            self.session(stream, conn, leftover).await;
+        }
+    }
+
+    /// Reads the request head; answers plain HTTP, refusals and a full server itself;
+    /// on a valid upgrade returns the admitted connection and any bytes after the head.
+    async fn handshake(
+        self: &Rc<Self>,
+        mut stream: TcpStream,
+        remote: SocketAddr,
+    ) -> Option<(TcpStream, Rc<Conn>, BytesMut)> {
         let config = self.config();
         let limits = HeadLimits {
             max_head_bytes: config.max_header_bytes,
@@ -513,27 +532,27 @@ impl Worker {
             Ok(Ok(pair)) => pair,
             Ok(Err(Some(e))) => {
                 let _ = stream.write_all(reject(&e)).await;
-                return;
+                return None;
             }
-            Ok(Err(None)) => return,
+            Ok(Err(None)) => return None,
             Err(_) => {
                 let _ = stream
                     .write_all(http::status_only(408, "Request Timeout"))
                     .await;
-                return;
+                return None;
             }
         };
         let _ = buf.split_to(request.head_len);
         let is_ws_path = request.path == "/" || request.path == "/ws";
         if !(is_ws_path && request.is_websocket_upgrade()) {
-            http::serve(&self, stream, request, buf).await;
-            return;
+            http::serve(self, stream, request, buf).await;
+            return None;
         }
         let upgrade = match request.websocket_upgrade() {
             Ok(u) => u,
             Err(e) => {
                 let _ = stream.write_all(reject(&e)).await;
-                return;
+                return None;
             }
         };
         if !config.allowed_origins.is_empty() {
@@ -545,7 +564,7 @@ impl Worker {
                 let _ = stream
                     .write_all(reject(&HandshakeError::OriginNotAllowed))
                     .await;
-                return;
+                return None;
             }
         }
         let Some(conn) = self.register(Proto::Ws, remote, stream.as_raw_fd()) else {
@@ -556,16 +575,18 @@ impl Worker {
                 "Server full",
             );
             let _ = stream.write_all(encode_server(OpCode::Close, &close)).await;
-            return;
+            return None;
         };
         let (result, _) = stream.write_all(upgrade.response()).await;
         if result.is_err() {
             conn.release_half();
             conn.release_half();
             self.unregister(&conn);
-            return;
+            return None;
         }
-        self.session(stream, conn, buf).await;
+        // The head's buffer goes unless the client already sent frames behind it.
+        let leftover = if buf.is_empty() { BytesMut::new() } else { buf };
+        Some((stream, conn, leftover))
     }
 
     /// A connection on the TCP-protocol port.
@@ -628,6 +649,7 @@ impl Worker {
             Proto::Tcp => Decoder::Tcp(TcpDecoder::new(max_payload)),
         };
         let mut open = true;
+        let mut busy = false;
         loop {
             while open {
                 match decoder.route_next(self, conn, &mut buf) {
@@ -645,23 +667,32 @@ impl Worker {
             if !open {
                 buf.clear();
             }
-            if !self.read_more(conn, &mut reader, &mut buf).await {
+            if !self.read_more(conn, &mut reader, &mut buf, &mut busy).await {
                 return;
             }
         }
     }
 
-    /// Reads once into `buf`; false at end of stream or on error.
+    /// Reads once into `buf`; false at end of stream or on error. `busy` says whether
+    /// the last read filled its buffer (more is likely waiting): then a full chunk is
+    /// offered, else a fresh small buffer.
     async fn read_more(
         &self,
         conn: &Conn,
         reader: &mut impl AsyncReadRent,
         buf: &mut BytesMut,
+        busy: &mut bool,
     ) -> bool {
-        buf.reserve(READ_CHUNK);
+        if buf.is_empty() && !*busy {
+            *buf = BytesMut::with_capacity(IDLE_READ);
+        } else {
+            buf.reserve(READ_CHUNK);
+        }
+        let spare = buf.capacity() - buf.len();
         match read_append(reader, buf).await {
             Ok(0) | Err(_) => false,
             Ok(n) => {
+                *busy = n == spare;
                 self.stats.bytes_in.add(n as u64);
                 conn.last_seen.set(Instant::now());
                 true
