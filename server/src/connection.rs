@@ -9,11 +9,10 @@
 
 use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, VecDeque};
-use std::future::poll_fn;
 use std::net::SocketAddr;
 use std::os::fd::RawFd;
 use std::rc::Rc;
-use std::task::{Poll, Waker};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
@@ -53,19 +52,10 @@ pub enum Queued {
 pub struct WriteQueue {
     frames: VecDeque<Bytes>,
     bytes: usize,
-    writer: Option<Waker>,
     /// A close was queued: nothing more is accepted and the writer ends after it.
     closing: bool,
     /// The reader is gone: the writer ends once the queue is empty.
     finished: bool,
-}
-
-impl WriteQueue {
-    fn wake(&mut self) {
-        if let Some(w) = self.writer.take() {
-            w.wake();
-        }
-    }
 }
 
 /// Information about a client, as handlers and middleware see it.
@@ -91,9 +81,14 @@ pub struct Conn {
     max_backpressure: Cell<usize>,
     policy: Cell<SlowConsumerPolicy>,
     fd: RawFd,
-    /// Socket halves still held by the reader and writer tasks; the fd is open while
-    /// this is above zero.
+    /// Socket halves still held (by the reader, and by the writer task or parked
+    /// here); the fd is open while this is above zero.
     open_halves: Cell<u8>,
+    /// The write half while no writer task runs. A writer task is spawned when frames
+    /// are queued and parks the half here again once the queue is empty, so an idle
+    /// connection costs no task.
+    socket: RefCell<Option<OwnedWriteHalf<TcpStream>>>,
+    stats: Arc<WorkerStats>,
 }
 
 impl Conn {
@@ -104,6 +99,7 @@ impl Conn {
         fd: RawFd,
         max_backpressure: usize,
         policy: SlowConsumerPolicy,
+        stats: Arc<WorkerStats>,
     ) -> Self {
         let connected_at = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -126,6 +122,24 @@ impl Conn {
             policy: Cell::new(policy),
             fd,
             open_halves: Cell::new(2),
+            socket: RefCell::new(None),
+            stats,
+        }
+    }
+
+    /// Hands the write half over; frames queued from now on are written.
+    pub fn attach_writer(self: &Rc<Self>, socket: OwnedWriteHalf<TcpStream>) {
+        *self.socket.borrow_mut() = Some(socket);
+        self.start_writer();
+    }
+
+    /// Spawns the writer task if frames wait and none runs.
+    fn start_writer(self: &Rc<Self>) {
+        if self.queue.borrow().frames.is_empty() {
+            return;
+        }
+        if let Some(socket) = self.socket.borrow_mut().take() {
+            monoio::spawn(write_loop(Rc::clone(self), socket));
         }
     }
 
@@ -160,8 +174,9 @@ impl Conn {
         }
         q.bytes += frame.len();
         q.frames.push_back(frame);
-        q.wake();
+        drop(q);
         stats.messages_sent.add(1);
+        self.start_writer();
         Queued::Yes
     }
 
@@ -267,8 +282,8 @@ impl Conn {
             }
         }
         q.closing = true;
-        q.wake();
         drop(q);
+        self.start_writer();
         let conn = Rc::clone(self);
         monoio::spawn(async move {
             monoio::time::sleep(CLOSE_GRACE).await;
@@ -303,23 +318,26 @@ impl Conn {
             .set(self.open_halves.get().saturating_sub(1));
     }
 
-    /// The reader is gone: the writer flushes what is queued and ends.
+    /// The reader is gone: a running writer flushes what is queued and ends; a parked
+    /// write half is dropped now.
     pub fn finish(&self) {
-        let mut q = self.queue.borrow_mut();
-        q.finished = true;
-        q.wake();
+        self.queue.borrow_mut().finished = true;
+        if self.socket.borrow_mut().take().is_some() {
+            self.release_half();
+        }
     }
 
-    /// Waits for queued frames; `None` once the queue is closed and drained. Takes
-    /// whole frames only, up to [`MAX_GATHER`] bytes (or one larger frame).
-    fn poll_take(&self, cx: &mut std::task::Context<'_>, out: &mut Vec<Bytes>) -> Poll<bool> {
+    /// Moves queued frames into `out`, whole frames only, up to [`MAX_GATHER`] bytes
+    /// (or one larger frame). `Next::Park` when the queue is empty and open,
+    /// `Next::End` when it is empty and closed.
+    fn take_batch(&self, out: &mut Vec<Bytes>) -> Next {
         let mut q = self.queue.borrow_mut();
         if q.frames.is_empty() {
-            if q.finished || q.closing {
-                return Poll::Ready(false);
-            }
-            q.writer = Some(cx.waker().clone());
-            return Poll::Pending;
+            return if q.finished || q.closing {
+                Next::End
+            } else {
+                Next::Park
+            };
         }
         let mut taken = 0;
         while let Some(front) = q.frames.front() {
@@ -332,20 +350,32 @@ impl Conn {
             }
         }
         q.bytes -= taken;
-        Poll::Ready(true)
+        Next::Write
     }
 }
 
-/// The writer task: one write per batch of queued frames, then a half-close once the
-/// queue is closed and drained.
-pub async fn write_loop(
-    conn: Rc<Conn>,
-    mut socket: OwnedWriteHalf<TcpStream>,
-    stats: std::sync::Arc<WorkerStats>,
-) {
+/// What the writer does next.
+enum Next {
+    Write,
+    Park,
+    End,
+}
+
+/// The writer task: one write per batch of queued frames; parks the socket back in
+/// the connection when the queue is empty, or half-closes it once the queue is closed
+/// and drained.
+async fn write_loop(conn: Rc<Conn>, mut socket: OwnedWriteHalf<TcpStream>) {
     let mut batch = Vec::new();
     let mut gather = BytesMut::new();
-    while poll_fn(|cx| conn.poll_take(cx, &mut batch)).await {
+    loop {
+        match conn.take_batch(&mut batch) {
+            Next::Write => {}
+            Next::Park => {
+                *conn.socket.borrow_mut() = Some(socket);
+                return;
+            }
+            Next::End => break,
+        }
         let buf = match batch.len() {
             1 => batch.pop().unwrap_or_default(),
             _ => {
@@ -361,7 +391,7 @@ pub async fn write_loop(
             conn.kill();
             break;
         }
-        stats.bytes_out.add(len);
+        conn.stats.bytes_out.add(len);
     }
     let _ = socket.shutdown().await;
     conn.release_half();

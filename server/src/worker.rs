@@ -26,7 +26,7 @@ use tracing::{debug, info, warn};
 
 use crate::api::{Ctx, Shared};
 use crate::config::{Config, Driver};
-use crate::connection::{Conn, write_loop};
+use crate::connection::Conn;
 use crate::http;
 use crate::mesh::{Barrier, ClientId, MeshMsg};
 use crate::outbound::{Outbound, Proto};
@@ -326,6 +326,7 @@ impl Worker {
             fd,
             config.max_backpressure,
             config.slow_consumer,
+            Arc::clone(&self.stats),
         ));
         self.conns.borrow_mut().insert(seq, Rc::clone(&conn));
         if let Some(mut dir) = self.shared.dirs.lock(self.index) {
@@ -606,11 +607,7 @@ impl Worker {
     /// clean-up.
     async fn session(self: &Rc<Self>, stream: TcpStream, conn: Rc<Conn>, leftover: BytesMut) {
         let (reader, writer) = stream.into_split();
-        monoio::spawn(write_loop(
-            Rc::clone(&conn),
-            writer,
-            Arc::clone(&self.stats),
-        ));
+        conn.attach_writer(writer);
         match conn.proto {
             Proto::Ws => {
                 let welcome = router::welcome_data(&conn.info.id);
