@@ -9,7 +9,6 @@
 use std::borrow::Cow;
 
 use bytes::{BufMut, Bytes, BytesMut};
-use serde::Deserialize;
 
 use crate::error::EnvelopeError;
 
@@ -26,46 +25,51 @@ pub struct Envelope<'a> {
     pub data: Option<Cow<'a, str>>,
 }
 
-/// The wire shape; every field optional so each missing or mistyped one gets its own
-/// error rather than a generic one.
-#[derive(Deserialize)]
-struct Wire<'a> {
-    #[serde(borrow, default)]
-    event: Option<sonic_rs::LazyValue<'a>>,
-    #[serde(borrow, default)]
-    room: Option<sonic_rs::LazyValue<'a>>,
-    #[serde(borrow, default, rename = "_ackName")]
-    ack_name: Option<sonic_rs::LazyValue<'a>>,
-    #[serde(borrow, default, rename = "_correlationId")]
-    correlation_id: Option<sonic_rs::LazyValue<'a>>,
-    #[serde(borrow, default)]
-    data: Option<sonic_rs::LazyValue<'a>>,
-}
-
 impl<'a> Envelope<'a> {
-    /// Parses an envelope from a text message (already validated UTF-8).
+    /// Parses an envelope from bytes, validating them as UTF-8 on the way.
     pub fn parse(text: &'a [u8]) -> Result<Self, EnvelopeError> {
-        let first = text.iter().find(|b| !b.is_ascii_whitespace());
-        if first.is_some_and(|b| *b != b'{') {
+        let text = simdutf8::basic::from_utf8(text)
+            .map_err(|_| EnvelopeError::InvalidJson("not UTF-8".into()))?;
+        Self::parse_str(text)
+    }
+
+    /// Parses an envelope from text already known to be UTF-8 (a WebSocket text message
+    /// is validated by the decoder), skipping a second validation pass.
+    pub fn parse_str(text: &'a str) -> Result<Self, EnvelopeError> {
+        let first = text.bytes().find(|b| !b.is_ascii_whitespace());
+        if first.is_some_and(|b| b != b'{') {
             // Valid JSON that is not an object is its own error; check it is JSON at all.
-            return match sonic_rs::from_slice::<sonic_rs::LazyValue<'_>>(text) {
+            return match sonic_rs::from_str::<sonic_rs::LazyValue<'_>>(text) {
                 Ok(_) => Err(EnvelopeError::NotAnObject),
                 Err(e) => Err(EnvelopeError::InvalidJson(e.to_string())),
             };
         }
-        let wire: Wire<'a> =
-            sonic_rs::from_slice(text).map_err(|e| EnvelopeError::InvalidJson(e.to_string()))?;
-        let event = string_field(wire.event, "event").map_err(|_| EnvelopeError::MissingEvent)?;
+        let (mut event, mut room, mut ack_name, mut correlation_id, mut data) =
+            (None, None, None, None, None);
+        // One pass over the top-level members; values are skipped (and validated)
+        // without being built, and only the routing fields are looked at.
+        for member in sonic_rs::to_object_iter(text) {
+            let (key, value) = member.map_err(|e| EnvelopeError::InvalidJson(e.to_string()))?;
+            match key.as_ref() {
+                "event" => event = Some(value),
+                "room" => room = Some(value),
+                "_ackName" => ack_name = Some(value),
+                "_correlationId" => correlation_id = Some(value),
+                "data" => data = Some(value),
+                _ => {}
+            }
+        }
+        let event = string_field(event, "event").map_err(|_| EnvelopeError::MissingEvent)?;
         let event = match event {
             Some(e) if !e.is_empty() => e,
             _ => return Err(EnvelopeError::MissingEvent),
         };
         Ok(Self {
             event,
-            room: string_field(wire.room, "room")?,
-            ack_name: string_field(wire.ack_name, "_ackName")?,
-            correlation_id: string_field(wire.correlation_id, "_correlationId")?,
-            data: wire.data.map(|raw| raw.as_raw_cow()),
+            room: string_field(room, "room")?,
+            ack_name: string_field(ack_name, "_ackName")?,
+            correlation_id: string_field(correlation_id, "_correlationId")?,
+            data: data.map(|raw| raw.as_raw_cow()).filter(|d| d != "null"),
         })
     }
 

@@ -1,0 +1,83 @@
+//! Envelope parse (sonic-rs into borrowed routing fields + raw `data`) against
+//! `serde_json::Value` and simd-json's borrowed value, and envelope building against
+//! `serde_json::to_vec`. Target: parse >= 2x serde_json on a 200-byte chat envelope.
+
+use std::hint::black_box;
+
+use criterion::{BatchSize, BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use stellar_protocol::envelope::{Envelope, encode_event};
+
+fn chat(size: usize) -> String {
+    let base = r#"{"event":"chat","room":"lobby","data":{"user":"alice","ts":1732470000000,"tags":["a","b"],"text":""}}"#;
+    let text = "x".repeat(size.saturating_sub(base.len()));
+    format!(
+        r#"{{"event":"chat","room":"lobby","data":{{"user":"alice","ts":1732470000000,"tags":["a","b"],"text":"{text}"}}}}"#
+    )
+}
+
+fn parse(c: &mut Criterion) {
+    let mut group = c.benchmark_group("envelope_parse");
+    for (name, size) in [("200B", 200), ("1KiB", 1024)] {
+        let msg = chat(size);
+        group.throughput(Throughput::Bytes(msg.len() as u64));
+        group.bench_with_input(BenchmarkId::new("stellar_sonic", name), &msg, |b, m| {
+            b.iter(|| {
+                black_box(Envelope::parse(black_box(m.as_bytes())).map(|e| e.data.map(|d| d.len())))
+            })
+        });
+        group.bench_with_input(BenchmarkId::new("stellar_sonic_str", name), &msg, |b, m| {
+            b.iter(|| {
+                black_box(
+                    Envelope::parse_str(black_box(m.as_str())).map(|e| e.data.map(|d| d.len())),
+                )
+            })
+        });
+        group.bench_with_input(BenchmarkId::new("serde_json_value", name), &msg, |b, m| {
+            b.iter(|| {
+                black_box(
+                    serde_json::from_slice::<serde_json::Value>(black_box(m.as_bytes())).is_ok(),
+                )
+            })
+        });
+        group.bench_with_input(
+            BenchmarkId::new("simd_json_borrowed", name),
+            &msg,
+            |b, m| {
+                b.iter_batched(
+                    || m.as_bytes().to_vec(),
+                    |mut bytes| black_box(simd_json::to_borrowed_value(&mut bytes).is_ok()),
+                    BatchSize::SmallInput,
+                )
+            },
+        );
+    }
+    group.finish();
+}
+
+fn build(c: &mut Criterion) {
+    #[derive(serde::Serialize)]
+    struct Out<'a> {
+        event: &'a str,
+        data: &'a serde_json::value::RawValue,
+        room: &'a str,
+    }
+    let data = r#"{"user":"alice","ts":1732470000000,"tags":["a","b"],"text":"hello there, general kenobi"}"#;
+    let raw = serde_json::value::RawValue::from_string(data.to_owned()).expect("valid JSON");
+    let mut group = c.benchmark_group("envelope_build");
+    group.bench_function("stellar_raw/200B", |b| {
+        b.iter(|| black_box(encode_event("chat", black_box(data), Some("lobby"))))
+    });
+    group.bench_function("serde_json_to_vec/200B", |b| {
+        b.iter(|| {
+            black_box(serde_json::to_vec(&Out {
+                event: "chat",
+                data: &raw,
+                room: "lobby",
+            }))
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, parse, build);
+criterion_main!(benches);
