@@ -21,6 +21,7 @@ use crate::config::{Config, ConfigError};
 use crate::connection::{ClientInfo, Conn};
 use crate::mesh::{ClientId, Mesh, MeshMsg};
 use crate::outbound::Outbound;
+use crate::rate_limit::{Limit, RateLimits};
 use crate::rooms::Directories;
 use crate::router::Flow;
 use crate::stats::{Stats, WorkerStats};
@@ -48,6 +49,7 @@ type AckFn = dyn Fn(&Ctx<'_>) -> Result<Value, AckError> + Send + Sync;
 type MiddlewareFn = dyn Fn(&ClientInfo) -> Result<(), String> + Send + Sync;
 type RoomEventFn = dyn Fn(&ClientInfo, &str, &str) -> bool + Send + Sync;
 type ShutdownFn = dyn Fn(&str, bool) + Send + Sync;
+type RateLimitFn = dyn Fn(&ClientInfo, &str) -> bool + Send + Sync;
 
 /// Every registered handler, shared read-only by the workers.
 #[derive(Default)]
@@ -60,6 +62,7 @@ pub struct Handlers {
     pub(crate) middleware: Vec<Arc<MiddlewareFn>>,
     pub(crate) room_event: Option<Arc<RoomEventFn>>,
     pub(crate) shutdown: Vec<Arc<ShutdownFn>>,
+    pub(crate) rate_limit_exceeded: Option<Arc<RateLimitFn>>,
 }
 
 /// Why the server could not start.
@@ -146,6 +149,17 @@ impl ServerBuilder {
         self
     }
 
+    /// Decides what happens to a client over its rate limit: `true` closes it with 1008
+    /// "Rate limit exceeded" (the default), `false` refuses just that message with an
+    /// `error` event `rate_limited`.
+    pub fn on_rate_limit_exceeded(
+        mut self,
+        f: impl Fn(&ClientInfo, &str) -> bool + Send + Sync + 'static,
+    ) -> Self {
+        self.handlers.rate_limit_exceeded = Some(Arc::new(f));
+        self
+    }
+
     /// Runs after a shutdown, with the signal name (or "api") and whether it was forced.
     pub fn on_shutdown(mut self, f: impl Fn(&str, bool) + Send + Sync + 'static) -> Self {
         self.handlers.shutdown.push(Arc::new(f));
@@ -184,6 +198,8 @@ impl ServerBuilder {
             tcp_port,
             started: Instant::now(),
             shutting_down: AtomicBool::new(false),
+            rate_limits: RwLock::default(),
+            per_ip: Mutex::default(),
             threads: Mutex::new(Vec::new()),
         });
         let cores = core_affinity::get_core_ids().unwrap_or_default();
@@ -266,6 +282,11 @@ pub struct Shared {
     started: Instant,
     shutting_down: AtomicBool,
     threads: Mutex<Vec<JoinHandle<()>>>,
+    /// The current overrides; workers hold a copy, replaced through the mesh.
+    rate_limits: RwLock<Arc<RateLimits>>,
+    /// Open connections per remote address, against `max_connections_per_ip`
+    /// (touched on connect and close only).
+    per_ip: Mutex<HashMap<std::net::IpAddr, usize>>,
 }
 
 impl Shared {
@@ -292,6 +313,42 @@ impl Shared {
 
     pub(crate) fn release_admission(&self) {
         self.admitted.fetch_sub(1, Ordering::AcqRel);
+    }
+
+    pub(crate) fn rate_limits(&self) -> Arc<RateLimits> {
+        Arc::clone(
+            &self
+                .rate_limits
+                .read()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        )
+    }
+
+    /// Counts a connection from `ip`; false when `max` are open already.
+    pub(crate) fn admit_ip(&self, ip: std::net::IpAddr, max: usize) -> bool {
+        let mut per_ip = self
+            .per_ip
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let open = per_ip.entry(ip).or_default();
+        if *open >= max {
+            return false;
+        }
+        *open += 1;
+        true
+    }
+
+    pub(crate) fn release_ip(&self, ip: std::net::IpAddr) {
+        let mut per_ip = self
+            .per_ip
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(open) = per_ip.get_mut(&ip) {
+            *open -= 1;
+            if *open == 0 {
+                per_ip.remove(&ip);
+            }
+        }
     }
 
     pub(crate) fn is_shutting_down(&self) -> bool {
@@ -438,6 +495,47 @@ impl ServerHandle {
             .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::clone(&merged);
         self.each_worker(|| MeshMsg::Config(Arc::clone(&merged)));
         Ok(())
+    }
+
+    /// Limits `event` to `count` per `window` for every client (unless a client has its
+    /// own override). Applies to the next message.
+    pub fn set_event_rate_limit(&self, event: &str, count: u32, window: Duration) {
+        self.edit_rate_limits(|t| {
+            t.events.insert(event.to_owned(), Limit::new(count, window));
+        });
+    }
+
+    pub fn remove_event_rate_limit(&self, event: &str) {
+        self.edit_rate_limits(|t| {
+            t.events.remove(event);
+        });
+    }
+
+    /// Gives client `id` its own limit, which beats per-event and global limits.
+    pub fn set_client_rate_limit(&self, id: &str, count: u32, window: Duration) {
+        self.edit_rate_limits(|t| {
+            t.clients.insert(id.to_owned(), Limit::new(count, window));
+        });
+    }
+
+    pub fn remove_client_rate_limit(&self, id: &str) {
+        self.edit_rate_limits(|t| {
+            t.clients.remove(id);
+        });
+    }
+
+    fn edit_rate_limits(&self, edit: impl FnOnce(&mut RateLimits)) {
+        let mut current = self
+            .0
+            .rate_limits
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut table = (**current).clone();
+        edit(&mut table);
+        let table = Arc::new(table);
+        *current = Arc::clone(&table);
+        drop(current);
+        self.each_worker(|| MeshMsg::RateLimits(Arc::clone(&table)));
     }
 
     /// Runs `f` every `period` on a timer thread until the returned [`Timer`] is dropped.

@@ -89,6 +89,8 @@ pub struct Conn {
     /// connection costs no task.
     socket: RefCell<Option<OwnedWriteHalf<TcpStream>>>,
     stats: Arc<WorkerStats>,
+    /// Rate-limit buckets, touched only by the owning worker.
+    pub(crate) buckets: RefCell<crate::rate_limit::Buckets>,
 }
 
 impl Conn {
@@ -124,6 +126,7 @@ impl Conn {
             open_halves: Cell::new(2),
             socket: RefCell::new(None),
             stats,
+            buckets: RefCell::default(),
         }
     }
 

@@ -47,6 +47,7 @@ pub fn status_only(status: u16, reason: &str) -> Bytes {
 pub async fn serve(
     worker: &Rc<Worker>,
     mut stream: TcpStream,
+    remote: std::net::IpAddr,
     request: Request,
     mut body: BytesMut,
 ) {
@@ -66,11 +67,17 @@ pub async fn serve(
         }
         body.truncate(len);
     }
-    let answer = route(worker, &config, &request, &body);
+    let answer = route(worker, &config, remote, &request, &body);
     let _ = stream.write_all(answer).await;
 }
 
-fn route(worker: &Rc<Worker>, config: &Config, request: &Request, body: &[u8]) -> Bytes {
+fn route(
+    worker: &Rc<Worker>,
+    config: &Config,
+    remote: std::net::IpAddr,
+    request: &Request,
+    body: &[u8],
+) -> Bytes {
     let handle = ServerHandle(std::sync::Arc::clone(&worker.shared));
     match (request.method.as_str(), request.path.as_str()) {
         ("GET", "/health") if handle.is_shutting_down() => json_response(
@@ -95,9 +102,14 @@ fn route(worker: &Rc<Worker>, config: &Config, request: &Request, body: &[u8]) -
                 Err(_) => status_only(404, "Not Found"),
             }
         }
-        (method @ ("GET" | "POST"), path) if path.starts_with("/api/") => {
-            action(worker, method, &path["/api/".len()..], request, body)
-        }
+        (method @ ("GET" | "POST"), path) if path.starts_with("/api/") => action(
+            worker,
+            remote,
+            method,
+            &path["/api/".len()..],
+            request,
+            body,
+        ),
         (_, "/" | "/ws") => response(
             426,
             "Upgrade Required",
@@ -109,8 +121,21 @@ fn route(worker: &Rc<Worker>, config: &Config, request: &Request, body: &[u8]) -
 }
 
 /// `POST /api/<action>` (JSON body) or `GET /api/<action>?k=v`: calls the `on_ack`
-/// handler of that name.
-fn action(worker: &Rc<Worker>, method: &str, name: &str, request: &Request, body: &[u8]) -> Bytes {
+/// handler of that name, under the same rate limits as WebSocket clients (keyed by the
+/// caller's address).
+fn action(
+    worker: &Rc<Worker>,
+    remote: std::net::IpAddr,
+    method: &str,
+    name: &str,
+    request: &Request,
+    body: &[u8],
+) -> Bytes {
+    if !worker.allow_http(remote, name) {
+        worker.stats.rate_limited.add(1);
+        let error = json!({"error": {"code": "rate_limited", "message": format!("rate limit exceeded for `{name}`")}});
+        return json_response(429, "Too Many Requests", &error);
+    }
     let data = if method == "POST" {
         if body.is_empty() {
             Value::Null

@@ -10,6 +10,7 @@
 //! - `mesh`: the lock-free cross-core queues and their once-per-batch wake-up.
 //! - `outbound`: a message to many, framed once per protocol and shared.
 //! - `http`: health, stats, metrics, static files and HTTP actions on the same port.
+//! - [`rate_limit`]: token buckets and the run-time table of overrides.
 //! - [`stats`]: per-worker counters summed on read.
 //!
 //! ```no_run
@@ -34,6 +35,7 @@ mod connection;
 mod http;
 mod mesh;
 mod outbound;
+pub mod rate_limit;
 mod rooms;
 mod router;
 pub mod stats;

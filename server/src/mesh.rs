@@ -68,6 +68,8 @@ pub enum MeshMsg {
     },
     /// Configuration changed at run time.
     Config(Arc<Config>),
+    /// The rate-limit overrides changed at run time.
+    RateLimits(Arc<crate::rate_limit::RateLimits>),
     /// Stop accepting and close every client with 1001 (graceful), or drop them now.
     Shutdown {
         graceful: bool,

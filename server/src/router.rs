@@ -108,7 +108,12 @@ fn on_ws_message(worker: &Rc<Worker>, conn: &Rc<Conn>, msg: Message) -> Flow {
     match msg {
         Message::Text(text) => {
             worker.stats.messages_received.add(1);
-            match Envelope::parse(&text) {
+            let parsed = Envelope::parse(&text);
+            let event = parsed.as_ref().map_or("", |env| &env.event);
+            if let Some(refused) = over_limit(worker, conn, event) {
+                return refused;
+            }
+            match parsed {
                 Ok(env) => {
                     let inbound = Inbound {
                         event: &env.event,
@@ -146,6 +151,13 @@ fn on_ws_message(worker: &Rc<Worker>, conn: &Rc<Conn>, msg: Message) -> Flow {
 
 fn on_tcp_frame(worker: &Rc<Worker>, conn: &Rc<Conn>, frame: TcpFrame) -> Flow {
     worker.stats.messages_received.add(1);
+    if !matches!(
+        frame.kind,
+        FrameType::Ping | FrameType::Pong | FrameType::Disconnect
+    ) && let Some(refused) = over_limit(worker, conn, &frame.event)
+    {
+        return refused;
+    }
     let payload = frame.payload;
     match frame.kind {
         FrameType::Json => {
@@ -225,7 +237,12 @@ fn tcp_room_event(text: &str) -> Option<(String, String)> {
 }
 
 fn on_binary(worker: &Rc<Worker>, conn: &Rc<Conn>, bytes: &Bytes) -> Flow {
-    let msg = match BinaryMessage::parse(bytes) {
+    let parsed = BinaryMessage::parse(bytes);
+    let event = parsed.as_ref().map_or("", |m| &m.event);
+    if let Some(refused) = over_limit(worker, conn, event) {
+        return refused;
+    }
+    let msg = match parsed {
         Ok(m) => m,
         Err(e) => {
             conn.send_error(e.code(), &e.to_string(), &worker.stats);
@@ -245,6 +262,33 @@ fn on_binary(worker: &Rc<Worker>, conn: &Rc<Conn>, bytes: &Bytes) -> Flow {
         worker.publish_room(room, out, Some(conn.id));
     }
     Flow::Continue
+}
+
+/// Applies the rate limits to one message: `None` when it may pass, else what the
+/// reader does (by default the client is closed with 1008 "Rate limit exceeded"; an
+/// `on_rate_limit_exceeded` hook returning false keeps it, and the message is refused
+/// with an `error` event `rate_limited`).
+fn over_limit(worker: &Rc<Worker>, conn: &Rc<Conn>, event: &str) -> Option<Flow> {
+    if worker.allow(conn, event) {
+        return None;
+    }
+    worker.stats.rate_limited.add(1);
+    let close = worker
+        .shared
+        .handlers
+        .rate_limit_exceeded
+        .as_ref()
+        .is_none_or(|hook| hook(&conn.info, event));
+    if close {
+        conn.close(CloseCode::POLICY_VIOLATION, "Rate limit exceeded");
+        return Some(Flow::Stop);
+    }
+    conn.send_error(
+        "rate_limited",
+        &format!("rate limit exceeded for `{event}`"),
+        &worker.stats,
+    );
+    Some(Flow::Continue)
 }
 
 fn route(worker: &Rc<Worker>, conn: &Rc<Conn>, msg: &Inbound<'_>) -> Flow {

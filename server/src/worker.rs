@@ -30,6 +30,7 @@ use crate::connection::Conn;
 use crate::http;
 use crate::mesh::{Barrier, ClientId, MeshMsg};
 use crate::outbound::{Outbound, Proto};
+use crate::rate_limit::{Buckets, Limit, RateLimits};
 use crate::rooms::{Interest, LocalRooms, RoomName};
 use crate::router::{self, Decoder, Flow};
 use crate::stats::WorkerStats;
@@ -42,6 +43,9 @@ const READ_CHUNK: usize = 16 * 1024;
 /// much: it is what keeps idle connections cheap.
 const IDLE_READ: usize = 512;
 
+/// Addresses whose HTTP rate-limit buckets a worker keeps at most.
+const MAX_HTTP_BUCKETS: usize = 65_536;
+
 /// Why a join was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum JoinError {
@@ -49,6 +53,33 @@ pub enum JoinError {
     TooManyRooms,
     /// The server holds `max_rooms` rooms already.
     ServerRoomsFull,
+}
+
+/// Why a connection was not admitted (SPEC §3.5).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Refusal {
+    /// `max_connections` reached, or shutting down.
+    ServerFull,
+    /// `max_connections_per_ip` reached for the client's address.
+    TooManyFromIp,
+}
+
+impl Refusal {
+    /// The close reason (WebSocket 1008) or ERROR message (TCP).
+    fn reason(self) -> &'static str {
+        match self {
+            Self::ServerFull => "Server full",
+            Self::TooManyFromIp => "Too many connections",
+        }
+    }
+
+    /// The TCP ERROR frame's code.
+    fn code(self) -> &'static str {
+        match self {
+            Self::ServerFull => "server_full",
+            Self::TooManyFromIp => "too_many_connections",
+        }
+    }
 }
 
 /// A worker's state, shared by its tasks.
@@ -62,6 +93,10 @@ pub struct Worker {
     interest: RefCell<Interest>,
     next_seq: Cell<u64>,
     shutting_down: Cell<bool>,
+    rate_limits: RefCell<Arc<RateLimits>>,
+    /// Rate-limit buckets of HTTP action callers, by address (HTTP has no connection
+    /// to keep them in); dropped wholesale past [`MAX_HTTP_BUCKETS`] addresses.
+    http_buckets: RefCell<HashMap<std::net::IpAddr, Buckets>>,
 }
 
 /// Starts worker `index` on the current thread and runs it until shutdown.
@@ -121,7 +156,10 @@ async fn serve(
         interest: RefCell::default(),
         next_seq: Cell::new(0),
         shutting_down: Cell::new(false),
+        rate_limits: RefCell::new(Arc::default()),
+        http_buckets: RefCell::default(),
     });
+    *worker.rate_limits.borrow_mut() = worker.shared.rate_limits();
     let listeners = [(ws, Proto::Ws), (tcp, Proto::Tcp)];
     let mut listen_fds = Vec::new();
     for (listener, proto) in listeners {
@@ -208,6 +246,37 @@ impl Worker {
         Arc::clone(&self.config.borrow())
     }
 
+    /// Whether the HTTP caller at `ip` may call action `name` once more.
+    pub fn allow_http(&self, ip: std::net::IpAddr, name: &str) -> bool {
+        let config = self.config.borrow();
+        let global = Limit::new(config.rate_limit, config.rate_limit_window);
+        let mut buckets = self.http_buckets.borrow_mut();
+        if buckets.len() >= MAX_HTTP_BUCKETS && !buckets.contains_key(&ip) {
+            buckets.clear();
+        }
+        let key = ip.to_string();
+        buckets.entry(ip).or_default().allow(
+            &key,
+            name,
+            &self.rate_limits.borrow(),
+            global,
+            Instant::now(),
+        )
+    }
+
+    /// Whether `conn` may send one more `event` under the rate limits.
+    pub fn allow(&self, conn: &Conn, event: &str) -> bool {
+        let config = self.config.borrow();
+        let global = Limit::new(config.rate_limit, config.rate_limit_window);
+        conn.buckets.borrow_mut().allow(
+            &conn.info.id,
+            event,
+            &self.rate_limits.borrow(),
+            global,
+            Instant::now(),
+        )
+    }
+
     /// The mesh loop: runs until shutdown has drained.
     async fn run_inbox(self: &Rc<Self>, listen_fds: &[i32]) {
         let mut batch = Vec::new();
@@ -255,6 +324,7 @@ impl Worker {
                 }
                 *self.config.borrow_mut() = config;
             }
+            MeshMsg::RateLimits(table) => *self.rate_limits.borrow_mut() = table,
             MeshMsg::Shutdown { .. } => {}
         }
     }
@@ -307,11 +377,23 @@ impl Worker {
 
     // ----- connections -------------------------------------------------------------
 
-    /// Admits a connection, or `None` when the server is full or shutting down.
-    fn register(self: &Rc<Self>, proto: Proto, remote: SocketAddr, fd: i32) -> Option<Rc<Conn>> {
+    /// Admits a connection, or says why not.
+    fn register(
+        self: &Rc<Self>,
+        proto: Proto,
+        remote: SocketAddr,
+        fd: i32,
+    ) -> Result<Rc<Conn>, Refusal> {
         let config = self.config();
         if self.shutting_down.get() || !self.shared.try_admit(config.max_connections) {
-            return None;
+            return Err(Refusal::ServerFull);
+        }
+        if !self
+            .shared
+            .admit_ip(remote.ip(), config.max_connections_per_ip)
+        {
+            self.shared.release_admission();
+            return Err(Refusal::TooManyFromIp);
         }
         let seq = self.next_seq.get();
         self.next_seq.set(seq + 1);
@@ -338,7 +420,7 @@ impl Worker {
             Proto::Ws => self.stats.ws_connections.add(1),
             Proto::Tcp => self.stats.tcp_connections.add(1),
         }
-        Some(conn)
+        Ok(conn)
     }
 
     /// Removes a connection: leaves its rooms, then runs `on_disconnect`.
@@ -352,6 +434,7 @@ impl Worker {
             dir.clients.remove(&conn.id);
         }
         self.shared.release_admission();
+        self.shared.release_ip(conn.info.remote_address.ip());
         self.stats.active_connections.sub(1);
         match conn.proto {
             Proto::Ws => self.stats.ws_connections.sub(1),
@@ -546,7 +629,7 @@ impl Worker {
         let _ = buf.split_to(request.head_len);
         let is_ws_path = request.path == "/" || request.path == "/ws";
         if !(is_ws_path && request.is_websocket_upgrade()) {
-            http::serve(self, stream, request, buf).await;
+            http::serve(self, stream, remote.ip(), request, buf).await;
             return None;
         }
         let upgrade = match request.websocket_upgrade() {
@@ -568,15 +651,18 @@ impl Worker {
                 return None;
             }
         }
-        let Some(conn) = self.register(Proto::Ws, remote, stream.as_raw_fd()) else {
-            // Full: upgrade, then close with 1008 so WebSocket clients see why.
-            let _ = stream.write_all(upgrade.response()).await;
-            let close = stellar_protocol::ws::CloseFrame::payload(
-                CloseCode::POLICY_VIOLATION,
-                "Server full",
-            );
-            let _ = stream.write_all(encode_server(OpCode::Close, &close)).await;
-            return None;
+        let conn = match self.register(Proto::Ws, remote, stream.as_raw_fd()) {
+            Ok(conn) => conn,
+            Err(refusal) => {
+                // Upgrade, then close with 1008 so WebSocket clients see why.
+                let _ = stream.write_all(upgrade.response()).await;
+                let close = stellar_protocol::ws::CloseFrame::payload(
+                    CloseCode::POLICY_VIOLATION,
+                    refusal.reason(),
+                );
+                let _ = stream.write_all(encode_server(OpCode::Close, &close)).await;
+                return None;
+            }
         };
         let (result, _) = stream.write_all(upgrade.response()).await;
         if result.is_err() {
@@ -592,13 +678,16 @@ impl Worker {
 
     /// A connection on the TCP-protocol port.
     async fn serve_tcp(self: Rc<Self>, stream: TcpStream, remote: SocketAddr) {
-        let Some(conn) = self.register(Proto::Tcp, remote, stream.as_raw_fd()) else {
-            let mut stream = stream;
-            let error = crate::connection::error_data("server_full", "Server full");
-            let _ = stream
-                .write_all(tcp::frame::encode(FrameType::Error, "error", &error))
-                .await;
-            return;
+        let conn = match self.register(Proto::Tcp, remote, stream.as_raw_fd()) {
+            Ok(conn) => conn,
+            Err(refusal) => {
+                let mut stream = stream;
+                let error = crate::connection::error_data(refusal.code(), refusal.reason());
+                let _ = stream
+                    .write_all(tcp::frame::encode(FrameType::Error, "error", &error))
+                    .await;
+                return;
+            }
         };
         self.session(stream, conn, BytesMut::new()).await;
     }

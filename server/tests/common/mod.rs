@@ -14,13 +14,16 @@ use tungstenite::{Message, WebSocket};
 
 pub const TIMEOUT: Duration = Duration::from_secs(5);
 
-/// A config for tests: loopback, ephemeral ports, `workers` workers.
+/// A config for tests: loopback, ephemeral ports, `workers` workers, and no rate limit
+/// (tests that relay hundreds of messages send faster than the default 100/s; the
+/// rate-limit tests set their own).
 pub fn config(workers: usize, driver: Driver) -> Config {
     Config {
         host: "127.0.0.1".into(),
         port: 0,
         workers,
         driver,
+        rate_limit: 0,
         ..Config::default()
     }
 }

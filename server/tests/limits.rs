@@ -1,0 +1,258 @@
+//! Limits and rate limits (SPEC §3.3-§3.5, §4): each refusal has its exact answer, and a
+//! well-behaved client connected at the same time keeps its round trip.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::time::Duration;
+
+use common::*;
+use serde_json::json;
+use stellar_server::{Config, Driver, Server};
+use tungstenite::protocol::frame::coding::CloseCode;
+
+/// The bystander's round trip still works.
+fn still_served(c: &mut Client) {
+    c.send(json!({"event": "ping", "data": "ok?"}));
+    assert_eq!(c.recv_event("pong")["data"], "ok?");
+}
+
+fn http(port: u16, request: &str) -> String {
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    stream.set_read_timeout(Some(TIMEOUT)).unwrap();
+    stream.write_all(request.as_bytes()).unwrap();
+    let mut out = String::new();
+    let _ = stream.read_to_string(&mut out);
+    out
+}
+
+#[test]
+fn flood_over_the_rate_limit_closes_with_1008() {
+    let config = Config {
+        rate_limit: 50,
+        ..config(1, Driver::Auto)
+    };
+    let s = TestServer::with(config);
+    let mut bystander = s.ws();
+    let mut flooder = s.ws();
+    for i in 0..10_000 {
+        if flooder
+            .ws
+            .send(tungstenite::Message::text(format!(
+                r#"{{"event":"spam","data":{i}}}"#
+            )))
+            .is_err()
+        {
+            break;
+        }
+    }
+    let (code, reason) = flooder.expect_close();
+    assert_eq!(
+        (code, reason.as_str()),
+        (CloseCode::Policy, "Rate limit exceeded")
+    );
+    assert!(s.handle.stats().rate_limited >= 1);
+    still_served(&mut bystander);
+}
+
+#[test]
+fn hook_can_keep_a_limited_client_and_refuse_messages() {
+    let config = Config {
+        rate_limit: 5,
+        rate_limit_window: Duration::from_secs(60),
+        ..config(1, Driver::Auto)
+    };
+    let s = TestServer::start(
+        Server::builder()
+            .config(config)
+            .on_rate_limit_exceeded(|_, _| false),
+    );
+    let mut c = s.ws();
+    for _ in 0..5 {
+        c.send(json!({"event": "ping"}));
+        c.recv_event("pong");
+    }
+    c.send(json!({"event": "ping"}));
+    let refused = c.recv_event("error");
+    assert_eq!(refused["data"]["code"], "rate_limited");
+}
+
+#[test]
+fn per_event_and_per_client_limits_apply_in_priority_order() {
+    let config = Config {
+        rate_limit: 1000,
+        ..config(1, Driver::Auto)
+    };
+    let s = TestServer::start(
+        Server::builder()
+            .config(config)
+            .on_rate_limit_exceeded(|_, _| false),
+    );
+    let mut c = s.ws();
+    s.handle
+        .set_event_rate_limit("ping", 2, Duration::from_secs(60));
+    let refused_after = |c: &mut Client, n: usize| {
+        for _ in 0..n {
+            c.send(json!({"event": "ping"}));
+            c.recv_event("pong");
+        }
+        c.send(json!({"event": "ping"}));
+        assert_eq!(c.recv_event("error")["data"]["code"], "rate_limited");
+    };
+    eventually("the event limit to reach the worker", || {
+        // A fresh client sees the table once the worker applied it.
+        let mut probe = s.ws();
+        probe.send(json!({"event": "ping"}));
+        probe.recv_event("pong");
+        probe.send(json!({"event": "ping"}));
+        probe.recv_event("pong");
+        probe.send(json!({"event": "ping"}));
+        probe.recv_json()["event"] == "error"
+    });
+    refused_after(&mut c, 2);
+    // A client override beats the event limit.
+    let mut vip = s.ws();
+    s.handle
+        .set_client_rate_limit(&vip.id, 4, Duration::from_secs(60));
+    std::thread::sleep(Duration::from_millis(100));
+    refused_after(&mut vip, 4);
+    s.handle.remove_event_rate_limit("ping");
+    s.handle.remove_client_rate_limit(&vip.id);
+}
+
+#[test]
+fn too_many_connections_from_one_ip_close_with_1008() {
+    let config = Config {
+        max_connections_per_ip: 2,
+        ..config(1, Driver::Auto)
+    };
+    let s = TestServer::with(config);
+    let (mut a, _b) = (s.ws(), s.ws());
+    let stream = std::net::TcpStream::connect(("127.0.0.1", s.handle.port())).unwrap();
+    stream.set_read_timeout(Some(TIMEOUT)).unwrap();
+    let (mut third, _) =
+        tungstenite::client(format!("ws://127.0.0.1:{}/", s.handle.port()), stream).unwrap();
+    match third.read() {
+        Ok(tungstenite::Message::Close(Some(f))) => {
+            assert_eq!(
+                (f.code, f.reason.as_str()),
+                (CloseCode::Policy, "Too many connections")
+            )
+        }
+        other => panic!("expected close, got {other:?}"),
+    }
+    still_served(&mut a);
+}
+
+#[test]
+fn oversized_and_malformed_requests_get_their_status() {
+    let config = Config {
+        max_header_bytes: 1024,
+        max_headers: 8,
+        ..config(1, Driver::Auto)
+    };
+    let s = TestServer::with(config);
+    let mut bystander = s.ws();
+    let port = s.handle.port();
+    let big = format!("GET / HTTP/1.1\r\nX-Big: {}\r\n\r\n", "a".repeat(2000));
+    assert!(http(port, &big).starts_with("HTTP/1.1 431"));
+    let many: String = (0..20).map(|i| format!("X-{i}: v\r\n")).collect();
+    assert!(http(port, &format!("GET / HTTP/1.1\r\n{many}\r\n")).starts_with("HTTP/1.1 431"));
+    assert!(http(port, "NOT HTTP AT ALL\r\n\r\n").starts_with("HTTP/1.1 400"));
+    let version = "GET / HTTP/1.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 8\r\n\r\n";
+    let answer = http(port, version);
+    assert!(answer.starts_with("HTTP/1.1 426") && answer.contains("Sec-WebSocket-Version: 13"));
+    still_served(&mut bystander);
+}
+
+#[test]
+fn foreign_origin_is_refused_with_403() {
+    let config = Config {
+        allowed_origins: vec!["https://game.example".into()],
+        ..config(1, Driver::Auto)
+    };
+    let s = TestServer::with(config);
+    let port = s.handle.port();
+    let request = |origin: &str| {
+        format!(
+            "GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nOrigin: {origin}\r\n\
+Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        )
+    };
+    assert!(http(port, &request("https://evil.example")).starts_with("HTTP/1.1 403"));
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    stream.set_read_timeout(Some(TIMEOUT)).unwrap();
+    stream
+        .write_all(request("https://game.example").as_bytes())
+        .unwrap();
+    let mut head = [0u8; 12];
+    stream.read_exact(&mut head).unwrap();
+    assert_eq!(&head, b"HTTP/1.1 101");
+}
+
+#[test]
+fn half_sent_handshake_times_out_with_408() {
+    let config = Config {
+        connect_timeout: Duration::from_millis(300),
+        ..config(1, Driver::Auto)
+    };
+    let s = TestServer::with(config);
+    let mut bystander = s.ws();
+    let mut slowloris = std::net::TcpStream::connect(("127.0.0.1", s.handle.port())).unwrap();
+    slowloris.set_read_timeout(Some(TIMEOUT)).unwrap();
+    slowloris
+        .write_all(b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: webso")
+        .unwrap();
+    let mut answer = String::new();
+    let _ = slowloris.read_to_string(&mut answer);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    still_served(&mut bystander);
+}
+
+#[test]
+fn http_actions_answer_200_400_404_422_and_429() {
+    let config = Config {
+        rate_limit: 4,
+        rate_limit_window: Duration::from_secs(60),
+        ..config(1, Driver::Auto)
+    };
+    let s = TestServer::start(Server::builder().config(config).on_ack("sum", |ctx| {
+        let a = ctx
+            .data()
+            .get("a")
+            .and_then(|v| v.as_i64().or_else(|| v.as_str()?.parse().ok()));
+        let b = ctx
+            .data()
+            .get("b")
+            .and_then(|v| v.as_i64().or_else(|| v.as_str()?.parse().ok()));
+        match (a, b) {
+            (Some(a), Some(b)) => Ok(json!(a + b)),
+            _ => Err(stellar_server::AckError::new(
+                "bad_args",
+                "a and b are numbers",
+            )),
+        }
+    }));
+    let port = s.handle.port();
+    let post = |body: &str| {
+        http(
+            port,
+            &format!(
+                "POST /api/sum HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            ),
+        )
+    };
+    let ok = post(r#"{"a":2,"b":3}"#);
+    assert!(
+        ok.starts_with("HTTP/1.1 200") && ok.ends_with(r#"{"data":5}"#),
+        "{ok}"
+    );
+    assert!(post("{nope").starts_with("HTTP/1.1 400"));
+    assert!(http(port, "GET /api/sum?a=1&b=x HTTP/1.1\r\n\r\n").starts_with("HTTP/1.1 422"));
+    assert!(http(port, "GET /api/missing HTTP/1.1\r\n\r\n").starts_with("HTTP/1.1 404"));
+    assert!(
+        post(r#"{"a":1,"b":1}"#).starts_with("HTTP/1.1 429"),
+        "the 5th call is over 4 per minute"
+    );
+}
