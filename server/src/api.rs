@@ -15,8 +15,10 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use serde_json::Value;
+use stellar_protocol::ws::handshake::Request;
 use tracing::info;
 
+use crate::auth::AuthUser;
 use crate::config::{Config, ConfigError};
 use crate::connection::{ClientInfo, Conn};
 use crate::mesh::{ClientId, Mesh, MeshMsg};
@@ -50,6 +52,8 @@ type MiddlewareFn = dyn Fn(&ClientInfo) -> Result<(), String> + Send + Sync;
 type RoomEventFn = dyn Fn(&ClientInfo, &str, &str) -> bool + Send + Sync;
 type ShutdownFn = dyn Fn(&str, bool) + Send + Sync;
 type RateLimitFn = dyn Fn(&ClientInfo, &str) -> bool + Send + Sync;
+type AuthFn = dyn Fn(&Request) -> Result<AuthUser, String> + Send + Sync;
+type AuthorizeJoinFn = dyn Fn(&ClientInfo, Option<&AuthUser>, &str) -> bool + Send + Sync;
 
 /// Every registered handler, shared read-only by the workers.
 #[derive(Default)]
@@ -63,6 +67,8 @@ pub struct Handlers {
     pub(crate) room_event: Option<Arc<RoomEventFn>>,
     pub(crate) shutdown: Vec<Arc<ShutdownFn>>,
     pub(crate) rate_limit_exceeded: Option<Arc<RateLimitFn>>,
+    pub(crate) auth: Option<Arc<AuthFn>>,
+    pub(crate) authorize_join: Option<Arc<AuthorizeJoinFn>>,
 }
 
 /// Why the server could not start.
@@ -146,6 +152,27 @@ impl ServerBuilder {
         f: impl Fn(&ClientInfo, &str, &str) -> bool + Send + Sync + 'static,
     ) -> Self {
         self.handlers.room_event = Some(Arc::new(f));
+        self
+    }
+
+    /// Authenticates an upgrade request (headers, cookies, query): `Ok(user)` accepts,
+    /// `Err(reason)` answers HTTP 401 before the upgrade. With this hook every client
+    /// must be authenticated; it also backs `GET /api/ws/token` and HTTP actions.
+    pub fn auth(
+        mut self,
+        f: impl Fn(&Request) -> Result<AuthUser, String> + Send + Sync + 'static,
+    ) -> Self {
+        self.handlers.auth = Some(Arc::new(f));
+        self
+    }
+
+    /// Decides whether a client may join a room (default: the `rooms` claim when auth is
+    /// on, everyone when it is off). A refusal answers `error` `forbidden`.
+    pub fn authorize_join(
+        mut self,
+        f: impl Fn(&ClientInfo, Option<&AuthUser>, &str) -> bool + Send + Sync + 'static,
+    ) -> Self {
+        self.handlers.authorize_join = Some(Arc::new(f));
         self
     }
 
@@ -671,8 +698,14 @@ impl<'a> Ctx<'a> {
         &self.data
     }
 
-    pub fn client_info(&self) -> Option<&ClientInfo> {
-        self.conn.map(|c| &c.info)
+    /// The client, with its user id once authenticated (`None` for an HTTP action).
+    pub fn client_info(&self) -> Option<ClientInfo> {
+        self.conn.map(|c| c.client_info())
+    }
+
+    /// The authenticated user and claims, if any.
+    pub fn user(&self) -> Option<AuthUser> {
+        self.conn.and_then(|c| c.user.borrow().clone())
     }
 
     /// Sends `event` to this client.

@@ -23,6 +23,7 @@ use stellar_protocol::ws::frame::encode_server;
 use stellar_protocol::ws::{CloseCode, CloseFrame, OpCode};
 use stellar_protocol::{envelope, tcp};
 
+use crate::auth::AuthUser;
 use crate::config::SlowConsumerPolicy;
 use crate::mesh::ClientId;
 use crate::outbound::{Outbound, Proto};
@@ -91,6 +92,10 @@ pub struct Conn {
     stats: Arc<WorkerStats>,
     /// Rate-limit buckets, touched only by the owning worker.
     pub(crate) buckets: RefCell<crate::rate_limit::Buckets>,
+    /// Whether this client must authenticate before anything but `auth` and `ping`.
+    pub(crate) auth_required: bool,
+    /// The authenticated user, once known.
+    pub(crate) user: RefCell<Option<AuthUser>>,
 }
 
 impl Conn {
@@ -127,6 +132,28 @@ impl Conn {
             socket: RefCell::new(None),
             stats,
             buckets: RefCell::default(),
+            auth_required: false,
+            user: RefCell::new(None),
+        }
+    }
+
+    /// Requires authentication, with `user` already known from the upgrade or not.
+    pub fn with_auth(mut self, required: bool, user: Option<AuthUser>) -> Self {
+        self.auth_required = required;
+        *self.user.get_mut() = user;
+        self
+    }
+
+    /// Whether the client may do more than authenticate.
+    pub fn is_authenticated(&self) -> bool {
+        !self.auth_required || self.user.borrow().is_some()
+    }
+
+    /// The client as hooks and handlers see it, with its current user id.
+    pub fn client_info(&self) -> ClientInfo {
+        ClientInfo {
+            user_id: self.user.borrow().as_ref().map(|u| u.id.clone()),
+            ..self.info.clone()
         }
     }
 

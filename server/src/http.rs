@@ -43,6 +43,15 @@ pub fn status_only(status: u16, reason: &str) -> Bytes {
     json_response(status, reason, &json!({ "error": reason }))
 }
 
+/// 401 with the reason, before any upgrade.
+pub fn unauthorized(reason: &str) -> Bytes {
+    json_response(
+        401,
+        "Unauthorized",
+        &json!({"error": {"code": "unauthorized", "message": reason}}),
+    )
+}
+
 /// Answers one HTTP request. `body` holds whatever followed the head in the first reads.
 pub async fn serve(
     worker: &Rc<Worker>,
@@ -102,6 +111,7 @@ fn route(
                 Err(_) => status_only(404, "Not Found"),
             }
         }
+        ("GET", "/api/ws/token") => issue_token(worker, request),
         (method @ ("GET" | "POST"), path) if path.starts_with("/api/") => action(
             worker,
             remote,
@@ -135,6 +145,13 @@ fn action(
         worker.stats.rate_limited.add(1);
         let error = json!({"error": {"code": "rate_limited", "message": format!("rate limit exceeded for `{name}`")}});
         return json_response(429, "Too Many Requests", &error);
+    }
+    if worker.is_auth_on() {
+        match worker.authenticate_upgrade(request) {
+            Ok(Some(_)) => {}
+            Ok(None) => return unauthorized("authentication required"),
+            Err(e) => return unauthorized(&e.to_string()),
+        }
     }
     let data = if method == "POST" {
         if body.is_empty() {
@@ -181,6 +198,33 @@ fn action(
         ),
     }
 }
+
+/// `GET /api/ws/token`: a 60-second token for a request the `auth` hook accepts
+/// (needs both the hook and `jwt_secret`).
+fn issue_token(worker: &Rc<Worker>, request: &Request) -> Bytes {
+    let secret = worker.config().jwt_secret.clone();
+    let (Some(hook), Some(secret)) = (&worker.shared.handlers.auth, secret) else {
+        return status_only(404, "Not Found");
+    };
+    match hook(request) {
+        Ok(user) => match crate::auth::issue(&secret, &user, TOKEN_TTL_SECS) {
+            Ok(token) => json_response(
+                200,
+                "OK",
+                &json!({"token": token, "expiresIn": TOKEN_TTL_SECS}),
+            ),
+            Err(e) => json_response(
+                500,
+                "Internal Server Error",
+                &json!({"error": e.to_string()}),
+            ),
+        },
+        Err(reason) => unauthorized(&reason),
+    }
+}
+
+/// Lifetime of tokens from `GET /api/ws/token`: long enough to open a WebSocket.
+const TOKEN_TTL_SECS: u64 = 60;
 
 /// Why a public file cannot be served.
 #[derive(Debug, PartialEq, Eq)]

@@ -2,6 +2,7 @@
 //! protocol on one instance), as a library.
 //!
 //! - [`api`]: the public API: [`Server::builder`], [`ServerHandle`], [`Ctx`].
+//! - [`auth`]: JWT verification and issuing, room grants.
 //! - [`config`]: the one [`Config`] struct, from TOML, `STELLAR_*` and flags.
 //! - `worker`: one pinned thread with its own io_uring (or epoll) loop and listeners.
 //! - `connection`: a client's identity, bounded write queue and writer task.
@@ -30,6 +31,7 @@
 //! ```
 
 pub mod api;
+pub mod auth;
 pub mod config;
 mod connection;
 mod http;
@@ -42,6 +44,8 @@ pub mod stats;
 mod worker;
 
 pub use api::{AckError, Ctx, Server, ServerBuilder, ServerHandle, StartError, Timer};
+pub use auth::AuthUser;
 pub use config::{Config, Driver, SlowConsumerPolicy};
 pub use connection::ClientInfo;
 pub use stats::Stats;
+pub use stellar_protocol::ws::handshake::Request;

@@ -99,9 +99,61 @@ impl Decoder {
     }
 }
 
-/// `{"id","message","context"}` of the `welcome` event.
-pub fn welcome_data(id: &str) -> String {
-    json!({"id": id, "message": "Connected", "context": "api"}).to_string()
+/// Sends `welcome` `{"id","message","context"}`: once after the handshake, or after
+/// `auth_success` when the client authenticates by message.
+pub fn send_welcome(worker: &Worker, conn: &Rc<Conn>) {
+    let welcome = json!({"id": conn.info.id, "message": "Connected", "context": "api"});
+    conn.emit_raw("welcome", &welcome.to_string(), &worker.stats);
+}
+
+/// Events an unauthenticated client may still send.
+const BEFORE_AUTH: &[&str] = &["auth", "ping"];
+
+/// Refuses anything but `auth` and `ping` until the client is authenticated.
+fn unauthenticated(worker: &Worker, conn: &Rc<Conn>, event: &str) -> Option<Flow> {
+    if conn.is_authenticated() || BEFORE_AUTH.contains(&event) {
+        return None;
+    }
+    conn.send_error(
+        "unauthorized",
+        "authenticate first (send `auth` with a token)",
+        &worker.stats,
+    );
+    Some(Flow::Continue)
+}
+
+/// The `auth` verb: `{"token"}` checked against `jwt_secret`.
+fn authenticate(worker: &Rc<Worker>, conn: &Rc<Conn>, data: Option<&str>) -> Flow {
+    let secret = worker.config().jwt_secret.clone();
+    let token = data
+        .and_then(|d| serde_json::from_str::<Value>(d).ok())
+        .and_then(|v| v.get("token").and_then(Value::as_str).map(str::to_owned));
+    let verdict = match (secret, token) {
+        (None, _) => Err("authentication by message is not enabled on this server".to_owned()),
+        (Some(_), None) => Err("`auth` needs {\"token\"}".to_owned()),
+        (Some(secret), Some(token)) => {
+            crate::auth::verify(&secret, &token).map_err(|e| e.to_string())
+        }
+    };
+    match verdict {
+        Ok(user) => {
+            let first = !conn.is_authenticated();
+            let data = json!({ "userId": user.id }).to_string();
+            *conn.user.borrow_mut() = Some(user);
+            conn.emit_raw("auth_success", &data, &worker.stats);
+            if first && conn.proto == crate::outbound::Proto::Ws {
+                send_welcome(worker, conn);
+            }
+        }
+        Err(error) => {
+            conn.emit_raw(
+                "auth_error",
+                &json!({ "error": error }).to_string(),
+                &worker.stats,
+            );
+        }
+    }
+    Flow::Continue
 }
 
 fn on_ws_message(worker: &Rc<Worker>, conn: &Rc<Conn>, msg: Message) -> Flow {
@@ -198,6 +250,9 @@ fn on_tcp_frame(worker: &Rc<Worker>, conn: &Rc<Conn>, frame: TcpFrame) -> Flow {
                 conn.send_error("invalid_room", "room name is not UTF-8", &worker.stats);
                 return Flow::Continue;
             };
+            if let Some(refused) = unauthenticated(worker, conn, &frame.event) {
+                return refused;
+            }
             if frame.kind == FrameType::Join {
                 join(worker, conn, room, "joined-room", None)
             } else {
@@ -242,6 +297,9 @@ fn on_binary(worker: &Rc<Worker>, conn: &Rc<Conn>, bytes: &Bytes) -> Flow {
     if let Some(refused) = over_limit(worker, conn, event) {
         return refused;
     }
+    if let Some(refused) = unauthenticated(worker, conn, event) {
+        return refused;
+    }
     let msg = match parsed {
         Ok(m) => m,
         Err(e) => {
@@ -278,7 +336,7 @@ fn over_limit(worker: &Rc<Worker>, conn: &Rc<Conn>, event: &str) -> Option<Flow>
         .handlers
         .rate_limit_exceeded
         .as_ref()
-        .is_none_or(|hook| hook(&conn.info, event));
+        .is_none_or(|hook| hook(&conn.client_info(), event));
     if close {
         conn.close(CloseCode::POLICY_VIOLATION, "Rate limit exceeded");
         return Some(Flow::Stop);
@@ -292,6 +350,9 @@ fn over_limit(worker: &Rc<Worker>, conn: &Rc<Conn>, event: &str) -> Option<Flow>
 }
 
 fn route(worker: &Rc<Worker>, conn: &Rc<Conn>, msg: &Inbound<'_>) -> Flow {
+    if let Some(refused) = unauthenticated(worker, conn, msg.event) {
+        return refused;
+    }
     let data_str = || {
         msg.data
             .and_then(|d| serde_json::from_str::<String>(d).ok())
@@ -345,7 +406,7 @@ fn route(worker: &Rc<Worker>, conn: &Rc<Conn>, msg: &Inbound<'_>) -> Flow {
                 .iter()
                 .map(ToString::to_string)
                 .collect();
-            let info = &conn.info;
+            let info = conn.client_info();
             let details = json!({
                 "id": info.id, "remoteAddress": info.remote_address.to_string(),
                 "protocol": info.protocol, "connectedAt": info.connected_at, "rooms": rooms,
@@ -366,14 +427,7 @@ fn route(worker: &Rc<Worker>, conn: &Rc<Conn>, msg: &Inbound<'_>) -> Flow {
             conn.emit_raw("pong", msg.data.unwrap_or("null"), &worker.stats);
             Flow::Continue
         }
-        "auth" => {
-            conn.emit_raw(
-                "auth_error",
-                r#"{"error":"authentication is not enabled on this server"}"#,
-                &worker.stats,
-            );
-            Flow::Continue
-        }
+        "auth" => authenticate(worker, conn, msg.data),
         name if SERVER_EVENTS.contains(&name) => {
             conn.send_error(
                 "reserved_event",
@@ -418,6 +472,14 @@ fn join(
         conn.send_error(
             "invalid_room",
             "room name must be a non-empty string",
+            &worker.stats,
+        );
+        return Flow::Continue;
+    }
+    if !worker.may_join(conn, room) {
+        conn.send_error(
+            "forbidden",
+            &format!("not allowed to join `{room}`"),
             &worker.stats,
         );
         return Flow::Continue;
@@ -540,7 +602,7 @@ fn user_event(worker: &Rc<Worker>, conn: &Rc<Conn>, msg: &Inbound<'_>) -> Flow {
         let allowed = handlers
             .room_event
             .as_ref()
-            .is_none_or(|hook| hook(&conn.info, room, msg.event));
+            .is_none_or(|hook| hook(&conn.client_info(), room, msg.event));
         if allowed {
             let out = Outbound::event(msg.event, msg.data.unwrap_or("null"), Some(room));
             worker.publish_room(room, out, Some(conn.id));

@@ -25,6 +25,7 @@ use stellar_protocol::{HandshakeError, tcp};
 use tracing::{debug, info, warn};
 
 use crate::api::{Ctx, Shared};
+use crate::auth::{self, AuthError, AuthUser};
 use crate::config::{Config, Driver};
 use crate::connection::Conn;
 use crate::http;
@@ -246,6 +247,49 @@ impl Worker {
         Arc::clone(&self.config.borrow())
     }
 
+    /// Whether clients must authenticate (an `auth` hook or a `jwt_secret`).
+    pub fn is_auth_on(&self) -> bool {
+        self.shared.handlers.auth.is_some() || self.config.borrow().jwt_secret.is_some()
+    }
+
+    /// Authenticates an upgrade (or HTTP) request: the `auth` hook if set, else the
+    /// JWT it carries. `Ok(None)`: no credentials yet (an `auth` message may follow).
+    pub fn authenticate_upgrade(&self, request: &Request) -> Result<Option<AuthUser>, AuthError> {
+        if let Some(hook) = &self.shared.handlers.auth {
+            return hook(request).map(Some).map_err(AuthError::Invalid);
+        }
+        let Some(secret) = self.config.borrow().jwt_secret.clone() else {
+            return Ok(None);
+        };
+        match auth::token_from(request) {
+            Some(token) => auth::verify(&secret, token).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// Closes `conn` with 1008 "Authentication required" unless it authenticates
+    /// within `connect_timeout`.
+    fn require_auth_in_time(&self, conn: &Rc<Conn>) {
+        let conn = Rc::clone(conn);
+        let timeout = self.config().connect_timeout;
+        monoio::spawn(async move {
+            monoio::time::sleep(timeout).await;
+            if !conn.is_authenticated() {
+                conn.close(CloseCode::POLICY_VIOLATION, "Authentication required");
+            }
+        });
+    }
+
+    /// Whether `conn` may join `room`: the `authorize_join` hook, else the user's grant
+    /// when auth is on, else yes.
+    pub fn may_join(&self, conn: &Conn, room: &str) -> bool {
+        let user = conn.user.borrow();
+        if let Some(hook) = &self.shared.handlers.authorize_join {
+            return hook(&conn.client_info(), user.as_ref(), room);
+        }
+        !self.is_auth_on() || user.as_ref().is_some_and(|u| u.is_granted(room))
+    }
+
     /// Whether the HTTP caller at `ip` may call action `name` once more.
     pub fn allow_http(&self, ip: std::net::IpAddr, name: &str) -> bool {
         let config = self.config.borrow();
@@ -383,6 +427,7 @@ impl Worker {
         proto: Proto,
         remote: SocketAddr,
         fd: i32,
+        user: Option<AuthUser>,
     ) -> Result<Rc<Conn>, Refusal> {
         let config = self.config();
         if self.shutting_down.get() || !self.shared.try_admit(config.max_connections) {
@@ -401,15 +446,18 @@ impl Worker {
             worker: self.index as u16,
             seq,
         };
-        let conn = Rc::new(Conn::new(
-            id,
-            proto,
-            remote,
-            fd,
-            config.max_backpressure,
-            config.slow_consumer,
-            Arc::clone(&self.stats),
-        ));
+        let conn = Rc::new(
+            Conn::new(
+                id,
+                proto,
+                remote,
+                fd,
+                config.max_backpressure,
+                config.slow_consumer,
+                Arc::clone(&self.stats),
+            )
+            .with_auth(self.is_auth_on(), user),
+        );
         self.conns.borrow_mut().insert(seq, Rc::clone(&conn));
         if let Some(mut dir) = self.shared.dirs.lock(self.index) {
             dir.clients.insert(id);
@@ -449,7 +497,7 @@ impl Worker {
     /// Runs middleware then `on_connection`; false when middleware refused the client.
     fn admit_hooks(self: &Rc<Self>, conn: &Rc<Conn>) -> bool {
         for middleware in &self.shared.handlers.middleware {
-            if let Err(reason) = middleware(&conn.info) {
+            if let Err(reason) = middleware(&conn.client_info()) {
                 conn.close(CloseCode::POLICY_VIOLATION, &reason);
                 return false;
             }
@@ -651,7 +699,14 @@ impl Worker {
                 return None;
             }
         }
-        let conn = match self.register(Proto::Ws, remote, stream.as_raw_fd()) {
+        let user = match self.authenticate_upgrade(&request) {
+            Ok(user) => user,
+            Err(e) => {
+                let _ = stream.write_all(http::unauthorized(&e.to_string())).await;
+                return None;
+            }
+        };
+        let conn = match self.register(Proto::Ws, remote, stream.as_raw_fd(), user) {
             Ok(conn) => conn,
             Err(refusal) => {
                 // Upgrade, then close with 1008 so WebSocket clients see why.
@@ -678,7 +733,7 @@ impl Worker {
 
     /// A connection on the TCP-protocol port.
     async fn serve_tcp(self: Rc<Self>, stream: TcpStream, remote: SocketAddr) {
-        let conn = match self.register(Proto::Tcp, remote, stream.as_raw_fd()) {
+        let conn = match self.register(Proto::Tcp, remote, stream.as_raw_fd(), None) {
             Ok(conn) => conn,
             Err(refusal) => {
                 let mut stream = stream;
@@ -698,11 +753,12 @@ impl Worker {
         let (reader, writer) = stream.into_split();
         conn.attach_writer(writer);
         match conn.proto {
-            Proto::Ws => {
-                let welcome = router::welcome_data(&conn.info.id);
-                conn.emit_raw("welcome", &welcome, &self.stats);
-            }
+            Proto::Ws if conn.is_authenticated() => router::send_welcome(self, &conn),
+            Proto::Ws => self.require_auth_in_time(&conn),
             Proto::Tcp => {
+                if !conn.is_authenticated() {
+                    self.require_auth_in_time(&conn);
+                }
                 conn.send(
                     tcp::frame::encode(FrameType::Connect, "connect", conn.info.id.as_bytes()),
                     &self.stats,
