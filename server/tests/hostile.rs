@@ -93,8 +93,11 @@ fn still_served(c: &mut Client) {
     assert_eq!(c.recv_event("pong")["data"], 1);
 }
 
+/// A named violation: the frames sent (first byte, payload) and the close code it gets.
+type Violation = (&'static str, Vec<(u8, Vec<u8>)>, u16);
+
 /// Each case: what is sent, and the close code it must get.
-fn violations() -> Vec<(&'static str, Vec<(u8, Vec<u8>)>, u16)> {
+fn violations() -> Vec<Violation> {
     let long_close = {
         let mut p = 1000u16.to_be_bytes().to_vec();
         p.extend_from_slice(&[b'x'; 130]);
