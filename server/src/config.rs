@@ -101,6 +101,9 @@ pub struct Config {
     pub tls_key: Option<PathBuf>,
     /// HS256 secret for JWT auth. Default none (auth off).
     pub jwt_secret: Option<String>,
+    /// Conformance-test mode: every WebSocket connection echoes each message verbatim,
+    /// with no `welcome` and no envelope (`scripts/autobahn server`). Default off.
+    pub echo: bool,
 }
 
 impl Default for Config {
@@ -135,6 +138,7 @@ impl Default for Config {
             tls_cert: None,
             tls_key: None,
             jwt_secret: None,
+            echo: false,
         }
     }
 }
@@ -304,6 +308,10 @@ pub struct Args {
     #[arg(long, env = "STELLAR_JWT_SECRET", hide_env_values = true)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub jwt_secret: Option<String>,
+    /// Echo every WebSocket message verbatim (conformance testing only).
+    #[arg(long, env = "STELLAR_ECHO")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub echo: Option<bool>,
 }
 
 impl Args {

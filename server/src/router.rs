@@ -157,6 +157,9 @@ fn authenticate(worker: &Rc<Worker>, conn: &Rc<Conn>, data: Option<&str>) -> Flo
 }
 
 fn on_ws_message(worker: &Rc<Worker>, conn: &Rc<Conn>, msg: Message) -> Flow {
+    if worker.config().echo {
+        return echo(worker, conn, msg);
+    }
     match msg {
         Message::Text(text) => {
             worker.stats.messages_received.add(1);
@@ -278,6 +281,23 @@ fn on_tcp_frame(worker: &Rc<Worker>, conn: &Rc<Conn>, frame: TcpFrame) -> Flow {
             Flow::Continue
         }
     }
+}
+
+/// Conformance-test mode (`echo`): messages come back verbatim, pings are answered,
+/// a close is echoed; nothing is parsed or routed.
+fn echo(worker: &Worker, conn: &Rc<Conn>, msg: Message) -> Flow {
+    let reply = match msg {
+        Message::Text(t) => encode_server(OpCode::Text, &t),
+        Message::Binary(b) => encode_server(OpCode::Binary, &b),
+        Message::Ping(p) => encode_server(OpCode::Pong, &p),
+        Message::Pong(_) => return Flow::Continue,
+        Message::Close(frame) => {
+            conn.close(frame.map_or(CloseCode::NORMAL, |f| f.code), "");
+            return Flow::Stop;
+        }
+    };
+    conn.send(reply, &worker.stats);
+    Flow::Continue
 }
 
 /// A TCP JSON payload `{"room":"r","data":D}` is a room event with data `D`.

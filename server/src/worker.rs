@@ -639,9 +639,11 @@ impl Worker {
     /// A connection on the WebSocket/HTTP port: read the request head within
     /// `connect_timeout`, then upgrade or answer as HTTP.
     async fn serve_http(self: Rc<Self>, stream: TcpStream, remote: SocketAddr) {
-        // The handshake's state is boxed and freed once it is done, so the task of a
-        // long-lived connection only keeps the (smaller) session state.
-        if let Some((stream, conn, leftover)) = Box::pin(self.handshake(stream, remote)).await {
+        // The handshake's state is boxed and freed once it is done (bound first: a
+        // temporary in the `if let` would live until the session ends), so the task of
+        // a long-lived connection only keeps the (smaller) session state.
+        let accepted = Box::pin(self.handshake(stream, remote)).await;
+        if let Some((stream, conn, leftover)) = accepted {
             self.session(stream, conn, leftover).await;
         }
     }
@@ -753,6 +755,7 @@ impl Worker {
         let (reader, writer) = stream.into_split();
         conn.attach_writer(writer);
         match conn.proto {
+            Proto::Ws if self.config().echo => {}
             Proto::Ws if conn.is_authenticated() => router::send_welcome(self, &conn),
             Proto::Ws => self.require_auth_in_time(&conn),
             Proto::Tcp => {
