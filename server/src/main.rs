@@ -12,6 +12,9 @@ use stellar_server::Server;
 use stellar_server::config::Args;
 use tracing_subscriber::EnvFilter;
 
+/// mimalloc, unless built with `--features system-alloc` (for heap profilers such as
+/// heaptrack, which see only the system allocator).
+#[cfg(not(feature = "system-alloc"))]
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

@@ -42,7 +42,7 @@ const READ_CHUNK: usize = 16 * 1024;
 /// The read buffer of an idle connection. With io_uring the buffer is lent to the
 /// kernel for as long as the read is pending, so an idle connection holds exactly this
 /// much: it is what keeps idle connections cheap.
-const IDLE_READ: usize = 512;
+const IDLE_READ: usize = 256;
 
 /// Addresses whose HTTP rate-limit buckets a worker keeps at most.
 const MAX_HTTP_BUCKETS: usize = 65_536;
@@ -198,8 +198,8 @@ async fn accept_loop(worker: Rc<Worker>, listener: TcpListener, proto: Proto) {
         let _ = stream.set_nodelay(true);
         let w = Rc::clone(&worker);
         match proto {
-            Proto::Ws => monoio::spawn(async move { w.serve_http(stream, remote).await }),
-            Proto::Tcp => monoio::spawn(async move { w.serve_tcp(stream, remote).await }),
+            Proto::Ws => monoio::spawn(w.serve_http(stream, remote)),
+            Proto::Tcp => monoio::spawn(w.serve_tcp(stream, remote)),
         };
     }
 }
