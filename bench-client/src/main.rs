@@ -7,6 +7,7 @@
 //! intended send time; warm-up is excluded; the run is bounded by `--duration`.
 
 mod conn;
+mod pacer;
 mod report;
 mod scenario;
 
@@ -351,7 +352,9 @@ fn generator_thread(
         }
     };
     let l = Rc::clone(&latency);
+    let pacer = Rc::new(pacer::Pacer::default());
     rt.block_on(async move {
+        monoio::spawn(Rc::clone(&pacer).run(Arc::clone(&run)));
         let mine: Vec<usize> = (t..run.clients).step_by(count).collect();
         // Open connections `concurrency` at a time, so a storm does not overflow the
         // server's accept backlog.
@@ -362,7 +365,13 @@ fn generator_thread(
             }
             in_flight.set(in_flight.get() + 1);
             let (run2, l2, flight) = (Arc::clone(&run), Rc::clone(&l), Rc::clone(&in_flight));
-            monoio::spawn(scenario::client_with_slot(run2, index, l2, flight));
+            monoio::spawn(scenario::client_with_slot(
+                run2,
+                index,
+                l2,
+                flight,
+                Rc::clone(&pacer),
+            ));
         }
         while !run.done.load(Ordering::Acquire) {
             monoio::time::sleep(Duration::from_millis(20)).await;

@@ -2,9 +2,7 @@
 //! clients report into.
 //!
 //! Timestamps are nanoseconds since the run's start `Instant` (one process, one clock).
-//! Publishers run open-loop: message k has an intended send time `go + k·interval` and
-//! carries that time, so a stalled server shows up as latency instead of silently
-//! slowing the generator (no coordinated omission).
+//! Sending is paced by one [`Pacer`] per generator thread (open loop, see there).
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -16,7 +14,8 @@ use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 
-use crate::conn::{self, Inbound, Proto, Reader, Writer};
+use crate::conn::{self, Inbound, Proto, Reader};
+use crate::pacer::{Pacer, Sender};
 
 /// The scenarios of SPEC §9.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
@@ -73,7 +72,7 @@ impl Run {
         self.start.elapsed().as_nanos() as u64
     }
 
-    fn in_window(&self, t: u64) -> bool {
+    pub fn in_window(&self, t: u64) -> bool {
         t >= self.window.0.load(Ordering::Acquire) && t < self.window.1.load(Ordering::Acquire)
     }
 
@@ -125,6 +124,7 @@ pub async fn client_with_slot(
     index: usize,
     latency: Latency,
     slot: Rc<std::cell::Cell<usize>>,
+    pacer: Rc<Pacer>,
 ) {
     let slot = Slot(slot);
     let started = Instant::now();
@@ -175,27 +175,18 @@ pub async fn client_with_slot(
         }
         Scenario::Echo | Scenario::Ack => {
             let interval = Duration::from_secs_f64(run.clients as f64 / run.rate);
-            monoio::spawn(publish(
-                Arc::clone(&run),
-                writer,
-                index,
-                interval,
-                String::new(),
-            ));
+            let sender = Sender::new(index, interval, index, run.clients, None, 1);
+            pacer.add(Rc::clone(&sender));
+            monoio::spawn(sender.run(Arc::clone(&run), writer));
             receive(run, reader, latency, 1).await;
         }
         Scenario::Broadcast | Scenario::Fanout | Scenario::Binary => {
             if let Some(p) = run.publisher_index(index) {
                 let interval = Duration::from_secs_f64(run.publishers as f64 / run.rate);
                 let receivers = run.room_size(run.room_of[index]).saturating_sub(1) as u64;
-                monoio::spawn(publish_room(
-                    Arc::clone(&run),
-                    writer,
-                    p,
-                    interval,
-                    room,
-                    receivers,
-                ));
+                let sender = Sender::new(p, interval, p, run.publishers, Some(room), receivers);
+                pacer.add(Rc::clone(&sender));
+                monoio::spawn(sender.run(Arc::clone(&run), writer));
             }
             let publishers = run.publishers.max(1);
             receive(run, reader, latency, publishers).await;
@@ -215,114 +206,6 @@ async fn await_event(reader: &mut Reader, name: &str) -> bool {
 
 fn record(latency: &Latency, ns: u64) {
     let _ = latency.borrow_mut().record(ns.max(1_000));
-}
-
-/// The data every measured message carries.
-fn stamp(run: &Run, p: usize, seq: u64, t: u64, pad: &str) -> String {
-    let _ = run;
-    format!("{{\"p\":{p},\"s\":{seq},\"t\":{t},\"x\":\"{pad}\"}}")
-}
-
-/// Waits until the intended send time of message `k` (publishers are spread evenly
-/// over one interval by `phase`, so they do not all fire at once); returns that time. The event
-/// loop's timer ticks in milliseconds, so it sleeps to within 2 ms and then yields
-/// until the time: timer slop would otherwise count as up to 2 ms of latency.
-async fn pace(run: &Run, k: u64, interval: Duration, phase: u64) -> u64 {
-    const COARSE: u64 = 2_000_000;
-    let go = run.go_at.load(Ordering::Acquire) + phase;
-    let intended = go + k * interval.as_nanos() as u64;
-    let now = run.now_ns();
-    if intended > now + COARSE {
-        monoio::time::sleep(Duration::from_nanos(intended - now - COARSE)).await;
-    }
-    while run.now_ns() < intended {
-        yield_now().await;
-    }
-    intended
-}
-
-/// Lets every other ready task run once.
-async fn yield_now() {
-    let mut yielded = false;
-    std::future::poll_fn(|cx| {
-        if yielded {
-            return std::task::Poll::Ready(());
-        }
-        yielded = true;
-        cx.waker().wake_by_ref();
-        std::task::Poll::Pending
-    })
-    .await
-}
-
-/// Echo/ack: client `index` sends to itself through the server.
-async fn publish(
-    run: Arc<Run>,
-    mut writer: Writer,
-    index: usize,
-    interval: Duration,
-    _room: String,
-) {
-    let pad = "x".repeat(run.payload);
-    let phase = interval.as_nanos() as u64 * index as u64 / run.clients.max(1) as u64;
-    let mut k = 0;
-    while !run.done.load(Ordering::Acquire) {
-        let t = pace(&run, k, interval, phase).await;
-        let data = stamp(&run, index, k, t, &pad);
-        let sent = match run.scenario {
-            Scenario::Ack => writer.send_request("echo", &data, &format!("c{k}")).await,
-            _ => writer.send_event("echo", &data, None).await,
-        };
-        if sent.is_err() {
-            run.counters.errors.fetch_add(1, Ordering::Relaxed);
-            return;
-        }
-        if run.in_window(t) {
-            run.counters.sent.fetch_add(1, Ordering::Relaxed);
-            run.counters.expected.fetch_add(1, Ordering::Relaxed);
-        }
-        k += 1;
-    }
-}
-
-/// Broadcast/fanout/binary: publisher `p` sends to its room.
-async fn publish_room(
-    run: Arc<Run>,
-    mut writer: Writer,
-    p: usize,
-    interval: Duration,
-    room: String,
-    receivers: u64,
-) {
-    let pad = "x".repeat(run.payload);
-    let phase = interval.as_nanos() as u64 * p as u64 / run.publishers.max(1) as u64;
-    let mut k = 0u64;
-    while !run.done.load(Ordering::Acquire) {
-        let t = pace(&run, k, interval, phase).await;
-        let sent = if run.scenario == Scenario::Binary {
-            let mut body = Vec::with_capacity(20 + run.payload);
-            body.extend_from_slice(&(p as u32).to_be_bytes());
-            body.extend_from_slice(&k.to_be_bytes());
-            body.extend_from_slice(&t.to_be_bytes());
-            body.extend_from_slice(pad.as_bytes());
-            writer.send_binary("bin", &room, &body).await
-        } else {
-            writer
-                .send_event("b", &stamp(&run, p, k, t, &pad), Some(&room))
-                .await
-        };
-        if sent.is_err() {
-            run.counters.errors.fetch_add(1, Ordering::Relaxed);
-            return;
-        }
-        if run.in_window(t) {
-            run.counters.sent.fetch_add(1, Ordering::Relaxed);
-            run.counters
-                .expected
-                .fetch_add(receivers, Ordering::Relaxed);
-        }
-        k += 1;
-    }
 }
 
 /// Reads until the run ends, recording latency, duplicates and order per publisher.
