@@ -36,10 +36,11 @@ pub enum Inbound {
     Closed(Option<u16>),
 }
 
-/// Source address for connection number `index`: 127.0.0.1, then .2, ... every
-/// [`CONNS_PER_SOURCE`] connections.
-pub fn source_for(index: usize) -> IpAddr {
-    let n = (index / CONNS_PER_SOURCE) as u32 + 1;
+/// Source address for connection number `index`: 127.0.0.(1 + offset), then the next
+/// address every [`CONNS_PER_SOURCE`] connections. Runs back to back use different
+/// offsets so one run's TIME_WAIT ports do not slow the next one's connects.
+pub fn source_for(index: usize, offset: u32) -> IpAddr {
+    let n = (index / CONNS_PER_SOURCE) as u32 + 1 + offset;
     IpAddr::V4(Ipv4Addr::from(0x7f00_0000 + n))
 }
 

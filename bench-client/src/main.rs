@@ -67,6 +67,9 @@ struct Args {
     /// Connections opened at once per thread (connect, idle).
     #[arg(long, default_value_t = 64)]
     concurrency: usize,
+    /// Source addresses start at 127.0.0.(1 + this) (vary it between back-to-back runs).
+    #[arg(long, default_value_t = 0)]
+    source_offset: u32,
     /// Seed for the room assignment.
     #[arg(long, default_value_t = 1)]
     seed: u64,
@@ -163,6 +166,7 @@ fn run(args: &Args, server: SocketAddr) -> Report {
         rate: args.rate,
         payload: args.payload,
         concurrency: args.concurrency,
+        source_offset: args.source_offset,
         room_of: assign_rooms(args.clients, rooms, args.seed),
         start: Instant::now(),
         go: AtomicBool::new(false),

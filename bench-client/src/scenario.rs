@@ -55,6 +55,8 @@ pub struct Run {
     pub rate: f64,
     pub payload: usize,
     pub concurrency: usize,
+    /// First source address is 127.0.0.(1 + this).
+    pub source_offset: u32,
     /// Room of each client, from the seed.
     pub room_of: Vec<usize>,
     pub start: Instant,
@@ -128,7 +130,7 @@ pub async fn client_with_slot(
 ) {
     let slot = Slot(slot);
     let started = Instant::now();
-    let opened = match conn::connect_from(conn::source_for(index), run.server) {
+    let opened = match conn::connect_from(conn::source_for(index, run.source_offset), run.server) {
         Ok(stream) => conn::open(stream, run.proto, "127.0.0.1").await,
         Err(e) => Err(e),
     };
