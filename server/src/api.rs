@@ -705,7 +705,7 @@ impl<'a> Ctx<'a> {
 
     /// The authenticated user and claims, if any.
     pub fn user(&self) -> Option<AuthUser> {
-        self.conn.and_then(|c| c.user.borrow().clone())
+        self.conn.and_then(|c| c.user.borrow().as_deref().cloned())
     }
 
     /// Sends `event` to this client.
@@ -773,12 +773,12 @@ impl<'a> Ctx<'a> {
 
     pub fn set(&self, key: &str, value: Value) {
         if let Some(conn) = self.conn {
-            conn.meta.borrow_mut().insert(key.to_owned(), value);
+            self.worker.set_meta(conn, key, value);
         }
     }
 
     pub fn get(&self, key: &str) -> Option<Value> {
-        self.conn.and_then(|c| c.meta.borrow().get(key).cloned())
+        self.conn.and_then(|c| self.worker.meta(c, key))
     }
 
     /// The server handle, for anything beyond this client.

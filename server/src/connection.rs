@@ -8,7 +8,7 @@
 //! reader never holds memory or slows the room (SPEC §3.3).
 
 use std::cell::{Cell, RefCell};
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::os::fd::RawFd;
 use std::rc::Rc;
@@ -76,7 +76,6 @@ pub struct Conn {
     pub proto: Proto,
     pub info: ClientInfo,
     pub(crate) rooms: RefCell<Vec<RoomName>>,
-    pub(crate) meta: RefCell<HashMap<String, serde_json::Value>>,
     pub(crate) last_seen: Cell<Instant>,
     queue: RefCell<WriteQueue>,
     max_backpressure: Cell<usize>,
@@ -90,12 +89,13 @@ pub struct Conn {
     /// connection costs no task.
     socket: RefCell<Option<OwnedWriteHalf<TcpStream>>>,
     stats: Arc<WorkerStats>,
-    /// Rate-limit buckets, touched only by the owning worker.
-    pub(crate) buckets: RefCell<crate::rate_limit::Buckets>,
+    /// Rate-limit buckets, touched only by the owning worker; allocated at the first
+    /// message, so an idle connection carries only a pointer.
+    pub(crate) buckets: RefCell<Option<Box<crate::rate_limit::Buckets>>>,
     /// Whether this client must authenticate before anything but `auth` and `ping`.
     pub(crate) auth_required: bool,
     /// The authenticated user, once known.
-    pub(crate) user: RefCell<Option<AuthUser>>,
+    pub(crate) user: RefCell<Option<Box<AuthUser>>>,
 }
 
 impl Conn {
@@ -122,7 +122,6 @@ impl Conn {
                 user_id: None,
             },
             rooms: RefCell::default(),
-            meta: RefCell::default(),
             last_seen: Cell::new(Instant::now()),
             queue: RefCell::default(),
             max_backpressure: Cell::new(max_backpressure),
@@ -140,7 +139,7 @@ impl Conn {
     /// Requires authentication, with `user` already known from the upgrade or not.
     pub fn with_auth(mut self, required: bool, user: Option<AuthUser>) -> Self {
         self.auth_required = required;
-        *self.user.get_mut() = user;
+        *self.user.get_mut() = user.map(Box::new);
         self
     }
 

@@ -139,7 +139,7 @@ fn authenticate(worker: &Rc<Worker>, conn: &Rc<Conn>, data: Option<&str>) -> Flo
         Ok(user) => {
             let first = !conn.is_authenticated();
             let data = json!({ "userId": user.id }).to_string();
-            *conn.user.borrow_mut() = Some(user);
+            *conn.user.borrow_mut() = Some(Box::new(user));
             conn.emit_raw("auth_success", &data, &worker.stats);
             if first && conn.proto == crate::outbound::Proto::Ws {
                 send_welcome(worker, conn);

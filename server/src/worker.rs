@@ -42,7 +42,7 @@ const READ_CHUNK: usize = 16 * 1024;
 /// The read buffer of an idle connection. With io_uring the buffer is lent to the
 /// kernel for as long as the read is pending, so an idle connection holds exactly this
 /// much: it is what keeps idle connections cheap.
-const IDLE_READ: usize = 256;
+const IDLE_READ: usize = 128;
 
 /// Addresses whose HTTP rate-limit buckets a worker keeps at most.
 const MAX_HTTP_BUCKETS: usize = 65_536;
@@ -98,6 +98,9 @@ pub struct Worker {
     /// Rate-limit buckets of HTTP action callers, by address (HTTP has no connection
     /// to keep them in); dropped wholesale past [`MAX_HTTP_BUCKETS`] addresses.
     http_buckets: RefCell<HashMap<std::net::IpAddr, Buckets>>,
+    /// Handler metadata (`Ctx::set`) of the clients that have any, by client sequence
+    /// number: most have none, so it is kept here rather than in every connection.
+    meta: RefCell<HashMap<u64, HashMap<String, serde_json::Value>>>,
 }
 
 /// Starts worker `index` on the current thread and runs it until shutdown.
@@ -159,6 +162,7 @@ async fn serve(
         shutting_down: Cell::new(false),
         rate_limits: RefCell::new(Arc::default()),
         http_buckets: RefCell::default(),
+        meta: RefCell::default(),
     });
     *worker.rate_limits.borrow_mut() = worker.shared.rate_limits();
     let listeners = [(ws, Proto::Ws), (tcp, Proto::Tcp)];
@@ -247,6 +251,20 @@ impl Worker {
         Arc::clone(&self.config.borrow())
     }
 
+    /// Stores handler metadata for `conn`.
+    pub fn set_meta(&self, conn: &Conn, key: &str, value: serde_json::Value) {
+        self.meta
+            .borrow_mut()
+            .entry(conn.id.seq)
+            .or_default()
+            .insert(key.to_owned(), value);
+    }
+
+    /// Reads handler metadata of `conn`.
+    pub fn meta(&self, conn: &Conn, key: &str) -> Option<serde_json::Value> {
+        self.meta.borrow().get(&conn.id.seq)?.get(key).cloned()
+    }
+
     /// Whether clients must authenticate (an `auth` hook or a `jwt_secret`).
     pub fn is_auth_on(&self) -> bool {
         self.shared.handlers.auth.is_some() || self.config.borrow().jwt_secret.is_some()
@@ -285,7 +303,7 @@ impl Worker {
     pub fn may_join(&self, conn: &Conn, room: &str) -> bool {
         let user = conn.user.borrow();
         if let Some(hook) = &self.shared.handlers.authorize_join {
-            return hook(&conn.client_info(), user.as_ref(), room);
+            return hook(&conn.client_info(), user.as_deref(), room);
         }
         !self.is_auth_on() || user.as_ref().is_some_and(|u| u.is_granted(room))
     }
@@ -312,13 +330,16 @@ impl Worker {
     pub fn allow(&self, conn: &Conn, event: &str) -> bool {
         let config = self.config.borrow();
         let global = Limit::new(config.rate_limit, config.rate_limit_window);
-        conn.buckets.borrow_mut().allow(
-            &conn.info.id,
-            event,
-            &self.rate_limits.borrow(),
-            global,
-            Instant::now(),
-        )
+        conn.buckets
+            .borrow_mut()
+            .get_or_insert_with(Box::default)
+            .allow(
+                &conn.info.id,
+                event,
+                &self.rate_limits.borrow(),
+                global,
+                Instant::now(),
+            )
     }
 
     /// The mesh loop: runs until shutdown has drained.
@@ -478,6 +499,7 @@ impl Worker {
             self.leave(conn, &room);
         }
         self.conns.borrow_mut().remove(&conn.id.seq);
+        self.meta.borrow_mut().remove(&conn.id.seq);
         if let Some(mut dir) = self.shared.dirs.lock(self.index) {
             dir.clients.remove(&conn.id);
         }
@@ -639,12 +661,10 @@ impl Worker {
     /// A connection on the WebSocket/HTTP port: read the request head within
     /// `connect_timeout`, then upgrade or answer as HTTP.
     async fn serve_http(self: Rc<Self>, stream: TcpStream, remote: SocketAddr) {
-        // The handshake's state is boxed and freed once it is done (bound first: a
-        // temporary in the `if let` would live until the session ends), so the task of
-        // a long-lived connection only keeps the (smaller) session state.
-        let accepted = Box::pin(self.handshake(stream, remote)).await;
-        if let Some((stream, conn, leftover)) = accepted {
-            self.session(stream, conn, leftover).await;
+        // The session runs as a task of its own and this one ends: a long-lived
+        // connection then keeps only the session's state, not the handshake's.
+        if let Some((stream, conn, leftover)) = self.handshake(stream, remote).await {
+            monoio::spawn(self.session(stream, conn, leftover));
         }
     }
 
@@ -751,12 +771,12 @@ impl Worker {
 
     /// Runs an admitted connection to its end: writer task, welcome, hooks, read loop,
     /// clean-up.
-    async fn session(self: &Rc<Self>, stream: TcpStream, conn: Rc<Conn>, leftover: BytesMut) {
+    async fn session(self: Rc<Self>, stream: TcpStream, conn: Rc<Conn>, leftover: BytesMut) {
         let (reader, writer) = stream.into_split();
         conn.attach_writer(writer);
         match conn.proto {
             Proto::Ws if self.config().echo => {}
-            Proto::Ws if conn.is_authenticated() => router::send_welcome(self, &conn),
+            Proto::Ws if conn.is_authenticated() => router::send_welcome(&self, &conn),
             Proto::Ws => self.require_auth_in_time(&conn),
             Proto::Tcp => {
                 if !conn.is_authenticated() {

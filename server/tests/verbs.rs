@@ -32,7 +32,11 @@ fn server() -> TestServer {
                 Some(id) => Ok(json!({"id": id, "name": "Ada"})),
                 None => Err(AckError::new("bad_request", "id is required")),
             })
-            .on("shout", |ctx| ctx.emit("shouted", ctx.data())),
+            .on("shout", |ctx| ctx.emit("shouted", ctx.data()))
+            .on("remember", |ctx| ctx.set("name", ctx.data().clone()))
+            .on("recall", |ctx| {
+                ctx.emit("recalled", &ctx.get("name").unwrap_or_default())
+            }),
     )
 }
 
@@ -243,4 +247,15 @@ fn stats_count_connections_and_messages() {
     assert_eq!(stats.ws_connections, 1);
     assert!(stats.total_messages_received >= 1);
     assert!(stats.total_messages_sent >= 2);
+}
+
+#[test]
+fn handler_metadata_is_kept_per_client() {
+    let s = server();
+    let (mut a, mut b) = (s.ws(), s.ws());
+    a.send(json!({"event": "remember", "data": "ada"}));
+    a.send(json!({"event": "recall"}));
+    assert_eq!(a.recv_event("recalled")["data"], "ada");
+    b.send(json!({"event": "recall"}));
+    assert_eq!(b.recv_event("recalled")["data"], Value::Null);
 }
