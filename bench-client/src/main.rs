@@ -229,10 +229,12 @@ fn run(args: &Args, server: SocketAddr) -> Report {
     bar.set_position(0);
     bar.set_message(if measuring { "holding" } else { "running" });
     let mut server_cpu = (None, None);
+    let mut gen_window_cpu = (0.0, 0.0);
     let mut rss_after = None;
     if !measuring {
         wait(from);
         server_cpu.0 = args.server_pid.as_deref().and_then(report::cpu_seconds);
+        gen_window_cpu.0 = report::cpu_seconds("self").unwrap_or(0.0);
         while run.now_ns() < until {
             bar.set_position(
                 ((run.now_ns().saturating_sub(go)) / 1_000_000_000).min(bar.length().unwrap_or(0)),
@@ -240,6 +242,7 @@ fn run(args: &Args, server: SocketAddr) -> Report {
             std::thread::sleep(Duration::from_millis(100));
         }
         server_cpu.1 = args.server_pid.as_deref().and_then(report::cpu_seconds);
+        gen_window_cpu.1 = report::cpu_seconds("self").unwrap_or(0.0);
         rss_after = args.server_pid.as_deref().and_then(report::rss_bytes);
         // Let deliveries in flight arrive.
         std::thread::sleep(Duration::from_secs(2));
@@ -263,6 +266,7 @@ fn run(args: &Args, server: SocketAddr) -> Report {
     let delivered = c.delivered.load(Ordering::Relaxed);
     let expected = c.expected.load(Ordering::Relaxed);
     let sent = c.sent.load(Ordering::Relaxed);
+    let arrived = c.arrived.load(Ordering::Relaxed);
     let loss = expected.saturating_sub(delivered);
     let server_cpu_seconds = match server_cpu {
         (Some(a), Some(b)) => Some(b - a),
@@ -287,6 +291,8 @@ fn run(args: &Args, server: SocketAddr) -> Report {
         deliveries: delivered,
         deliveries_per_sec: delivered as f64 / seconds,
         messages_per_sec: sent as f64 / seconds,
+        arrived,
+        throughput_per_sec: arrived as f64 / seconds,
         loss,
         loss_ratio: if expected == 0 {
             0.0
@@ -308,9 +314,10 @@ fn run(args: &Args, server: SocketAddr) -> Report {
         },
         latency_us: Percentiles::of(&latency),
         server_cpu_seconds,
+        server_cpu_share: server_cpu_seconds.map(|s| s / seconds),
         server_cpu_ns_per_delivery: server_cpu_seconds
-            .filter(|_| delivered > 0)
-            .map(|s| s * 1e9 / delivered as f64),
+            .filter(|_| arrived > 0)
+            .map(|s| s * 1e9 / arrived as f64),
         server_rss_bytes_per_connection: match (rss_before, rss_after) {
             (Some(a), Some(b)) if args.scenario == Scenario::Idle && connected > 0 => {
                 Some((b as f64 - a as f64) / connected as f64)
@@ -319,6 +326,11 @@ fn run(args: &Args, server: SocketAddr) -> Report {
         },
         server_rss_bytes: rss_after,
         generator_cpu_seconds: gen_cpu,
+        generator_cpu_share: if measuring {
+            None
+        } else {
+            Some((gen_window_cpu.1 - gen_window_cpu.0) / (seconds * args.cpus.len() as f64))
+        },
         generator_threads: args.cpus.len(),
     };
     if let Some(out) = &args.out {

@@ -55,6 +55,9 @@ pub struct Report {
     pub deliveries: u64,
     pub deliveries_per_sec: f64,
     pub messages_per_sec: f64,
+    /// Deliveries that arrived inside the window (by arrival time): achieved throughput.
+    pub arrived: u64,
+    pub throughput_per_sec: f64,
     pub loss: u64,
     pub loss_ratio: f64,
     pub duplicates: u64,
@@ -67,6 +70,9 @@ pub struct Report {
     pub latency_us: Percentiles,
     /// Server CPU seconds over the window, from /proc/<pid>/stat (with --server-pid).
     pub server_cpu_seconds: Option<f64>,
+    /// Server CPU seconds per second of window (1.0 = one core saturated).
+    pub server_cpu_share: Option<f64>,
+    /// Server CPU over the window divided by the deliveries that arrived in it.
     pub server_cpu_ns_per_delivery: Option<f64>,
     /// Server RSS growth per connection (idle scenario, with --server-pid).
     pub server_rss_bytes_per_connection: Option<f64>,
@@ -74,7 +80,13 @@ pub struct Report {
     /// Generator CPU seconds over the window, to tell when the generator is the limit.
     pub generator_cpu_seconds: f64,
     pub generator_threads: usize,
+    /// Generator CPU over the window per generator thread; near 1.0 the generator, not
+    /// the server, limits the run.
+    pub generator_cpu_share: Option<f64>,
 }
+
+/// A generator thread busier than this in the window is the bottleneck of the run.
+pub const GENERATOR_BOUND: f64 = 0.9;
 
 impl Report {
     pub fn print(&self) {
@@ -111,8 +123,15 @@ impl Report {
         if self.connections_per_sec > 0.0 {
             println!("  connections/s {:.0}", self.connections_per_sec);
         }
+        if self.arrived > 0 {
+            println!(
+                "  throughput {:.0} deliveries/s arrived in the window",
+                self.throughput_per_sec
+            );
+        }
         if let Some(cpu) = self.server_cpu_ns_per_delivery {
-            println!("  server CPU {:.0} ns per delivery", cpu);
+            let share = self.server_cpu_share.unwrap_or(0.0) * 100.0;
+            println!("  server CPU {cpu:.0} ns per delivery ({share:.0}% of a core)");
         }
         if let Some(b) = self.server_rss_bytes_per_connection {
             println!("  server RSS {:.0} bytes per connection", b);
@@ -121,6 +140,17 @@ impl Report {
             "  generator CPU {:.2}s over {} threads",
             self.generator_cpu_seconds, self.generator_threads
         );
+        if let Some(share) = self.generator_cpu_share {
+            let bound = if share >= GENERATOR_BOUND {
+                " — GENERATOR-BOUND: the server was not the limit"
+            } else {
+                ""
+            };
+            println!(
+                "  generator CPU {:.0}% per thread in the window{bound}",
+                share * 100.0
+            );
+        }
     }
 
     pub fn write_json(&self, path: &Path) -> std::io::Result<()> {

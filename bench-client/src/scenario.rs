@@ -38,6 +38,9 @@ pub struct Counters {
     pub sent: AtomicU64,
     pub expected: AtomicU64,
     pub delivered: AtomicU64,
+    /// Deliveries that arrived inside the window, whenever they were sent: the
+    /// throughput actually achieved (it falls behind `delivered` once a server saturates).
+    pub arrived: AtomicU64,
     pub duplicates: AtomicU64,
     pub out_of_order: AtomicU64,
     pub errors: AtomicU64,
@@ -241,6 +244,9 @@ async fn receive(run: Arc<Run>, mut reader: Reader, latency: Latency, publishers
             }
         };
         let now = run.now_ns();
+        if run.in_window(now) {
+            run.counters.arrived.fetch_add(1, Ordering::Relaxed);
+        }
         if !run.in_window(t) {
             continue;
         }
