@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use monoio::buf::IoBufMut;
-use monoio::io::{AsyncReadRent, AsyncWriteRentExt, Splitable};
+use monoio::io::{AsyncReadRent, AsyncWriteRentExt, OwnedReadHalf, Splitable};
 use monoio::net::{TcpListener, TcpStream};
 use stellar_protocol::tcp::{FrameType, TcpDecoder};
 use stellar_protocol::ws::frame::encode_server;
@@ -214,6 +214,17 @@ async fn heartbeat_loop(worker: Rc<Worker>) {
         monoio::time::sleep(interval).await;
         worker.heartbeat();
     }
+}
+
+/// The reading side of a session. It lives in a box the session task points to: an
+/// async fn keeps its arguments twice and every local of every await point, so state
+/// held by value would make each idle connection's task several hundred bytes larger.
+struct ReadSide {
+    reader: OwnedReadHalf<TcpStream>,
+    buf: BytesMut,
+    decoder: Decoder,
+    /// The last read filled its buffer.
+    busy: bool,
 }
 
 /// Reads once into the spare capacity of `buf`, after the bytes it holds. (monoio's
@@ -664,7 +675,7 @@ impl Worker {
         // The session runs as a task of its own and this one ends: a long-lived
         // connection then keeps only the session's state, not the handshake's.
         if let Some((stream, conn, leftover)) = self.handshake(stream, remote).await {
-            monoio::spawn(self.session(stream, conn, leftover));
+            self.start_session(stream, conn, leftover);
         }
     }
 
@@ -766,12 +777,12 @@ impl Worker {
                 return;
             }
         };
-        self.session(stream, conn, BytesMut::new()).await;
+        self.start_session(stream, conn, BytesMut::new());
     }
 
-    /// Runs an admitted connection to its end: writer task, welcome, hooks, read loop,
-    /// clean-up.
-    async fn session(self: Rc<Self>, stream: TcpStream, conn: Rc<Conn>, leftover: BytesMut) {
+    /// Starts an admitted connection: writer, welcome, hooks, then the read loop as a
+    /// task of its own, which cleans up when the peer goes away.
+    fn start_session(self: Rc<Self>, stream: TcpStream, conn: Rc<Conn>, leftover: BytesMut) {
         let (reader, writer) = stream.into_split();
         conn.attach_writer(writer);
         match conn.proto {
@@ -788,10 +799,35 @@ impl Worker {
                 );
             }
         }
-        if self.admit_hooks(&conn) {
-            self.read_loop(&conn, reader, leftover).await;
+        if !self.admit_hooks(&conn) {
+            drop(reader);
+            self.end_session(&conn);
+            return;
         }
-        self.unregister(&conn);
+        let max_payload = self.config().max_payload;
+        let decoder = match conn.proto {
+            Proto::Ws => Decoder::Ws(MessageDecoder::new(DecoderConfig {
+                max_message_size: max_payload,
+                ..DecoderConfig::default()
+            })),
+            Proto::Tcp => Decoder::Tcp(TcpDecoder::new(max_payload)),
+        };
+        let side = Box::new(ReadSide {
+            reader,
+            buf: leftover,
+            decoder,
+            busy: false,
+        });
+        monoio::spawn(async move {
+            let mut side = side;
+            self.read_loop(&conn, &mut side).await;
+            drop(side);
+            self.end_session(&conn);
+        });
+    }
+
+    fn end_session(self: &Rc<Self>, conn: &Rc<Conn>) {
+        self.unregister(conn);
         conn.finish();
         conn.release_half();
     }
@@ -799,25 +835,11 @@ impl Worker {
     /// Decodes and routes until the peer goes away. After a close, keeps reading (and
     /// discarding) until the peer closes or the grace period shuts the socket, so our
     /// close frame is not lost to a reset.
-    async fn read_loop(
-        self: &Rc<Self>,
-        conn: &Rc<Conn>,
-        mut reader: impl AsyncReadRent,
-        mut buf: BytesMut,
-    ) {
-        let max_payload = self.config().max_payload;
-        let mut decoder = match conn.proto {
-            Proto::Ws => Decoder::Ws(MessageDecoder::new(DecoderConfig {
-                max_message_size: max_payload,
-                ..DecoderConfig::default()
-            })),
-            Proto::Tcp => Decoder::Tcp(TcpDecoder::new(max_payload)),
-        };
+    async fn read_loop(self: &Rc<Self>, conn: &Rc<Conn>, side: &mut ReadSide) {
         let mut open = true;
-        let mut busy = false;
         loop {
             while open {
-                match decoder.route_next(self, conn, &mut buf) {
+                match side.decoder.route_next(self, conn, &mut side.buf) {
                     None => break,
                     Some(Flow::Continue) => {}
                     Some(Flow::Wait(barrier, replies)) => {
@@ -830,37 +852,23 @@ impl Worker {
                 }
             }
             if !open {
-                buf.clear();
+                side.buf.clear();
             }
-            if !self.read_more(conn, &mut reader, &mut buf, &mut busy).await {
-                return;
+            // An idle connection waits on a small buffer; a full chunk is offered
+            // while the last read filled its buffer (more is likely waiting).
+            if side.buf.is_empty() && !side.busy {
+                side.buf = BytesMut::with_capacity(IDLE_READ);
+            } else {
+                side.buf.reserve(READ_CHUNK);
             }
-        }
-    }
-
-    /// Reads once into `buf`; false at end of stream or on error. `busy` says whether
-    /// the last read filled its buffer (more is likely waiting): then a full chunk is
-    /// offered, else a fresh small buffer.
-    async fn read_more(
-        &self,
-        conn: &Conn,
-        reader: &mut impl AsyncReadRent,
-        buf: &mut BytesMut,
-        busy: &mut bool,
-    ) -> bool {
-        if buf.is_empty() && !*busy {
-            *buf = BytesMut::with_capacity(IDLE_READ);
-        } else {
-            buf.reserve(READ_CHUNK);
-        }
-        let spare = buf.capacity() - buf.len();
-        match read_append(reader, buf).await {
-            Ok(0) | Err(_) => false,
-            Ok(n) => {
-                *busy = n == spare;
-                self.stats.bytes_in.add(n as u64);
-                conn.last_seen.set(Instant::now());
-                true
+            let spare = side.buf.capacity() - side.buf.len();
+            match read_append(&mut side.reader, &mut side.buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => {
+                    side.busy = n == spare;
+                    self.stats.bytes_in.add(n as u64);
+                    conn.last_seen.set(Instant::now());
+                }
             }
         }
     }
