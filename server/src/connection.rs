@@ -421,6 +421,7 @@ async fn write_loop(conn: Rc<Conn>, mut socket: OwnedWriteHalf<TcpStream>) {
             break;
         }
         conn.stats.bytes_out.add(len);
+        conn.stats.socket_writes.add(1);
     }
     let _ = socket.shutdown().await;
     conn.release_half();

@@ -47,6 +47,8 @@ pub struct WorkerStats {
     pub messages_sent: Counter,
     pub bytes_in: Counter,
     pub bytes_out: Counter,
+    /// Socket writes; `messages_sent / socket_writes` is how many frames a write carries.
+    pub socket_writes: Counter,
     pub rate_limited: Counter,
     pub slow_consumer_closes: Counter,
     pub slow_consumer_drops: Counter,
@@ -67,6 +69,7 @@ pub struct WorkerSnapshot {
     pub total_messages_sent: u64,
     pub bytes_in: u64,
     pub bytes_out: u64,
+    pub socket_writes: u64,
     pub rate_limited: u64,
     pub slow_consumer_closes: u64,
     pub slow_consumer_drops: u64,
@@ -85,6 +88,7 @@ impl WorkerStats {
             total_messages_sent: self.messages_sent.get(),
             bytes_in: self.bytes_in.get(),
             bytes_out: self.bytes_out.get(),
+            socket_writes: self.socket_writes.get(),
             rate_limited: self.rate_limited.get(),
             slow_consumer_closes: self.slow_consumer_closes.get(),
             slow_consumer_drops: self.slow_consumer_drops.get(),
@@ -109,6 +113,8 @@ pub struct Stats {
     pub uptime: u64,
     pub bytes_in: u64,
     pub bytes_out: u64,
+    /// Socket writes (one carries every frame queued for its connection at the time).
+    pub socket_writes: u64,
     pub rate_limited: u64,
     pub slow_consumer_closes: u64,
     pub slow_consumer_drops: u64,
@@ -134,6 +140,7 @@ impl Stats {
             s.total_messages_sent += w.total_messages_sent;
             s.bytes_in += w.bytes_in;
             s.bytes_out += w.bytes_out;
+            s.socket_writes += w.socket_writes;
             s.rate_limited += w.rate_limited;
             s.slow_consumer_closes += w.slow_consumer_closes;
             s.slow_consumer_drops += w.slow_consumer_drops;
@@ -145,7 +152,7 @@ impl Stats {
     /// Prometheus text exposition (`GET /metrics`).
     pub fn to_prometheus(&self) -> String {
         let mut out = String::new();
-        let totals: [(&str, &str, &str, u64); 13] = [
+        let totals: [(&str, &str, &str, u64); 14] = [
             (
                 "stellar_connections_total",
                 "counter",
@@ -199,6 +206,12 @@ impl Stats {
                 "counter",
                 "Bytes written to clients",
                 self.bytes_out,
+            ),
+            (
+                "stellar_socket_writes_total",
+                "counter",
+                "Socket writes (each carries every frame queued for its connection)",
+                self.socket_writes,
             ),
             (
                 "stellar_rate_limited_total",

@@ -247,6 +247,12 @@ fn stats_count_connections_and_messages() {
     assert_eq!(stats.ws_connections, 1);
     assert!(stats.total_messages_received >= 1);
     assert!(stats.total_messages_sent >= 2);
+    // The welcome's write at least has completed; a write never carries less than a frame.
+    assert!(stats.socket_writes >= 1, "{stats:?}");
+    assert!(
+        stats.socket_writes <= stats.total_messages_sent,
+        "{stats:?}"
+    );
 }
 
 #[test]
