@@ -398,6 +398,8 @@ fn generator_thread(
     let pacer = Rc::new(pacer::Pacer::default());
     rt.block_on(async move {
         monoio::spawn(Rc::clone(&pacer).run(Arc::clone(&run)));
+        let phases = Rc::new(scenario::Phases::default());
+        monoio::spawn(Rc::clone(&phases).watch(Arc::clone(&run)));
         let mine: Vec<usize> = (t..run.clients).step_by(count).collect();
         // Open connections `concurrency` at a time, so a storm does not overflow the
         // server's accept backlog.
@@ -414,11 +416,10 @@ fn generator_thread(
                 l2,
                 flight,
                 Rc::clone(&pacer),
+                Rc::clone(&phases),
             ));
         }
-        while !run.done.load(Ordering::Acquire) {
-            monoio::time::sleep(Duration::from_millis(20)).await;
-        }
+        phases.done.wait().await;
         // Give clients a moment to send their closes.
         monoio::time::sleep(Duration::from_millis(100)).await;
     });
