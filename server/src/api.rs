@@ -659,6 +659,9 @@ pub struct Ctx<'a> {
     conn: Option<&'a Rc<Conn>>,
     event: &'a str,
     data: Value,
+    /// The client's id as text, spelled out on first use (connections keep only the
+    /// numeric id).
+    id: std::cell::OnceCell<String>,
     /// A join made by the handler that other workers must learn before reading on.
     pending: std::cell::RefCell<Option<Arc<crate::mesh::Barrier>>>,
 }
@@ -675,6 +678,7 @@ impl<'a> Ctx<'a> {
             conn,
             event,
             data,
+            id: std::cell::OnceCell::new(),
             pending: std::cell::RefCell::new(None),
         }
     }
@@ -687,7 +691,10 @@ impl<'a> Ctx<'a> {
 
     /// The client's id (`"http"` for an HTTP action).
     pub fn id(&self) -> &str {
-        self.conn.map_or("http", |c| c.info.id.as_str())
+        match self.conn {
+            Some(c) => self.id.get_or_init(|| c.id.to_string()),
+            None => "http",
+        }
     }
 
     pub fn event(&self) -> &str {

@@ -74,7 +74,9 @@ pub struct ClientInfo {
 pub struct Conn {
     pub id: ClientId,
     pub proto: Proto,
-    pub info: ClientInfo,
+    pub remote: SocketAddr,
+    /// Milliseconds since the Unix epoch.
+    pub connected_at: u64,
     pub(crate) rooms: RefCell<Vec<RoomName>>,
     pub(crate) last_seen: Cell<Instant>,
     queue: RefCell<WriteQueue>,
@@ -114,13 +116,8 @@ impl Conn {
         Self {
             id,
             proto,
-            info: ClientInfo {
-                id: id.to_string(),
-                protocol: proto.as_str(),
-                remote_address: remote,
-                connected_at,
-                user_id: None,
-            },
+            remote,
+            connected_at,
             rooms: RefCell::default(),
             last_seen: Cell::new(Instant::now()),
             queue: RefCell::default(),
@@ -151,8 +148,11 @@ impl Conn {
     /// The client as hooks and handlers see it, with its current user id.
     pub fn client_info(&self) -> ClientInfo {
         ClientInfo {
+            id: self.id.to_string(),
+            protocol: self.proto.as_str(),
+            remote_address: self.remote,
+            connected_at: self.connected_at,
             user_id: self.user.borrow().as_ref().map(|u| u.id.clone()),
-            ..self.info.clone()
         }
     }
 

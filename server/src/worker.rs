@@ -341,16 +341,18 @@ impl Worker {
     pub fn allow(&self, conn: &Conn, event: &str) -> bool {
         let config = self.config.borrow();
         let global = Limit::new(config.rate_limit, config.rate_limit_window);
+        let table = self.rate_limits.borrow();
+        // The id is spelled out only when some client has a limit of its own; no
+        // client's id is empty, so "" finds no per-client limit.
+        let id = if table.clients.is_empty() {
+            String::new()
+        } else {
+            conn.id.to_string()
+        };
         conn.buckets
             .borrow_mut()
             .get_or_insert_with(Box::default)
-            .allow(
-                &conn.info.id,
-                event,
-                &self.rate_limits.borrow(),
-                global,
-                Instant::now(),
-            )
+            .allow(&id, event, &table, global, Instant::now())
     }
 
     /// The mesh loop: runs until shutdown has drained.
@@ -515,7 +517,7 @@ impl Worker {
             dir.clients.remove(&conn.id);
         }
         self.shared.release_admission();
-        self.shared.release_ip(conn.info.remote_address.ip());
+        self.shared.release_ip(conn.remote.ip());
         self.stats.active_connections.sub(1);
         match conn.proto {
             Proto::Ws => self.stats.ws_connections.sub(1),
@@ -794,7 +796,11 @@ impl Worker {
                     self.require_auth_in_time(&conn);
                 }
                 conn.send(
-                    tcp::frame::encode(FrameType::Connect, "connect", conn.info.id.as_bytes()),
+                    tcp::frame::encode(
+                        FrameType::Connect,
+                        "connect",
+                        conn.id.to_string().as_bytes(),
+                    ),
                     &self.stats,
                 );
             }

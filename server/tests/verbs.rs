@@ -36,6 +36,13 @@ fn server() -> TestServer {
             .on("remember", |ctx| ctx.set("name", ctx.data().clone()))
             .on("recall", |ctx| {
                 ctx.emit("recalled", &ctx.get("name").unwrap_or_default())
+            })
+            .on("whoami", |ctx| {
+                let info = ctx.client_info().expect("a WebSocket client");
+                ctx.emit(
+                    "you",
+                    &json!({"id": ctx.id(), "infoId": info.id, "remote": info.remote_address.to_string()}),
+                )
             }),
     )
 }
@@ -252,6 +259,23 @@ fn stats_count_connections_and_messages() {
     assert!(
         stats.socket_writes <= stats.total_messages_sent,
         "{stats:?}"
+    );
+}
+
+#[test]
+fn handlers_see_the_id_the_welcome_gave() {
+    let s = server();
+    let mut c = s.ws();
+    c.send(json!({"event": "whoami"}));
+    let you = c.recv_event("you");
+    assert_eq!(you["data"]["id"], c.id.as_str());
+    assert_eq!(you["data"]["infoId"], c.id.as_str());
+    assert!(
+        you["data"]["remote"]
+            .as_str()
+            .unwrap()
+            .starts_with("127.0.0.1:"),
+        "{you}"
     );
 }
 
