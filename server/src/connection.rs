@@ -172,6 +172,15 @@ impl Conn {
         }
     }
 
+    /// Queues the upgrade's HTTP response ahead of any frame, before the writer is
+    /// attached, so it goes out in the same write as the frames queued behind it (the
+    /// welcome). It is not a message and is not counted as one.
+    pub fn queue_handshake_response(&self, head: Bytes) {
+        let mut q = self.queue.borrow_mut();
+        q.bytes += head.len();
+        q.frames.push_front(head);
+    }
+
     pub fn set_limits(&self, max_backpressure: usize, policy: SlowConsumerPolicy) {
         self.max_backpressure.set(max_backpressure);
         self.policy.set(policy);

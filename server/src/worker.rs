@@ -754,13 +754,9 @@ impl Worker {
                 return None;
             }
         };
-        let (result, _) = stream.write_all(upgrade.response()).await;
-        if result.is_err() {
-            conn.release_half();
-            conn.release_half();
-            self.unregister(&conn);
-            return None;
-        }
+        // Queued, not written: the 101 and the welcome leave in one write (one packet
+        // instead of two per connection). A failed write ends the session as usual.
+        conn.queue_handshake_response(upgrade.response());
         // The head's buffer goes unless the client already sent frames behind it.
         let leftover = if buf.is_empty() { BytesMut::new() } else { buf };
         Some((stream, conn, leftover))
