@@ -658,7 +658,11 @@ pub struct Ctx<'a> {
     worker: &'a Rc<Worker>,
     conn: Option<&'a Rc<Conn>>,
     event: &'a str,
-    data: Value,
+    /// The message's `data` as it arrived (JSON text), when it came from a client.
+    raw: Option<&'a str>,
+    /// `data` as a value, parsed on first use: a handler that only passes `data` on
+    /// (`data_raw`) never pays for a parse and a re-serialization.
+    data: std::cell::OnceCell<Value>,
     /// The client's id as text, spelled out on first use (connections keep only the
     /// numeric id).
     id: std::cell::OnceCell<String>,
@@ -673,11 +677,25 @@ impl<'a> Ctx<'a> {
         event: &'a str,
         data: Value,
     ) -> Self {
+        let ctx = Self::from_raw(worker, conn, event, None);
+        let _ = ctx.data.set(data);
+        ctx
+    }
+
+    /// A context whose `data` is the JSON text `raw` (absent: `null`), parsed only if a
+    /// handler asks for it as a value.
+    pub(crate) fn from_raw(
+        worker: &'a Rc<Worker>,
+        conn: Option<&'a Rc<Conn>>,
+        event: &'a str,
+        raw: Option<&'a str>,
+    ) -> Self {
         Self {
             worker,
             conn,
             event,
-            data,
+            raw,
+            data: std::cell::OnceCell::new(),
             id: std::cell::OnceCell::new(),
             pending: std::cell::RefCell::new(None),
         }
@@ -701,8 +719,20 @@ impl<'a> Ctx<'a> {
         self.event
     }
 
+    /// The message's `data` (`null` when absent or not valid JSON).
     pub fn data(&self) -> &Value {
-        &self.data
+        self.data
+            .get_or_init(|| crate::router::parse_data(self.raw))
+    }
+
+    /// The message's `data` as JSON text, exactly as the client sent it when it came
+    /// from a client (no parse); otherwise `data()` serialized.
+    pub fn data_raw(&self) -> std::borrow::Cow<'_, str> {
+        match (self.raw, self.data.get()) {
+            (Some(raw), _) => raw.into(),
+            (None, Some(value)) => value.to_string().into(),
+            (None, None) => "null".into(),
+        }
     }
 
     /// The client, with its user id once authenticated (`None` for an HTTP action).
@@ -719,6 +749,15 @@ impl<'a> Ctx<'a> {
     pub fn emit(&self, event: &str, data: &Value) {
         if let Some(conn) = self.conn {
             conn.emit_raw(event, &data.to_string(), &self.worker.stats);
+        }
+    }
+
+    /// Sends `event` to this client with `json` as its `data`, written as is: `json`
+    /// must be one valid JSON value (such as `data_raw()`), or the client gets a broken
+    /// envelope.
+    pub fn emit_raw(&self, event: &str, json: &str) {
+        if let Some(conn) = self.conn {
+            conn.emit_raw(event, json, &self.worker.stats);
         }
     }
 

@@ -38,7 +38,7 @@ fn main() -> std::process::ExitCode {
     let shutdown_timeout = config.shutdown_timeout;
     let server = Server::builder()
         .config(config)
-        .on("echo", |ctx| ctx.emit("echo", ctx.data()))
+        .on("echo", |ctx| ctx.emit_raw("echo", &ctx.data_raw()))
         .on_ack("echo", |ctx| Ok::<Value, _>(ctx.data().clone()))
         .start();
     let server = match server {

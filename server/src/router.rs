@@ -220,6 +220,12 @@ fn on_tcp_frame(worker: &Rc<Worker>, conn: &Rc<Conn>, frame: TcpFrame) -> Flow {
                 conn.send_error("bad_json", "payload is not UTF-8", &worker.stats);
                 return Flow::Continue;
             };
+            // The payload is the event's `data`, passed on as JSON text (to handlers as
+            // `data_raw`, to rooms verbatim), so it must be one valid JSON value.
+            if serde_json::from_str::<serde::de::IgnoredAny>(text).is_err() {
+                conn.send_error("bad_json", "payload is not valid JSON", &worker.stats);
+                return Flow::Continue;
+            }
             let routed = tcp_room_event(text);
             let inbound = Inbound {
                 event: &frame.event,
@@ -604,7 +610,7 @@ fn user_event(worker: &Rc<Worker>, conn: &Rc<Conn>, msg: &Inbound<'_>) -> Flow {
             );
             return Flow::Continue;
         };
-        let ctx = Ctx::new(worker, Some(conn), name, parse_data(msg.data));
+        let ctx = Ctx::from_raw(worker, Some(conn), name, msg.data);
         match handler(&ctx) {
             Ok(result) => conn.reply_ack(name, correlation, Ok(&result.to_string()), &worker.stats),
             Err(e) => conn.reply_ack(name, correlation, Err((&e.code, &e.message)), &worker.stats),
@@ -633,7 +639,7 @@ fn user_event(worker: &Rc<Worker>, conn: &Rc<Conn>, msg: &Inbound<'_>) -> Flow {
     if specific.is_none() && handlers.all.is_empty() {
         return Flow::Continue;
     }
-    let ctx = Ctx::new(worker, Some(conn), msg.event, parse_data(msg.data));
+    let ctx = Ctx::from_raw(worker, Some(conn), msg.event, msg.data);
     for handler in specific.into_iter().flatten() {
         handler(&ctx);
     }
@@ -643,7 +649,7 @@ fn user_event(worker: &Rc<Worker>, conn: &Rc<Conn>, msg: &Inbound<'_>) -> Flow {
     ctx.into_flow()
 }
 
-fn parse_data(data: Option<&str>) -> Value {
+pub(crate) fn parse_data(data: Option<&str>) -> Value {
     data.and_then(|d| serde_json::from_str(d).ok())
         .unwrap_or(Value::Null)
 }

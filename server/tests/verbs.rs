@@ -37,6 +37,7 @@ fn server() -> TestServer {
             .on("recall", |ctx| {
                 ctx.emit("recalled", &ctx.get("name").unwrap_or_default())
             })
+            .on("relay-raw", |ctx| ctx.emit_raw("relayed-raw", &ctx.data_raw()))
             .on("whoami", |ctx| {
                 let info = ctx.client_info().expect("a WebSocket client");
                 ctx.emit(
@@ -260,6 +261,39 @@ fn stats_count_connections_and_messages() {
         stats.socket_writes <= stats.total_messages_sent,
         "{stats:?}"
     );
+}
+
+#[test]
+fn data_raw_hands_on_the_clients_exact_json() {
+    let s = server();
+    let mut c = s.ws();
+    // Key order, number spelling and escapes as sent; a parse into a `Value` and back
+    // would sort the keys and print 1.5.
+    c.send_raw(r#"{"event":"relay-raw","data":{"b":1,"a":1.50,"s":"\u00e9"}}"#);
+    match c.recv() {
+        Message::Text(t) => assert_eq!(
+            t.as_str(),
+            r#"{"event":"relayed-raw","data":{"b":1,"a":1.50,"s":"\u00e9"}}"#
+        ),
+        other => panic!("expected text, got {other:?}"),
+    }
+}
+
+#[test]
+fn tcp_json_frame_that_is_not_json_gets_bad_json_and_stays_open() {
+    let s = server();
+    let mut tcp = s.tcp();
+    tcp.send(0x01, "relay-raw", b"{not json");
+    let (kind, _, payload) = tcp.recv();
+    assert_eq!(kind, 0x0B);
+    assert_eq!(
+        serde_json::from_slice::<Value>(&payload).unwrap()["code"],
+        "bad_json"
+    );
+    tcp.send(0x01, "relay-raw", br#"{"k":[1,2]}"#);
+    let (kind, event, payload) = tcp.recv();
+    assert_eq!((kind, event.as_str()), (0x01, "relayed-raw"));
+    assert_eq!(payload, br#"{"k":[1,2]}"#);
 }
 
 #[test]
