@@ -663,9 +663,8 @@ pub struct Ctx<'a> {
     /// `data` as a value, parsed on first use: a handler that only passes `data` on
     /// (`data_raw`) never pays for a parse and a re-serialization.
     data: std::cell::OnceCell<Value>,
-    /// The client's id as text, spelled out on first use (connections keep only the
-    /// numeric id).
-    id: std::cell::OnceCell<String>,
+    /// The client's id as text (connections keep only the numeric id).
+    id: Option<crate::mesh::IdText>,
     /// A join made by the handler that other workers must learn before reading on.
     pending: std::cell::RefCell<Option<Arc<crate::mesh::Barrier>>>,
 }
@@ -696,7 +695,7 @@ impl<'a> Ctx<'a> {
             event,
             raw,
             data: std::cell::OnceCell::new(),
-            id: std::cell::OnceCell::new(),
+            id: conn.map(|c| c.id.text()),
             pending: std::cell::RefCell::new(None),
         }
     }
@@ -709,10 +708,7 @@ impl<'a> Ctx<'a> {
 
     /// The client's id (`"http"` for an HTTP action).
     pub fn id(&self) -> &str {
-        match self.conn {
-            Some(c) => self.id.get_or_init(|| c.id.to_string()),
-            None => "http",
-        }
+        self.id.as_deref().unwrap_or("http")
     }
 
     pub fn event(&self) -> &str {

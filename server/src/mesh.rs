@@ -30,6 +30,43 @@ impl std::fmt::Display for ClientId {
     }
 }
 
+impl ClientId {
+    /// The id as text ("worker-seq"), spelled out on the stack: the message path needs
+    /// it (per-client rate limits are keyed by it) and must not allocate for it.
+    pub fn text(&self) -> IdText {
+        use std::io::Write;
+        let mut buf = [0u8; IdText::MAX];
+        let mut rest = &mut buf[..];
+        // Cannot fail: the longest id, u16::MAX and u64::MAX, fills the buffer exactly.
+        let _ = write!(rest, "{}-{}", self.worker, self.seq);
+        let len = IdText::MAX - rest.len();
+        IdText {
+            buf,
+            len: len as u8,
+        }
+    }
+}
+
+/// A [`ClientId`] as text, held inline.
+#[derive(Clone, Copy)]
+pub struct IdText {
+    buf: [u8; IdText::MAX],
+    len: u8,
+}
+
+impl IdText {
+    /// `u16::MAX`, a dash, `u64::MAX`: 5 + 1 + 20 bytes.
+    const MAX: usize = 26;
+}
+
+impl std::ops::Deref for IdText {
+    type Target = str;
+
+    fn deref(&self) -> &str {
+        std::str::from_utf8(&self.buf[..self.len as usize]).expect("digits and a dash are ASCII")
+    }
+}
+
 impl std::str::FromStr for ClientId {
     type Err = ();
 
@@ -179,6 +216,12 @@ mod tests {
     fn client_ids_round_trip_through_text() {
         let id = ClientId { worker: 3, seq: 41 };
         assert_eq!(id.to_string(), "3-41");
+        assert_eq!(&*id.text(), "3-41");
+        let longest = ClientId {
+            worker: u16::MAX,
+            seq: u64::MAX,
+        };
+        assert_eq!(&*longest.text(), longest.to_string());
         assert_eq!("3-41".parse(), Ok(id));
         assert!("3".parse::<ClientId>().is_err());
         assert!("x-1".parse::<ClientId>().is_err());

@@ -102,7 +102,7 @@ impl Decoder {
 /// Sends `welcome` `{"id","message","context"}`: once after the handshake, or after
 /// `auth_success` when the client authenticates by message.
 pub fn send_welcome(worker: &Worker, conn: &Rc<Conn>) {
-    let welcome = json!({"id": conn.id.to_string(), "message": "Connected", "context": "api"});
+    let welcome = json!({"id": &*conn.id.text(), "message": "Connected", "context": "api"});
     conn.emit_raw("welcome", &welcome.to_string(), &worker.stats);
 }
 
@@ -589,7 +589,7 @@ fn say(worker: &Rc<Worker>, conn: &Rc<Conn>, data: Option<&str>) -> Flow {
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64);
     let body =
-        json!({"room": room, "from": conn.id.to_string(), "message": message, "sentAt": sent_at});
+        json!({"room": room, "from": &*conn.id.text(), "message": message, "sentAt": sent_at});
     worker.publish_room(
         room,
         Outbound::event("say", &body.to_string(), None),

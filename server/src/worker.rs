@@ -341,18 +341,16 @@ impl Worker {
     pub fn allow(&self, conn: &Conn, event: &str) -> bool {
         let config = self.config.borrow();
         let global = Limit::new(config.rate_limit, config.rate_limit_window);
-        let table = self.rate_limits.borrow();
-        // The id is spelled out only when some client has a limit of its own; no
-        // client's id is empty, so "" finds no per-client limit.
-        let id = if table.clients.is_empty() {
-            String::new()
-        } else {
-            conn.id.to_string()
-        };
         conn.buckets
             .borrow_mut()
             .get_or_insert_with(Box::default)
-            .allow(&id, event, &table, global, Instant::now())
+            .allow(
+                &conn.id.text(),
+                event,
+                &self.rate_limits.borrow(),
+                global,
+                Instant::now(),
+            )
     }
 
     /// The mesh loop: runs until shutdown has drained.
@@ -792,11 +790,7 @@ impl Worker {
                     self.require_auth_in_time(&conn);
                 }
                 conn.send(
-                    tcp::frame::encode(
-                        FrameType::Connect,
-                        "connect",
-                        conn.id.to_string().as_bytes(),
-                    ),
+                    tcp::frame::encode(FrameType::Connect, "connect", conn.id.text().as_bytes()),
                     &self.stats,
                 );
             }
@@ -814,14 +808,13 @@ impl Worker {
             })),
             Proto::Tcp => Decoder::Tcp(TcpDecoder::new(max_payload)),
         };
-        let side = Box::new(ReadSide {
+        let mut side = Box::new(ReadSide {
             reader,
             buf: leftover,
             decoder,
             busy: false,
         });
         monoio::spawn(async move {
-            let mut side = side;
             self.read_loop(&conn, &mut side).await;
             drop(side);
             self.end_session(&conn);
