@@ -51,12 +51,24 @@ pub enum Queued {
 /// Frames waiting for the writer.
 #[derive(Default)]
 pub struct WriteQueue {
+    /// The upgrade's HTTP response while it waits for the first write. Kept apart from
+    /// the frames: it is not a message, does not count against `max_backpressure`,
+    /// and a slow-consumer close must not discard it (the client would get a close
+    /// frame without the upgrade).
+    head: Option<Bytes>,
     frames: VecDeque<Bytes>,
     bytes: usize,
     /// A close was queued: nothing more is accepted and the writer ends after it.
     closing: bool,
     /// The reader is gone: the writer ends once the queue is empty.
     finished: bool,
+}
+
+impl WriteQueue {
+    /// Nothing waits to be written.
+    fn is_empty(&self) -> bool {
+        self.head.is_none() && self.frames.is_empty()
+    }
 }
 
 /// Information about a client, as handlers and middleware see it.
@@ -164,7 +176,7 @@ impl Conn {
 
     /// Spawns the writer task if frames wait and none runs.
     fn start_writer(self: &Rc<Self>) {
-        if self.queue.borrow().frames.is_empty() {
+        if self.queue.borrow().is_empty() {
             return;
         }
         if let Some(socket) = self.socket.borrow_mut().take() {
@@ -176,9 +188,7 @@ impl Conn {
     /// attached, so it goes out in the same write as the frames queued behind it (the
     /// welcome). It is not a message and is not counted as one.
     pub fn queue_handshake_response(&self, head: Bytes) {
-        let mut q = self.queue.borrow_mut();
-        q.bytes += head.len();
-        q.frames.push_front(head);
+        self.queue.borrow_mut().head = Some(head);
     }
 
     pub fn set_limits(&self, max_backpressure: usize, policy: SlowConsumerPolicy) {
@@ -365,12 +375,19 @@ impl Conn {
         }
     }
 
-    /// Moves queued frames into `out`, whole frames only, up to [`MAX_GATHER`] bytes
-    /// (or one larger frame). `Next::Park` when the queue is empty and open,
+    /// Moves the upgrade response, if it still waits, and queued frames into `out`,
+    /// whole frames only, up to [`MAX_GATHER`] bytes of frames (or one larger frame).
+    /// `Next::Park` when the queue is empty and open,
     /// `Next::End` when it is empty and closed.
     fn take_batch(&self, out: &mut Vec<Bytes>) -> Next {
         let mut q = self.queue.borrow_mut();
+        if let Some(head) = q.head.take() {
+            out.push(head);
+        }
         if q.frames.is_empty() {
+            if !out.is_empty() {
+                return Next::Write;
+            }
             return if q.finished || q.closing {
                 Next::End
             } else {

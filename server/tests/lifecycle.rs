@@ -235,3 +235,28 @@ Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n
     let tcp = s.tcp();
     assert!(tcp.id.parse::<String>().is_ok() && tcp.id.contains('-'));
 }
+
+/// Found in review: the upgrade response waited in the write queue, and a
+/// slow-consumer close discards the queue, so a client over `max_backpressure` from its
+/// first frame got a close frame without the 101 in front of it.
+#[test]
+fn regression_slow_consumer_close_before_the_first_write_still_upgrades() {
+    let s = TestServer::with(Config {
+        // Smaller than the welcome: the first frame already passes the bound.
+        max_backpressure: 16,
+        ..config(1, Driver::Auto)
+    });
+    let stream = std::net::TcpStream::connect(("127.0.0.1", s.handle.port())).unwrap();
+    stream.set_read_timeout(Some(TIMEOUT)).unwrap();
+    let (ws, _) = tungstenite::client(format!("ws://127.0.0.1:{}/", s.handle.port()), stream)
+        .expect("the upgrade is answered with 101 before the close");
+    let mut client = Client {
+        ws,
+        id: String::new(),
+    };
+    let (code, reason) = client.expect_close();
+    assert_eq!(
+        (code, reason.as_str()),
+        (CloseCode::Policy, "slow consumer")
+    );
+}
