@@ -327,9 +327,8 @@ impl Worker {
         if buckets.len() >= MAX_HTTP_BUCKETS && !buckets.contains_key(&ip) {
             buckets.clear();
         }
-        let key = ip.to_string();
         buckets.entry(ip).or_default().allow(
-            &key,
+            || ip.to_string(),
             name,
             &self.rate_limits.borrow(),
             global,
@@ -345,7 +344,7 @@ impl Worker {
             .borrow_mut()
             .get_or_insert_with(Box::default)
             .allow(
-                &conn.id.text(),
+                || conn.id.text(),
                 event,
                 &self.rate_limits.borrow(),
                 global,
