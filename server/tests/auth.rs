@@ -186,14 +186,7 @@ fn joins_outside_the_grant_are_forbidden() {
 #[test]
 fn no_auth_within_connect_timeout_closes_with_1008() {
     let s = jwt_server();
-    let stream = TcpStream::connect(("127.0.0.1", s.handle.port())).unwrap();
-    stream.set_read_timeout(Some(TIMEOUT)).unwrap();
-    let (ws, _) =
-        tungstenite::client(format!("ws://127.0.0.1:{}/", s.handle.port()), stream).unwrap();
-    let mut c = Client {
-        ws,
-        id: String::new(),
-    };
+    let mut c = Client::upgrade(s.handle.port());
     let (code, reason) = c.expect_close();
     assert_eq!(
         (code, reason.as_str()),

@@ -246,14 +246,8 @@ fn regression_slow_consumer_close_before_the_first_write_still_upgrades() {
         max_backpressure: 16,
         ..config(1, Driver::Auto)
     });
-    let stream = std::net::TcpStream::connect(("127.0.0.1", s.handle.port())).unwrap();
-    stream.set_read_timeout(Some(TIMEOUT)).unwrap();
-    let (ws, _) = tungstenite::client(format!("ws://127.0.0.1:{}/", s.handle.port()), stream)
-        .expect("the upgrade is answered with 101 before the close");
-    let mut client = Client {
-        ws,
-        id: String::new(),
-    };
+    // `upgrade` fails unless the 101 arrives before the close.
+    let mut client = Client::upgrade(s.handle.port());
     let (code, reason) = client.expect_close();
     assert_eq!(
         (code, reason.as_str()),

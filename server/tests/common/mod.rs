@@ -73,21 +73,26 @@ pub struct Client {
 
 impl Client {
     pub fn connect(port: u16) -> Self {
-        let stream = TcpStream::connect(("127.0.0.1", port)).expect("connect");
-        stream.set_read_timeout(Some(TIMEOUT)).unwrap();
-        stream.set_nodelay(true).unwrap();
-        let (ws, _) =
-            tungstenite::client(format!("ws://127.0.0.1:{port}/"), stream).expect("handshake");
-        let mut client = Self {
-            ws,
-            id: String::new(),
-        };
+        let mut client = Self::upgrade(port);
         let welcome = client.recv_event("welcome");
         client.id = welcome["data"]["id"]
             .as_str()
             .expect("welcome id")
             .to_owned();
         client
+    }
+
+    /// Completes the upgrade and reads nothing more (no `welcome` yet, or none coming).
+    pub fn upgrade(port: u16) -> Self {
+        let stream = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+        stream.set_read_timeout(Some(TIMEOUT)).unwrap();
+        stream.set_nodelay(true).unwrap();
+        let (ws, _) =
+            tungstenite::client(format!("ws://127.0.0.1:{port}/"), stream).expect("handshake");
+        Self {
+            ws,
+            id: String::new(),
+        }
     }
 
     /// The worker this client lives on, read from its id.
