@@ -4,6 +4,7 @@
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::os::fd::{FromRawFd, IntoRawFd, RawFd};
+use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
 use monoio::buf::IoBufMut;
@@ -29,7 +30,7 @@ pub enum Proto {
 pub enum Inbound {
     /// A JSON event: name and raw data (WebSocket envelope or TCP JSON frame).
     Event {
-        event: String,
+        event: Bytes,
         data: Bytes,
     },
     Binary(Bytes),
@@ -98,6 +99,8 @@ pub struct Reader {
     half: OwnedReadHalf<TcpStream>,
     buf: BytesMut,
     decoder: Decoder,
+    /// When the last read completed.
+    read_at: Instant,
 }
 
 enum Decoder {
@@ -150,7 +153,12 @@ Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n
     };
     let (half, write) = stream.into_split();
     Ok((
-        Reader { half, buf, decoder },
+        Reader {
+            half,
+            buf,
+            decoder,
+            read_at: Instant::now(),
+        },
         Writer {
             half: write,
             proto,
@@ -171,6 +179,12 @@ async fn read_append(
 }
 
 impl Reader {
+    /// When the read that brought the latest message completed: its arrival time, read
+    /// once per read instead of once per message.
+    pub fn read_at(&self) -> Instant {
+        self.read_at
+    }
+
     /// The next message; `Closed` at end of stream.
     pub async fn next(&mut self) -> Inbound {
         loop {
@@ -178,7 +192,7 @@ impl Reader {
                 Step::Got(inbound) => return inbound,
                 Step::Skip => continue,
                 Step::NeedMore => match read_append(&mut self.half, &mut self.buf).await {
-                    Ok(n) if n > 0 => {}
+                    Ok(n) if n > 0 => self.read_at = Instant::now(),
                     _ => return Inbound::Closed(None),
                 },
             }
@@ -199,7 +213,7 @@ impl Reader {
                 Ok(Some(f)) => match f.kind {
                     FrameType::Json | FrameType::Connect | FrameType::AckRes | FrameType::Error => {
                         Step::Got(Inbound::Event {
-                            event: f.event,
+                            event: Bytes::from(f.event),
                             data: f.payload,
                         })
                     }
@@ -220,17 +234,30 @@ enum Step {
     NeedMore,
 }
 
-/// `event` and raw `data` of an envelope, found by sonic-free scanning: the generator
-/// must stay cheaper than the server it measures.
+/// `event` and raw `data` of an envelope, found by scanning, not parsing (slices of the
+/// frame, no copy): the generator must stay cheaper than the server it measures. The
+/// usual layout, `{"event":"…","data":…`, is read from the front; any other is searched.
 fn parse_event(text: &Bytes) -> Option<Inbound> {
-    let s = std::str::from_utf8(text).ok()?;
-    let event = s.find("\"event\":\"").map(|at| {
-        let rest = &s[at + 9..];
-        rest[..rest.find('"').unwrap_or(rest.len())].to_owned()
-    })?;
-    let data = match s.find("\"data\":") {
-        Some(at) => text.slice(at + 7..),
-        None => Bytes::new(),
+    const EVENT: &[u8] = b"\"event\":\"";
+    const DATA: &[u8] = b"\"data\":";
+    let start = if text.starts_with(b"{\"event\":\"") {
+        EVENT.len() + 1
+    } else {
+        memchr::memmem::find(text, EVENT)? + EVENT.len()
+    };
+    let len = memchr::memchr(b'"', &text[start..]).unwrap_or(text.len() - start);
+    let event = text.slice(start..start + len);
+    let after = start + len + 1;
+    let data = if text
+        .get(after..)
+        .is_some_and(|rest| rest.starts_with(b",\"data\":"))
+    {
+        text.slice(after + DATA.len() + 1..)
+    } else {
+        match memchr::memmem::find(text, DATA) {
+            Some(at) => text.slice(at + DATA.len()..),
+            None => Bytes::new(),
+        }
     };
     Some(Inbound::Event { event, data })
 }
@@ -252,7 +279,13 @@ impl Writer {
         data: &str,
         room: Option<&str>,
     ) -> std::io::Result<()> {
-        let frame = match self.proto {
+        let frame = self.event(event, data, room);
+        self.send_raw(frame).await
+    }
+
+    /// The wire form of [`Writer::send_event`], to send later (several in one write).
+    pub fn event(&mut self, event: &str, data: &str, room: Option<&str>) -> Bytes {
+        match self.proto {
             Proto::Ws => {
                 let json = stellar_protocol::envelope::encode_event(event, data, room);
                 let mask = self.next_mask();
@@ -270,18 +303,12 @@ impl Writer {
                     stellar_protocol::tcp::frame::encode(FrameType::Json, event, data.as_bytes())
                 }
             },
-        };
-        self.send_raw(frame).await
+        }
     }
 
-    /// Sends a request to ack handler `name`.
-    pub async fn send_request(
-        &mut self,
-        name: &str,
-        data: &str,
-        correlation: &str,
-    ) -> std::io::Result<()> {
-        let frame = match self.proto {
+    /// The wire form of a request to ack handler `name`.
+    pub fn request(&mut self, name: &str, data: &str, correlation: &str) -> Bytes {
+        match self.proto {
             Proto::Ws => {
                 let json = format!(
                     "{{\"event\":\"{name}\",\"data\":{data},\"_ackName\":\"{name}\",\"_correlationId\":\"{correlation}\"}}"
@@ -293,8 +320,7 @@ impl Writer {
                 let payload = format!("{{\"data\":{data},\"_correlationId\":\"{correlation}\"}}");
                 stellar_protocol::tcp::frame::encode(FrameType::AckReq, name, payload.as_bytes())
             }
-        };
-        self.send_raw(frame).await
+        }
     }
 
     /// Joins a room (the answer is read by the caller).
@@ -319,17 +345,11 @@ impl Writer {
         }
     }
 
-    /// Sends a binary event to a room.
-    pub async fn send_binary(
-        &mut self,
-        event: &str,
-        room: &str,
-        payload: &[u8],
-    ) -> std::io::Result<()> {
+    /// The wire form of a binary event to a room.
+    pub fn binary(&mut self, event: &str, room: &str, payload: &[u8]) -> Bytes {
         let msg = stellar_protocol::binary::encode(event, Some(room), payload);
         let mask = self.next_mask();
-        self.send_raw(encode_client(OpCode::Binary, &msg, mask))
-            .await
+        encode_client(OpCode::Binary, &msg, mask)
     }
 
     pub async fn send_raw(&mut self, frame: Bytes) -> std::io::Result<()> {
@@ -350,20 +370,46 @@ impl Writer {
     }
 }
 
-/// Reads a numeric field `"key":123` from relayed JSON data, whatever the key order.
-pub fn field_u64(data: &[u8], key: &str) -> Option<u64> {
-    let needle = format!("\"{key}\":");
-    let at = data
-        .windows(needle.len())
-        .position(|w| w == needle.as_bytes())?
-        + needle.len();
-    let digits = data
-        .get(at..)?
-        .iter()
-        .take_while(|b| b.is_ascii_digit())
-        .count();
-    std::str::from_utf8(data.get(at..at + digits)?)
-        .ok()?
-        .parse()
-        .ok()
+/// `(publisher, seq, time)` of a relayed event's `data`. The publisher writes
+/// `{"p":…,"s":…,"t":…,"x":…}`; servers that relay the data as sent, or re-serialize it
+/// with sorted or insertion-ordered keys, keep that order, so it is read in one pass
+/// from the front. Any other layout is searched key by key.
+pub fn stamp(data: &[u8]) -> Option<(u64, u64, u64)> {
+    stamp_in_order(data).or_else(|| {
+        Some((
+            field_u64(data, b"\"p\":")?,
+            field_u64(data, b"\"s\":")?,
+            field_u64(data, b"\"t\":")?,
+        ))
+    })
+}
+
+fn stamp_in_order(data: &[u8]) -> Option<(u64, u64, u64)> {
+    let rest = data.strip_prefix(b"{\"p\":")?;
+    let (p, rest) = leading_u64(rest)?;
+    let rest = rest.strip_prefix(b",\"s\":")?;
+    let (s, rest) = leading_u64(rest)?;
+    let rest = rest.strip_prefix(b",\"t\":")?;
+    let (t, _) = leading_u64(rest)?;
+    Some((p, s, t))
+}
+
+/// The unsigned integer `key` (e.g. `"t":`) introduces, anywhere in `data`.
+fn field_u64(data: &[u8], key: &[u8]) -> Option<u64> {
+    let at = memchr::memmem::find(data, key)? + key.len();
+    leading_u64(&data[at..]).map(|(n, _)| n)
+}
+
+/// The decimal digits at the front of `s` and what follows them; `None` if there are
+/// none or they overflow.
+fn leading_u64(s: &[u8]) -> Option<(u64, &[u8])> {
+    let digits = s.iter().take_while(|b| b.is_ascii_digit()).count();
+    if digits == 0 {
+        return None;
+    }
+    let mut n: u64 = 0;
+    for &d in &s[..digits] {
+        n = n.checked_mul(10)?.checked_add(u64::from(d - b'0'))?;
+    }
+    Some((n, &s[digits..]))
 }

@@ -77,6 +77,11 @@ impl Run {
         self.start.elapsed().as_nanos() as u64
     }
 
+    /// `at` as nanoseconds since the run's start.
+    pub fn ns_at(&self, at: Instant) -> u64 {
+        at.saturating_duration_since(self.start).as_nanos() as u64
+    }
+
     pub fn in_window(&self, t: u64) -> bool {
         t >= self.window.0.load(Ordering::Acquire) && t < self.window.1.load(Ordering::Acquire)
     }
@@ -250,7 +255,7 @@ pub async fn client_with_slot(
 async fn await_event(reader: &mut Reader, name: &str) -> bool {
     loop {
         match reader.next().await {
-            Inbound::Event { event, .. } if event == name => return true,
+            Inbound::Event { event, .. } if event == name.as_bytes() => return true,
             Inbound::Event { .. } | Inbound::Binary(_) => {}
             Inbound::Closed(_) => return false,
         }
@@ -263,21 +268,18 @@ fn record(latency: &Latency, ns: u64) {
 
 /// Reads until the run ends, recording latency, duplicates and order per publisher.
 async fn receive(run: Arc<Run>, mut reader: Reader, latency: Latency, publishers: usize) {
-    let mut last: HashMap<u64, u64> = HashMap::with_capacity(publishers);
+    // The last sequence number seen from each publisher (ids are 0..publishers).
+    let mut last: Vec<Option<u64>> = vec![None; publishers];
     loop {
         let (p, seq, t) = match reader.next().await {
             Inbound::Event { event, data } => {
-                if event == "error" {
+                if &event[..] == b"error" {
                     run.counters.errors.fetch_add(1, Ordering::Relaxed);
                     continue;
                 }
-                match (
-                    conn::field_u64(&data, "p"),
-                    conn::field_u64(&data, "s"),
-                    conn::field_u64(&data, "t"),
-                ) {
-                    (Some(p), Some(s), Some(t)) => (p, s, t),
-                    _ => continue,
+                match conn::stamp(&data) {
+                    Some(stamp) => stamp,
+                    None => continue,
                 }
             }
             Inbound::Binary(b) => match binary_stamp(&b, run.proto) {
@@ -291,7 +293,8 @@ async fn receive(run: Arc<Run>, mut reader: Reader, latency: Latency, publishers
                 return;
             }
         };
-        let now = run.now_ns();
+        // Everything one read brought arrived at the same moment.
+        let now = run.ns_at(reader.read_at());
         if run.in_window(now) {
             run.counters.arrived.fetch_add(1, Ordering::Relaxed);
         }
@@ -300,16 +303,17 @@ async fn receive(run: Arc<Run>, mut reader: Reader, latency: Latency, publishers
         }
         record(&latency, now.saturating_sub(t));
         run.counters.delivered.fetch_add(1, Ordering::Relaxed);
-        match last.get(&p) {
-            Some(&prev) if seq == prev => {
+        let Some(slot) = usize::try_from(p).ok().and_then(|p| last.get_mut(p)) else {
+            continue;
+        };
+        match *slot {
+            Some(prev) if seq == prev => {
                 run.counters.duplicates.fetch_add(1, Ordering::Relaxed);
             }
-            Some(&prev) if seq < prev => {
+            Some(prev) if seq < prev => {
                 run.counters.out_of_order.fetch_add(1, Ordering::Relaxed);
             }
-            _ => {
-                last.insert(p, seq);
-            }
+            _ => *slot = Some(seq),
         }
     }
 }
