@@ -2,10 +2,12 @@
 //!
 //! A connection lives on one worker for its whole life. Everything that sends to it
 //! pushes finished frames into its [`WriteQueue`]; the writer task takes everything
-//! queued in one go and hands it to the kernel in one write per loop turn (a lone frame
-//! goes as is, several are gathered into one buffer). The queue is bounded by
-//! `max_backpressure`: past it the slow-consumer policy closes or drops, so one slow
-//! reader never holds memory or slows the room (SPEC §3.3).
+//! queued in one go and hands it to the kernel in one write per loop turn. Small frames
+//! waiting together are copied end to end into the queue's open buffer (what the
+//! kernel copies next anyway), so a burst to one client becomes one buffer without a
+//! refcount per frame; large frames stay shared `Bytes` (SPEC §2, encode once). The
+//! queue is bounded by `max_backpressure`: past it the slow-consumer policy closes or
+//! drops, so one slow reader never holds memory or slows the room (SPEC §3.3).
 
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
@@ -32,6 +34,12 @@ use crate::stats::WorkerStats;
 
 /// Largest single write the writer gathers from the queue.
 const MAX_GATHER: usize = 256 * 1024;
+/// Frames up to this size are copied into the queue's open buffer once a second one
+/// waits behind them; larger ones are always queued as shared `Bytes`. Up to here a
+/// burst is cheaper copied than shared and gathered (`benches/benches/queue.rs`).
+pub const COPY_MAX: usize = 256;
+/// The open buffer's first allocation; it grows by doubling.
+const TAIL_START: usize = 1024;
 /// How long a closing connection may take to finish the close handshake before its
 /// socket is shut down under it.
 pub const CLOSE_GRACE: Duration = Duration::from_secs(2);
@@ -56,7 +64,15 @@ pub struct WriteQueue {
     /// and a slow-consumer close must not discard it (the client would get a close
     /// frame without the upgrade).
     head: Option<Bytes>,
+    /// Large frames, and runs of small ones sealed off ahead of them.
     frames: VecDeque<Bytes>,
+    /// Small frames copied end to end, behind everything in `frames`. Handed to the
+    /// writer whole (buffer and all), so an idle connection holds no buffer.
+    tail: BytesMut,
+    /// The last of `frames` is a small frame queued alone: shared, not copied, so a
+    /// lone frame (the common case at low rates) costs no buffer; the next small frame
+    /// moves it onto the tail.
+    lone_small: bool,
     bytes: usize,
     /// A close was queued: nothing more is accepted and the writer ends after it.
     closing: bool,
@@ -67,7 +83,46 @@ pub struct WriteQueue {
 impl WriteQueue {
     /// Nothing waits to be written.
     fn is_empty(&self) -> bool {
-        self.head.is_none() && self.frames.is_empty()
+        self.head.is_none() && self.frames.is_empty() && self.tail.is_empty()
+    }
+
+    /// Queues `frame` behind everything else: copied onto the tail when small, shared
+    /// when large.
+    fn push(&mut self, frame: &Bytes) {
+        self.bytes += frame.len();
+        if frame.len() > COPY_MAX {
+            self.seal_tail();
+            self.frames.push_back(frame.clone());
+        } else if !self.tail.is_empty() {
+            self.tail.extend_from_slice(frame);
+        } else if self.lone_small {
+            self.lone_small = false;
+            self.tail.reserve(TAIL_START);
+            if let Some(first) = self.frames.pop_back() {
+                self.tail.extend_from_slice(&first);
+            }
+            self.tail.extend_from_slice(frame);
+        } else {
+            self.frames.push_back(frame.clone());
+            self.lone_small = true;
+        }
+    }
+
+    /// Moves the tail, if anything is on it, to the end of `frames`.
+    fn seal_tail(&mut self) {
+        self.lone_small = false;
+        if !self.tail.is_empty() {
+            let tail = std::mem::take(&mut self.tail);
+            self.frames.push_back(tail.freeze());
+        }
+    }
+
+    /// Discards everything but the upgrade response.
+    fn clear(&mut self) {
+        self.frames.clear();
+        self.tail = BytesMut::new();
+        self.lone_small = false;
+        self.bytes = 0;
     }
 }
 
@@ -202,6 +257,11 @@ impl Conn {
 
     /// Queues one frame, applying the slow-consumer policy.
     pub fn send(self: &Rc<Self>, frame: Bytes, stats: &WorkerStats) -> Queued {
+        self.send_shared(&frame, stats)
+    }
+
+    /// [`Conn::send`] for a frame other connections are sent too.
+    fn send_shared(self: &Rc<Self>, frame: &Bytes, stats: &WorkerStats) -> Queued {
         let mut q = self.queue.borrow_mut();
         if q.closing || q.finished {
             return Queued::Closed;
@@ -220,8 +280,7 @@ impl Conn {
                 }
             };
         }
-        q.bytes += frame.len();
-        q.frames.push_back(frame);
+        q.push(frame);
         drop(q);
         stats.messages_sent.add(1);
         self.start_writer();
@@ -230,7 +289,7 @@ impl Conn {
 
     /// Queues a shared message in this connection's protocol.
     pub fn send_outbound(self: &Rc<Self>, msg: &Outbound, stats: &WorkerStats) -> Queued {
-        self.send(msg.frame(self.proto), stats)
+        self.send_shared(msg.frame(self.proto), stats)
     }
 
     /// Sends `{"event":event,"data":data}` (raw JSON data) to this client only.
@@ -309,10 +368,7 @@ impl Conn {
         if q.closing {
             return;
         }
-        let mut push = |frame: Bytes| {
-            q.bytes += frame.len();
-            q.frames.push_back(frame);
-        };
+        let mut push = |frame: Bytes| q.push(&frame);
         match self.proto {
             Proto::Ws => push(encode_server(
                 OpCode::Close,
@@ -343,9 +399,7 @@ impl Conn {
     /// never read it) and only the close is sent.
     pub fn close_now(self: &Rc<Self>, code: CloseCode, reason: &str) {
         {
-            let mut q = self.queue.borrow_mut();
-            q.frames.clear();
-            q.bytes = 0;
+            self.queue.borrow_mut().clear();
         }
         self.close(code, reason);
     }
@@ -384,6 +438,7 @@ impl Conn {
         if let Some(head) = q.head.take() {
             out.push(head);
         }
+        q.seal_tail();
         if q.frames.is_empty() {
             if !out.is_empty() {
                 return Next::Write;

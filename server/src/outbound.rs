@@ -2,8 +2,9 @@
 //!
 //! This is where a message becomes "to many" (STYLE §2): the WebSocket frame and the TCP
 //! frame are each built the first time a recipient of that protocol needs them, then
-//! every recipient's write queue holds a refcounted clone of the same `Bytes`, whichever
-//! worker it lives on.
+//! every recipient's write queue gets the same bytes, whichever worker it lives on (a
+//! copy onto its open buffer when small, a refcounted clone when large; see
+//! `connection`).
 
 use std::sync::{Arc, OnceLock};
 
@@ -82,10 +83,10 @@ impl Outbound {
     }
 
     /// The frame for `proto`, built on first use and shared afterwards.
-    pub fn frame(&self, proto: Proto) -> Bytes {
+    pub fn frame(&self, proto: Proto) -> &Bytes {
         match proto {
-            Proto::Ws => self.ws.get_or_init(|| self.encode_ws()).clone(),
-            Proto::Tcp => self.tcp.get_or_init(|| self.encode_tcp()).clone(),
+            Proto::Ws => self.ws.get_or_init(|| self.encode_ws()),
+            Proto::Tcp => self.tcp.get_or_init(|| self.encode_tcp()),
         }
     }
 

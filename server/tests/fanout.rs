@@ -61,6 +61,33 @@ fn relay_is_exactly_once_and_in_order_across_workers_on_epoll() {
     relay_200_messages_to_50_members(Driver::Epoll);
 }
 
+/// Each member's write queue copies small frames onto one buffer and keeps large ones
+/// shared; a burst mixing both must still arrive whole and in order on every worker.
+#[test]
+fn small_and_large_frames_mixed_arrive_whole_and_in_order() {
+    let s = TestServer::with(config(WORKERS, Driver::Auto));
+    let mut members = clients_on_every_worker(&s, WORKERS, 6);
+    for m in &mut members {
+        m.join("mix");
+    }
+    let mut publisher = s.ws();
+    publisher.join("mix");
+    // Below, around and far past the copy threshold (256 B), and one frame of 64 KiB+.
+    let sizes = [10, 3000, 20, 40, 5000, 200, 1, 70_000, 230, 5, 60];
+    let burst = || sizes.iter().cycle().take(90).enumerate();
+    for (seq, &n) in burst() {
+        publisher
+            .send(json!({"event": "m", "room": "mix", "data": {"seq": seq, "pad": "x".repeat(n)}}));
+    }
+    for m in &mut members {
+        for (seq, &n) in burst() {
+            let got = m.recv_event("m");
+            assert_eq!(got["data"]["seq"], seq, "client {}", m.id);
+            assert_eq!(got["data"]["pad"].as_str().map(str::len), Some(n));
+        }
+    }
+}
+
 #[test]
 fn to_id_reaches_a_client_on_every_worker() {
     let s = TestServer::with(config(WORKERS, Driver::Auto));

@@ -190,6 +190,30 @@ fn unmasked_client_frame_closes_with_1002() {
     still_served(&mut bystander);
 }
 
+/// Replies queued before a protocol violation still go out, whole and in order, ahead
+/// of its close: small ones are copied into the write queue's open buffer and large ones
+/// shared, and the close must land behind both.
+#[test]
+fn replies_queued_before_a_violation_arrive_whole_before_its_close() {
+    let s = TestServer::with(config(1, Driver::Auto));
+    let mut raw = Raw::connect(s.handle.port());
+    let sizes = [1, 600, 30, 2000, 5, 150, 180, 40_000, 7, 9];
+    for (i, &n) in sizes.iter().enumerate() {
+        let ping = json!({"event": "ping", "data": {"i": i, "pad": "x".repeat(n)}});
+        raw.send(0x81, ping.to_string().as_bytes());
+    }
+    raw.0.write_all(&[0x81, 0x02, b'h', b'i']).unwrap();
+    for (i, &n) in sizes.iter().enumerate() {
+        let (opcode, payload) = raw.frame().expect("a pong");
+        assert_eq!(opcode, 0x1);
+        let pong: serde_json::Value = serde_json::from_slice(&payload).unwrap();
+        assert_eq!(pong["event"], "pong");
+        assert_eq!(pong["data"]["i"], i);
+        assert_eq!(pong["data"]["pad"].as_str().map(str::len), Some(n));
+    }
+    assert_eq!(raw.close_code(), 1002);
+}
+
 #[test]
 fn sixty_four_bit_length_with_msb_set_closes_with_1002() {
     let s = TestServer::with(config(1, Driver::Auto));
