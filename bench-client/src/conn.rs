@@ -240,8 +240,11 @@ enum Step {
 fn parse_event(text: &Bytes) -> Option<Inbound> {
     const EVENT: &[u8] = b"\"event\":\"";
     const DATA: &[u8] = b"\"data\":";
-    let start = if text.starts_with(b"{\"event\":\"") {
-        EVENT.len() + 1
+    let start = if text
+        .strip_prefix(b"{")
+        .is_some_and(|r| r.starts_with(EVENT))
+    {
+        1 + EVENT.len()
     } else {
         memchr::memmem::find(text, EVENT)? + EVENT.len()
     };
@@ -250,9 +253,10 @@ fn parse_event(text: &Bytes) -> Option<Inbound> {
     let after = start + len + 1;
     let data = if text
         .get(after..)
-        .is_some_and(|rest| rest.starts_with(b",\"data\":"))
+        .and_then(|rest| rest.strip_prefix(b","))
+        .is_some_and(|rest| rest.starts_with(DATA))
     {
-        text.slice(after + DATA.len() + 1..)
+        text.slice(after + 1 + DATA.len()..)
     } else {
         match memchr::memmem::find(text, DATA) {
             Some(at) => text.slice(at + DATA.len()..),

@@ -88,23 +88,24 @@ impl Sender {
             if run.done.load(Ordering::Acquire) {
                 return;
             }
+            // Messages of this write whose intended time is in the measured window.
+            let mut measured = 0;
             for _ in 0..MAX_BATCH {
                 let Some(t) = self.due.borrow_mut().pop_front() else {
                     break;
                 };
                 batch.extend_from_slice(&frame(&run, &self, &mut writer, k, t, &pad));
-                if run.in_window(t) {
-                    run.counters.sent.fetch_add(1, Ordering::Relaxed);
-                    run.counters
-                        .expected
-                        .fetch_add(self.receivers, Ordering::Relaxed);
-                }
+                measured += u64::from(run.in_window(t));
                 k += 1;
             }
             if writer.send_raw(batch.split().freeze()).await.is_err() {
                 run.counters.errors.fetch_add(1, Ordering::Relaxed);
                 return;
             }
+            run.counters.sent.fetch_add(measured, Ordering::Relaxed);
+            run.counters
+                .expected
+                .fetch_add(measured * self.receivers, Ordering::Relaxed);
         }
     }
 }

@@ -37,7 +37,7 @@ const MAX_GATHER: usize = 256 * 1024;
 /// Frames up to this size are copied into the queue's open buffer once a second one
 /// waits behind them; larger ones are always queued as shared `Bytes`. Up to here a
 /// burst is cheaper copied than shared and gathered (`benches/benches/queue.rs`).
-pub const COPY_MAX: usize = 256;
+const COPY_MAX: usize = 256;
 /// The open buffer's first allocation; it grows by doubling.
 const TAIL_START: usize = 1024;
 /// How long a closing connection may take to finish the close handshake before its

@@ -196,6 +196,7 @@ fn unmasked_client_frame_closes_with_1002() {
 #[test]
 fn replies_queued_before_a_violation_arrive_whole_before_its_close() {
     let s = TestServer::with(config(1, Driver::Auto));
+    let mut bystander = s.ws();
     let mut raw = Raw::connect(s.handle.port());
     let sizes = [1, 600, 30, 2000, 5, 150, 180, 40_000, 7, 9];
     for (i, &n) in sizes.iter().enumerate() {
@@ -212,6 +213,7 @@ fn replies_queued_before_a_violation_arrive_whole_before_its_close() {
         assert_eq!(pong["data"]["pad"].as_str().map(str::len), Some(n));
     }
     assert_eq!(raw.close_code(), 1002);
+    still_served(&mut bystander);
 }
 
 #[test]
