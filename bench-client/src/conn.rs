@@ -3,10 +3,11 @@
 //! scenarios send and receive. Built on the project's own sans-IO codecs.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::ops::Range;
 use std::os::fd::{FromRawFd, IntoRawFd, RawFd};
 use std::time::Instant;
 
-use bytes::{Bytes, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use monoio::buf::IoBufMut;
 use monoio::io::{AsyncReadRent, AsyncWriteRentExt, OwnedReadHalf, OwnedWriteHalf, Splitable};
 use monoio::net::TcpStream;
@@ -26,14 +27,26 @@ pub enum Proto {
     Tcp,
 }
 
-/// A message received, reduced to what scenarios look at.
-pub enum Inbound {
+/// A message received, reduced to what scenarios look at, borrowed from the reader
+/// until its next call.
+pub enum Inbound<'a> {
     /// A JSON event: name and raw data (WebSocket envelope or TCP JSON frame).
     Event {
-        event: Bytes,
-        data: Bytes,
+        event: &'a [u8],
+        data: &'a [u8],
     },
-    Binary(Bytes),
+    Binary(&'a [u8]),
+    Closed(Option<u16>),
+}
+
+/// Where the message last decoded lies: in the read buffer (a whole frame, read in
+/// place) or in the reader's scratch copy (one the decoder had to assemble).
+enum Found {
+    Event {
+        event: Range<usize>,
+        data: Range<usize>,
+    },
+    Binary(Range<usize>),
     Closed(Option<u16>),
 }
 
@@ -101,6 +114,14 @@ pub struct Reader {
     decoder: Decoder,
     /// When the last read completed.
     read_at: Instant,
+    /// Bytes at the front of `buf` that hold the message last returned, dropped at the
+    /// next call.
+    taken: usize,
+    /// A copy of the last message the decoder assembled (fragmented, or TCP), when it
+    /// did not lie whole in `buf`.
+    scratch: Vec<u8>,
+    /// Whether the last message lies in `scratch` instead of `buf`.
+    in_scratch: bool,
 }
 
 enum Decoder {
@@ -158,6 +179,9 @@ Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n
             buf,
             decoder,
             read_at: Instant::now(),
+            taken: 0,
+            scratch: Vec::new(),
+            in_scratch: false,
         },
         Writer {
             half: write,
@@ -185,59 +209,124 @@ impl Reader {
         self.read_at
     }
 
-    /// The next message; `Closed` at end of stream.
-    pub async fn next(&mut self) -> Inbound {
-        loop {
+    /// The next message; `Closed` at end of stream. A whole frame is read where it lies
+    /// in the read buffer (no copy, no refcount): the generator must stay cheaper per
+    /// delivery than the servers it measures.
+    pub async fn next(&mut self) -> Inbound<'_> {
+        let found = loop {
+            self.buf.advance(std::mem::take(&mut self.taken));
             match self.decode() {
-                Step::Got(inbound) => return inbound,
-                Step::Skip => continue,
-                Step::NeedMore => match read_append(&mut self.half, &mut self.buf).await {
+                Some(Step::Got(found)) => break found,
+                Some(Step::Skip) => continue,
+                None => match read_append(&mut self.half, &mut self.buf).await {
                     Ok(n) if n > 0 => self.read_at = Instant::now(),
-                    _ => return Inbound::Closed(None),
+                    _ => break Found::Closed(None),
                 },
             }
+        };
+        let src: &[u8] = if self.in_scratch {
+            &self.scratch
+        } else {
+            &self.buf
+        };
+        match found {
+            Found::Event { event, data } => Inbound::Event {
+                event: &src[event],
+                data: &src[data],
+            },
+            Found::Binary(range) => Inbound::Binary(&src[range]),
+            Found::Closed(code) => Inbound::Closed(code),
         }
     }
 
-    fn decode(&mut self) -> Step {
-        match &mut self.decoder {
-            Decoder::Ws(d) => match d.decode(&mut self.buf) {
-                Ok(Some(Message::Text(t))) => parse_event(&t).map_or(Step::Skip, Step::Got),
-                Ok(Some(Message::Binary(b))) => Step::Got(Inbound::Binary(b)),
-                Ok(Some(Message::Close(c))) => Step::Got(Inbound::Closed(c.map(|c| c.code.0))),
-                Ok(Some(_)) => Step::Skip,
-                Ok(None) => Step::NeedMore,
-                Err(_) => Step::Got(Inbound::Closed(None)),
+    /// Decodes the next message from `buf`; `None` when more bytes are needed.
+    fn decode(&mut self) -> Option<Step> {
+        self.in_scratch = false;
+        let decoded = match &mut self.decoder {
+            Decoder::Ws(d) => match d.decode_in_place(&mut self.buf) {
+                Ok(Some(frame)) => {
+                    self.taken = frame.len;
+                    return Some(match frame.opcode {
+                        OpCode::Text => found_event(&self.buf, frame.payload),
+                        _ => Step::Got(Found::Binary(frame.payload)),
+                    });
+                }
+                Ok(None) => d
+                    .decode(&mut self.buf)
+                    .map(|m| m.map(Assembled::Ws))
+                    .map_err(drop),
+                Err(_) => Err(()),
             },
-            Decoder::Tcp(d) => match d.decode(&mut self.buf) {
-                Ok(Some(f)) => match f.kind {
-                    FrameType::Json | FrameType::Connect | FrameType::AckRes | FrameType::Error => {
-                        Step::Got(Inbound::Event {
-                            event: Bytes::from(f.event),
-                            data: f.payload,
-                        })
-                    }
-                    FrameType::Binary => Step::Got(Inbound::Binary(f.payload)),
-                    FrameType::Disconnect => Step::Got(Inbound::Closed(Some(1000))),
-                    _ => Step::Skip,
-                },
-                Ok(None) => Step::NeedMore,
-                Err(_) => Step::Got(Inbound::Closed(None)),
+            Decoder::Tcp(d) => d
+                .decode(&mut self.buf)
+                .map(|f| f.map(Assembled::Tcp))
+                .map_err(drop),
+        };
+        let assembled = match decoded {
+            Ok(Some(assembled)) => assembled,
+            Ok(None) => return None,
+            Err(_) => return Some(Step::Got(Found::Closed(None))),
+        };
+        self.in_scratch = true;
+        self.scratch.clear();
+        Some(match assembled {
+            Assembled::Ws(Message::Text(t)) => {
+                self.scratch.extend_from_slice(&t);
+                found_event(&self.scratch, 0..t.len())
+            }
+            Assembled::Ws(Message::Binary(b)) => {
+                self.scratch.extend_from_slice(&b);
+                Step::Got(Found::Binary(0..b.len()))
+            }
+            Assembled::Ws(Message::Close(c)) => Step::Got(Found::Closed(c.map(|c| c.code.0))),
+            Assembled::Ws(_) => Step::Skip,
+            Assembled::Tcp(f) => match f.kind {
+                FrameType::Json | FrameType::Connect | FrameType::AckRes | FrameType::Error => {
+                    self.scratch.extend_from_slice(f.event.as_bytes());
+                    self.scratch.extend_from_slice(&f.payload);
+                    let split = f.event.len();
+                    Step::Got(Found::Event {
+                        event: 0..split,
+                        data: split..self.scratch.len(),
+                    })
+                }
+                FrameType::Binary => {
+                    self.scratch.extend_from_slice(&f.payload);
+                    Step::Got(Found::Binary(0..f.payload.len()))
+                }
+                FrameType::Disconnect => Step::Got(Found::Closed(Some(1000))),
+                _ => Step::Skip,
             },
-        }
+        })
     }
 }
 
+/// A message the decoder assembled (owned), before it is copied to the scratch buffer.
+enum Assembled {
+    Ws(Message),
+    Tcp(stellar_protocol::tcp::TcpFrame),
+}
+
 enum Step {
-    Got(Inbound),
+    Got(Found),
     Skip,
-    NeedMore,
+}
+
+/// The event in the text at `text` of `src`, or a skip if it is not one.
+fn found_event(src: &[u8], text: Range<usize>) -> Step {
+    match parse_event(&src[text.clone()]) {
+        Some((event, data)) => Step::Got(Found::Event {
+            event: text.start + event.start..text.start + event.end,
+            data: text.start + data.start..text.start + data.end,
+        }),
+        None => Step::Skip,
+    }
 }
 
 /// `event` and raw `data` of an envelope, found by scanning, not parsing (slices of the
 /// frame, no copy): the generator must stay cheaper than the server it measures. The
 /// usual layout, `{"event":"…","data":…`, is read from the front; any other is searched.
-fn parse_event(text: &Bytes) -> Option<Inbound> {
+fn parse_event(text: &[u8]) -> Option<(Range<usize>, Range<usize>)> {
     const EVENT: &[u8] = b"\"event\":\"";
     const DATA: &[u8] = b"\"data\":";
     let start = if text
@@ -249,21 +338,21 @@ fn parse_event(text: &Bytes) -> Option<Inbound> {
         memchr::memmem::find(text, EVENT)? + EVENT.len()
     };
     let len = memchr::memchr(b'"', &text[start..]).unwrap_or(text.len() - start);
-    let event = text.slice(start..start + len);
+    let event = start..start + len;
     let after = start + len + 1;
     let data = if text
         .get(after..)
         .and_then(|rest| rest.strip_prefix(b","))
         .is_some_and(|rest| rest.starts_with(DATA))
     {
-        text.slice(after + 1 + DATA.len()..)
+        after + 1 + DATA.len()..text.len()
     } else {
         match memchr::memmem::find(text, DATA) {
-            Some(at) => text.slice(at + DATA.len()..),
-            None => Bytes::new(),
+            Some(at) => at + DATA.len()..text.len(),
+            None => text.len()..text.len(),
         }
     };
-    Some(Inbound::Event { event, data })
+    Some((event, data))
 }
 
 impl Writer {
@@ -416,4 +505,122 @@ fn leading_u64(s: &[u8]) -> Option<(u64, &[u8])> {
         n = n.checked_mul(10)?.checked_add(u64::from(d - b'0'))?;
     }
     Some((n, &s[digits..]))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::{Read, Write};
+
+    use bytes::BytesMut;
+    use stellar_protocol::ws::FrameHeader;
+    use stellar_protocol::ws::frame::encode_server;
+
+    use super::*;
+
+    fn unfinished(opcode: OpCode, payload: &[u8], fin: bool) -> Vec<u8> {
+        let mut buf = BytesMut::new();
+        FrameHeader {
+            fin,
+            rsv: 0,
+            opcode,
+            mask: None,
+            payload_len: payload.len() as u64,
+        }
+        .encode_into(&mut buf);
+        buf.extend_from_slice(payload);
+        buf.to_vec()
+    }
+
+    /// What a reader makes of `wire`, sent by a real peer socket in `cut`-sized writes.
+    fn read_all(wire: Vec<u8>, cut: usize) -> Vec<String> {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let peer = std::thread::spawn(move || {
+            let (mut s, _) = listener.accept().expect("accept");
+            let mut request = Vec::new();
+            let mut byte = [0u8];
+            while !request.ends_with(b"\r\n\r\n") && s.read(&mut byte).expect("read") == 1 {
+                request.push(byte[0]);
+            }
+            s.write_all(b"HTTP/1.1 101 Switching Protocols\r\n\r\n")
+                .expect("write");
+            for chunk in wire.chunks(cut) {
+                s.write_all(chunk).expect("write");
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+            // Hold the socket open until the reader has seen everything and hung up:
+            // closing with its request unread would reset the connection.
+            let _ = s.read_to_end(&mut request);
+        });
+        let mut rt = monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
+            .enable_timer()
+            .build()
+            .expect("runtime");
+        let got = rt.block_on(async move {
+            let stream = connect_from(source_for(0, 0), addr).expect("connect");
+            let (mut reader, _writer) = open(stream, Proto::Ws, "x").await.expect("open");
+            let mut got = Vec::new();
+            loop {
+                let seen = match reader.next().await {
+                    Inbound::Event { event, data } => format!(
+                        "event {} {}",
+                        String::from_utf8_lossy(event),
+                        String::from_utf8_lossy(data)
+                    ),
+                    Inbound::Binary(b) => format!("binary {}", String::from_utf8_lossy(b)),
+                    Inbound::Closed(code) => {
+                        got.push(format!("closed {code:?}"));
+                        break;
+                    }
+                };
+                got.push(seen);
+            }
+            got
+        });
+        peer.join().expect("peer");
+        got
+    }
+
+    #[test]
+    fn whole_fragmented_and_control_frames_read_in_order() {
+        let mut wire = Vec::new();
+        wire.extend(encode_server(OpCode::Text, br#"{"event":"a","data":1}"#));
+        wire.extend(unfinished(OpCode::Text, br#"{"event":"b","#, false));
+        wire.extend(encode_server(OpCode::Ping, b"p"));
+        wire.extend(unfinished(OpCode::Continuation, br#""data":[2]}"#, true));
+        wire.extend(encode_server(OpCode::Binary, b"bin"));
+        wire.extend(encode_server(OpCode::Text, br#"not an envelope"#));
+        wire.extend(encode_server(OpCode::Text, br#"{"data":3,"event":"c"}"#));
+        wire.extend(encode_server(OpCode::Close, &1001u16.to_be_bytes()));
+        let expected = [
+            "event a 1}",
+            "event b [2]}",
+            "binary bin",
+            "event c 3,\"event\":\"c\"}",
+            "closed Some(1001)",
+        ];
+        // All at once (every whole frame read in place), and a few bytes at a time
+        // (frames split across reads, assembled by the decoder).
+        for cut in [usize::MAX, 3] {
+            assert_eq!(
+                read_all(wire.clone(), cut.min(wire.len())),
+                expected,
+                "cut {cut}"
+            );
+        }
+    }
+
+    #[test]
+    fn stamps_read_in_any_key_order() {
+        assert_eq!(
+            stamp(br#"{"p":1,"s":22,"t":333,"x":"yy"}"#),
+            Some((1, 22, 333))
+        );
+        assert_eq!(
+            stamp(br#"{"x":"yy","t":333,"p":1,"s":22}"#),
+            Some((1, 22, 333))
+        );
+        assert_eq!(stamp(br#"{"p":1,"s":22}"#), None);
+        assert_eq!(stamp(br#"{"p":1,"s":99999999999999999999999,"t":3}"#), None);
+    }
 }

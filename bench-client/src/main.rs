@@ -386,7 +386,7 @@ fn generator_thread(
     {
         core_affinity::set_for_current(core);
     }
-    let latency = Rc::new(std::cell::RefCell::new(scenario::new_histogram()));
+    let latency = scenario::Tally::new();
     let mut rt = match event_loop() {
         Ok(rt) => rt,
         Err(e) => {
@@ -396,6 +396,7 @@ fn generator_thread(
     };
     let l = Rc::clone(&latency);
     let pacer = Rc::new(pacer::Pacer::default());
+    let totals = Arc::clone(&run);
     rt.block_on(async move {
         monoio::spawn(Rc::clone(&pacer).run(Arc::clone(&run)));
         let phases = Rc::new(scenario::Phases::default());
@@ -423,5 +424,5 @@ fn generator_thread(
         // Give clients a moment to send their closes.
         monoio::time::sleep(Duration::from_millis(100)).await;
     });
-    latency.replace(scenario::new_histogram())
+    latency.finish(&totals)
 }

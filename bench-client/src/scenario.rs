@@ -4,7 +4,7 @@
 //! Timestamps are nanoseconds since the run's start `Instant` (one process, one clock).
 //! Sending is paced by one [`Pacer`] per generator thread (open loop, see there).
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::rc::Rc;
@@ -111,8 +111,36 @@ impl Run {
     }
 }
 
-/// Per-thread latency histogram (nanoseconds).
-pub type Latency = Rc<RefCell<Histogram<u64>>>;
+/// What one generator thread's clients record: latencies (ns) and the in-window
+/// delivery counts. One event loop owns it, so counting is a plain add, not an atomic
+/// one; the thread adds its counts to the run's when it ends.
+pub struct Tally {
+    pub latency: RefCell<Histogram<u64>>,
+    pub arrived: Cell<u64>,
+    pub delivered: Cell<u64>,
+}
+
+impl Tally {
+    pub fn new() -> Rc<Self> {
+        Rc::new(Self {
+            latency: RefCell::new(new_histogram()),
+            arrived: Cell::new(0),
+            delivered: Cell::new(0),
+        })
+    }
+
+    /// Adds this thread's counts to the run's and hands back its histogram.
+    pub fn finish(&self, run: &Run) -> Histogram<u64> {
+        let c = &run.counters;
+        c.arrived.fetch_add(self.arrived.take(), Ordering::Relaxed);
+        c.delivered
+            .fetch_add(self.delivered.take(), Ordering::Relaxed);
+        self.latency.replace(new_histogram())
+    }
+}
+
+/// Per-thread record of the clients' deliveries.
+pub type Latency = Rc<Tally>;
 
 pub fn new_histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1_000, 120_000_000_000, 3)
@@ -263,7 +291,7 @@ async fn await_event(reader: &mut Reader, name: &str) -> bool {
 }
 
 fn record(latency: &Latency, ns: u64) {
-    let _ = latency.borrow_mut().record(ns.max(1_000));
+    let _ = latency.latency.borrow_mut().record(ns.max(1_000));
 }
 
 /// Reads until the run ends, recording latency, duplicates and order per publisher.
@@ -273,16 +301,16 @@ async fn receive(run: Arc<Run>, mut reader: Reader, latency: Latency, publishers
     loop {
         let (p, seq, t) = match reader.next().await {
             Inbound::Event { event, data } => {
-                if &event[..] == b"error" {
+                if event == b"error" {
                     run.counters.errors.fetch_add(1, Ordering::Relaxed);
                     continue;
                 }
-                match conn::stamp(&data) {
+                match conn::stamp(data) {
                     Some(stamp) => stamp,
                     None => continue,
                 }
             }
-            Inbound::Binary(b) => match binary_stamp(&b, run.proto) {
+            Inbound::Binary(b) => match binary_stamp(b, run.proto) {
                 Some(stamp) => stamp,
                 None => continue,
             },
@@ -296,13 +324,13 @@ async fn receive(run: Arc<Run>, mut reader: Reader, latency: Latency, publishers
         // Everything one read brought arrived at the same moment.
         let now = run.ns_at(reader.read_at());
         if run.in_window(now) {
-            run.counters.arrived.fetch_add(1, Ordering::Relaxed);
+            latency.arrived.set(latency.arrived.get() + 1);
         }
         if !run.in_window(t) {
             continue;
         }
         record(&latency, now.saturating_sub(t));
-        run.counters.delivered.fetch_add(1, Ordering::Relaxed);
+        latency.delivered.set(latency.delivered.get() + 1);
         let Some(slot) = usize::try_from(p).ok().and_then(|p| last.get_mut(p)) else {
             continue;
         };

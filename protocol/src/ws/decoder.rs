@@ -8,7 +8,12 @@
 //! invalid message fails at its first bad byte even across fragments.
 //!
 //! A whole unfragmented frame already in the buffer takes the fast path: unmasked in
-//! place and split off as `Bytes`, with no copy.
+//! place and split off as `Bytes`, with no copy. [`MessageDecoder::decode_in_place`]
+//! goes one step further for readers that look at each message once and drop it: it
+//! leaves the frame in the buffer and says where its payload lies, so not even a
+//! refcount is touched.
+
+use std::ops::Range;
 
 use bytes::{Buf, Bytes, BytesMut};
 
@@ -56,6 +61,18 @@ pub enum Message {
     Pong(Bytes),
     /// A close frame: `None` when it carried no status code.
     Close(Option<CloseFrame>),
+}
+
+/// A whole unfragmented data frame at the front of a buffer, checked, unmasked and (text)
+/// validated in place by [`MessageDecoder::decode_in_place`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InPlace {
+    /// [`OpCode::Text`] or [`OpCode::Binary`].
+    pub opcode: OpCode,
+    /// Where the payload lies in the buffer.
+    pub payload: Range<usize>,
+    /// Bytes the whole frame takes at the front of the buffer (header and payload).
+    pub len: usize,
 }
 
 /// The frame whose payload is arriving.
@@ -138,6 +155,45 @@ impl MessageDecoder {
                 return Ok(Some(message));
             }
         }
+    }
+
+    /// The borrowing fast path: when no message is being assembled and `src` begins with
+    /// a whole unfragmented text or binary frame, checks every rule [`Self::decode`]
+    /// would, unmasks and validates the payload in place and says where it lies, without
+    /// consuming anything. The caller reads the payload and then drops [`InPlace::len`]
+    /// bytes from the front of `src` before the next call (a masked payload would
+    /// otherwise be unmasked twice). `Ok(None)` means this frame needs
+    /// [`Self::decode`]: it is partial, fragmented or a control frame, or a message is
+    /// open. An error is the same error `decode` would return.
+    pub fn decode_in_place(&mut self, src: &mut [u8]) -> Result<Option<InPlace>, ProtocolError> {
+        if self.frame.is_some() || self.message.is_some() {
+            return Ok(None);
+        }
+        let Some((header, header_len)) = FrameHeader::parse(src)? else {
+            return Ok(None);
+        };
+        if !header.fin || !matches!(header.opcode, OpCode::Text | OpCode::Binary) {
+            return Ok(None);
+        }
+        let available = (src.len() - header_len) as u64;
+        if available < header.payload_len {
+            return Ok(None);
+        }
+        self.check(&header)?;
+        // Fits: payload_len <= available, a usize.
+        let payload = header_len..header_len + header.payload_len as usize;
+        if let Some(key) = header.mask {
+            apply_mask(&mut src[payload.clone()], key, 0);
+        }
+        if header.opcode == OpCode::Text {
+            simdutf8::basic::from_utf8(&src[payload.clone()])
+                .map_err(|_| ProtocolError::InvalidUtf8)?;
+        }
+        Ok(Some(InPlace {
+            opcode: header.opcode,
+            len: payload.end,
+            payload,
+        }))
     }
 
     /// Rules that depend on the decoder's state (§5.1, §5.2, §5.4, §5.5).
@@ -478,42 +534,100 @@ mod tests {
         ]
     }
 
+    /// The wire form of `msgs` (data messages longer than `frag` split into fragments)
+    /// and the messages a decoder must give back.
+    fn wire_of(msgs: &[(OpCode, Vec<u8>)], frag: usize) -> (Vec<u8>, Vec<Message>) {
+        let mut wire = Vec::new();
+        let mut expected = Vec::new();
+        for (op, payload) in msgs {
+            if *op == OpCode::Ping || payload.len() <= frag {
+                wire.extend(encode_client(*op, payload, KEY));
+            } else {
+                let chunks: Vec<&[u8]> = payload.chunks(frag).collect();
+                for (i, c) in chunks.iter().enumerate() {
+                    let code = if i == 0 { *op } else { OpCode::Continuation };
+                    wire.extend(frame(i + 1 == chunks.len(), code, c));
+                }
+            }
+            expected.push(match op {
+                OpCode::Text => Message::Text(Bytes::from(payload.clone())),
+                OpCode::Binary => Message::Binary(Bytes::from(payload.clone())),
+                _ => Message::Ping(Bytes::from(payload.clone())),
+            });
+        }
+        (wire, expected)
+    }
+
+    /// One step of a reader that takes the in-place path where it can: the message,
+    /// copied out, as [`MessageDecoder::decode`] would have given it.
+    fn in_place_first(
+        decoder: &mut MessageDecoder,
+        src: &mut BytesMut,
+    ) -> Result<Option<Message>, ProtocolError> {
+        let Some(frame) = decoder.decode_in_place(src)? else {
+            return decoder.decode(src);
+        };
+        let payload = Bytes::copy_from_slice(&src[frame.payload]);
+        src.advance(frame.len);
+        Ok(Some(match frame.opcode {
+            OpCode::Text => Message::Text(payload),
+            _ => Message::Binary(payload),
+        }))
+    }
+
+    /// Feeds `wire` to one decoder in pieces of the sizes `cuts` cycles through, taking
+    /// every message `step` gives after each piece.
+    fn decode_in_pieces(
+        wire: &[u8],
+        cuts: &[usize],
+        mut step: impl FnMut(
+            &mut MessageDecoder,
+            &mut BytesMut,
+        ) -> Result<Option<Message>, ProtocolError>,
+    ) -> Vec<Message> {
+        let mut decoder = MessageDecoder::new(DecoderConfig::default());
+        let mut src = BytesMut::new();
+        let mut got = Vec::new();
+        let mut rest = wire;
+        let mut cut = cuts.iter().cycle();
+        while !rest.is_empty() {
+            let n = (*cut.next().unwrap()).min(rest.len());
+            src.extend_from_slice(&rest[..n]);
+            rest = &rest[n..];
+            while let Some(m) = step(&mut decoder, &mut src).unwrap() {
+                got.push(m);
+            }
+        }
+        got
+    }
+
     proptest! {
         #[test]
         fn any_split_gives_the_same_messages(msgs in proptest::collection::vec(arb_message(), 1..6),
                                              frag in 1usize..50, cuts in proptest::collection::vec(1usize..64, 1..20)) {
-            let mut wire = Vec::new();
-            let mut expected = Vec::new();
-            for (op, payload) in &msgs {
-                if *op == OpCode::Ping || payload.len() <= frag {
-                    wire.extend(encode_client(*op, payload, KEY));
-                } else {
-                    let chunks: Vec<&[u8]> = payload.chunks(frag).collect();
-                    for (i, c) in chunks.iter().enumerate() {
-                        let code = if i == 0 { *op } else { OpCode::Continuation };
-                        wire.extend(frame(i + 1 == chunks.len(), code, c));
-                    }
-                }
-                expected.push(match op {
-                    OpCode::Text => Message::Text(Bytes::from(payload.clone())),
-                    OpCode::Binary => Message::Binary(Bytes::from(payload.clone())),
-                    _ => Message::Ping(Bytes::from(payload.clone())),
-                });
-            }
-            let mut decoder = MessageDecoder::new(DecoderConfig::default());
-            let mut src = BytesMut::new();
-            let mut got = Vec::new();
-            let mut rest = &wire[..];
-            let mut cut = cuts.iter().cycle();
-            while !rest.is_empty() {
-                let n = (*cut.next().unwrap()).min(rest.len());
-                src.extend_from_slice(&rest[..n]);
-                rest = &rest[n..];
-                while let Some(m) = decoder.decode(&mut src).unwrap() {
-                    got.push(m);
+            let (wire, expected) = wire_of(&msgs, frag);
+            prop_assert_eq!(decode_in_pieces(&wire, &cuts, MessageDecoder::decode), expected);
+        }
+
+        #[test]
+        fn in_place_first_gives_the_same_messages(msgs in proptest::collection::vec(arb_message(), 1..6),
+                                                  frag in 1usize..50, cuts in proptest::collection::vec(1usize..64, 1..20)) {
+            let (wire, expected) = wire_of(&msgs, frag);
+            prop_assert_eq!(decode_in_pieces(&wire, &cuts, in_place_first), expected);
+        }
+
+        #[test]
+        fn in_place_fails_as_decode_does(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+            let config = DecoderConfig { max_message_size: 256, ..DecoderConfig::default() };
+            let (mut plain, mut in_place) = (MessageDecoder::new(config), MessageDecoder::new(config));
+            let (mut a, mut b) = (BytesMut::from(&bytes[..]), BytesMut::from(&bytes[..]));
+            loop {
+                let x = plain.decode(&mut a);
+                prop_assert_eq!(&x, &in_place_first(&mut in_place, &mut b));
+                if !matches!(x, Ok(Some(_))) {
+                    break;
                 }
             }
-            prop_assert_eq!(got, expected);
         }
 
         #[test]

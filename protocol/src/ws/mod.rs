@@ -8,5 +8,5 @@ pub mod mask;
 pub mod utf8;
 
 pub use close::{CloseCode, CloseFrame};
-pub use decoder::{DecoderConfig, Message, MessageDecoder, Role};
+pub use decoder::{DecoderConfig, InPlace, Message, MessageDecoder, Role};
 pub use frame::{FrameHeader, OpCode};

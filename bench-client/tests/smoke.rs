@@ -1,0 +1,113 @@
+//! The load generator run end to end against the real server: every message a scenario
+//! sends must be counted delivered exactly once, in order, on both wires, and the report
+//! must say so.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use serde_json::Value;
+use stellar_server::{Config, Server};
+
+/// Runs `stellar-bench` with `args` against a fresh two-worker server and returns its
+/// JSON report; panics if the run fails its own loss and error checks.
+fn bench(name: &str, tcp: bool, args: &str) -> Value {
+    let server = Server::builder()
+        .config(Config {
+            host: "127.0.0.1".into(),
+            port: 0,
+            tcp_port: Some(0),
+            workers: 2,
+            rate_limit: 0,
+            ..Config::default()
+        })
+        // What the `stellar` binary registers for the echo and ack scenarios.
+        .on("echo", |ctx| ctx.emit_raw("echo", &ctx.data_raw()))
+        .on_ack("echo", |ctx| Ok::<Value, _>(ctx.data().clone()))
+        .start()
+        .expect("server starts");
+    let handle = server.handle();
+    let port = if tcp {
+        handle.tcp_port()
+    } else {
+        handle.port()
+    };
+    let out = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("smoke-{name}.json"));
+    let status = Command::new(env!("CARGO_BIN_EXE_stellar-bench"))
+        .args(args.split_whitespace())
+        .args(["--server", &format!("127.0.0.1:{port}"), "--duration", "1"])
+        .args(["--warmup", "0.5", "--proto", if tcp { "tcp" } else { "ws" }])
+        .arg("--out")
+        .arg(&out)
+        .status()
+        .expect("stellar-bench runs");
+    handle.stop();
+    drop(server);
+    assert!(
+        status.success(),
+        "{name}: stellar-bench reported loss or errors"
+    );
+    serde_json::from_str(&std::fs::read_to_string(&out).expect("report written"))
+        .expect("report is JSON")
+}
+
+fn count(report: &Value, key: &str) -> u64 {
+    report[key]
+        .as_u64()
+        .unwrap_or_else(|| panic!("{key} in report"))
+}
+
+/// Exactly the expected deliveries, none lost, duplicated or reordered, and latencies
+/// recorded for them.
+fn assert_exact(report: &Value, clients: u64, deliveries_per_message: u64) {
+    assert_eq!(count(report, "connected"), clients);
+    let sent = count(report, "sent");
+    assert!(sent > 0, "messages were sent");
+    assert_eq!(
+        count(report, "expected_deliveries"),
+        sent * deliveries_per_message
+    );
+    assert_eq!(count(report, "deliveries"), sent * deliveries_per_message);
+    for key in ["loss", "duplicates", "out_of_order", "errors"] {
+        assert_eq!(count(report, key), 0, "{key}");
+    }
+    assert!(count(report, "arrived") > 0);
+    assert!(
+        report["latency_us"]["p50"]
+            .as_f64()
+            .is_some_and(|p| p > 0.0)
+    );
+}
+
+/// Ten members in each of four rooms, one publisher per room.
+const BROADCAST: &str = "broadcast --clients 40 --rooms 4 --publishers 4 --rate 2000";
+
+#[test]
+fn broadcast_over_websocket_is_counted_exactly() {
+    let report = bench("broadcast-ws", false, BROADCAST);
+    // Each message reaches the nine other members.
+    assert_exact(&report, 40, 9);
+}
+
+#[test]
+fn broadcast_over_tcp_is_counted_exactly() {
+    let report = bench("broadcast-tcp", true, BROADCAST);
+    assert_exact(&report, 40, 9);
+}
+
+#[test]
+fn large_messages_arrive_whole() {
+    // 100 KiB of padding: every frame spans many reads and takes the decoder's
+    // assembling path instead of the in-place one.
+    let report = bench(
+        "fanout-large",
+        false,
+        "fanout --clients 5 --rate 50 --payload 102400",
+    );
+    assert_exact(&report, 5, 4);
+}
+
+#[test]
+fn acks_are_answered_to_each_caller() {
+    let report = bench("ack", false, "ack --clients 20 --rate 2000");
+    assert_exact(&report, 20, 1);
+}
