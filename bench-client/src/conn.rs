@@ -7,12 +7,13 @@ use std::ops::Range;
 use std::os::fd::{FromRawFd, IntoRawFd, RawFd};
 use std::time::Instant;
 
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Buf, BufMut, Bytes, BytesMut};
 use monoio::buf::IoBufMut;
 use monoio::io::{AsyncReadRent, AsyncWriteRentExt, OwnedReadHalf, OwnedWriteHalf, Splitable};
 use monoio::net::TcpStream;
-use stellar_protocol::tcp::{FrameType, TcpDecoder};
-use stellar_protocol::ws::frame::encode_client;
+use stellar_protocol::envelope;
+use stellar_protocol::tcp::{self, FrameType, TcpDecoder};
+use stellar_protocol::ws::frame::{encode_client, encode_client_into};
 use stellar_protocol::ws::{DecoderConfig, Message, MessageDecoder, OpCode, Role};
 
 /// Connections per loopback source address: below the ~28 k ephemeral ports one
@@ -134,6 +135,8 @@ pub struct Writer {
     half: OwnedWriteHalf<TcpStream>,
     proto: Proto,
     mask: u32,
+    /// The JSON of the message being framed, reused from message to message.
+    json: BytesMut,
 }
 
 /// Connects and completes the opening: WebSocket handshake or nothing for TCP. The
@@ -187,6 +190,7 @@ Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n
             half: write,
             proto,
             mask: 0x9e37_79b9,
+            json: BytesMut::new(),
         },
     ))
 }
@@ -372,46 +376,59 @@ impl Writer {
         data: &str,
         room: Option<&str>,
     ) -> std::io::Result<()> {
-        let frame = self.event(event, data, room);
-        self.send_raw(frame).await
+        let mut frame = BytesMut::new();
+        self.event_into(&mut frame, event, data, room);
+        self.send_raw(frame.freeze()).await
     }
 
-    /// The wire form of [`Writer::send_event`], to send later (several in one write).
-    pub fn event(&mut self, event: &str, data: &str, room: Option<&str>) -> Bytes {
-        match self.proto {
-            Proto::Ws => {
-                let json = stellar_protocol::envelope::encode_event(event, data, room);
+    /// Appends the wire form of [`Writer::send_event`] to `out`, to send later (several
+    /// in one write).
+    pub fn event_into(&mut self, out: &mut BytesMut, event: &str, data: &str, room: Option<&str>) {
+        self.json.clear();
+        match (self.proto, room) {
+            (Proto::Ws, _) => {
+                envelope::encode_event_into(&mut self.json, event, data, room);
                 let mask = self.next_mask();
-                encode_client(OpCode::Text, &json, mask)
+                encode_client_into(out, OpCode::Text, &self.json, mask);
             }
-            Proto::Tcp => match room {
-                Some(r) => {
-                    let payload = format!(
-                        "{{\"room\":{},\"data\":{data}}}",
-                        serde_json::Value::from(r)
-                    );
-                    stellar_protocol::tcp::frame::encode(FrameType::Json, event, payload.as_bytes())
-                }
-                None => {
-                    stellar_protocol::tcp::frame::encode(FrameType::Json, event, data.as_bytes())
-                }
-            },
+            (Proto::Tcp, Some(room)) => {
+                self.json.put_slice(b"{\"room\":");
+                envelope::write_json_string(&mut self.json, room);
+                self.json.put_slice(b",\"data\":");
+                self.json.put_slice(data.as_bytes());
+                self.json.put_u8(b'}');
+                tcp::frame::encode_into(out, FrameType::Json, event, &self.json);
+            }
+            (Proto::Tcp, None) => {
+                tcp::frame::encode_into(out, FrameType::Json, event, data.as_bytes())
+            }
         }
     }
 
-    /// The wire form of a request to ack handler `name`.
-    pub fn request(&mut self, name: &str, data: &str, correlation: &str) -> Bytes {
+    /// Appends the wire form of a request to ack handler `name` to `out`.
+    pub fn request_into(&mut self, out: &mut BytesMut, name: &str, data: &str, correlation: &str) {
+        self.json.clear();
         match self.proto {
             Proto::Ws => {
-                let json = format!(
-                    "{{\"event\":\"{name}\",\"data\":{data},\"_ackName\":\"{name}\",\"_correlationId\":\"{correlation}\"}}"
-                );
+                self.json.put_slice(b"{\"event\":");
+                envelope::write_json_string(&mut self.json, name);
+                self.json.put_slice(b",\"data\":");
+                self.json.put_slice(data.as_bytes());
+                self.json.put_slice(b",\"_ackName\":");
+                envelope::write_json_string(&mut self.json, name);
+                self.json.put_slice(b",\"_correlationId\":");
+                envelope::write_json_string(&mut self.json, correlation);
+                self.json.put_u8(b'}');
                 let mask = self.next_mask();
-                encode_client(OpCode::Text, json.as_bytes(), mask)
+                encode_client_into(out, OpCode::Text, &self.json, mask);
             }
             Proto::Tcp => {
-                let payload = format!("{{\"data\":{data},\"_correlationId\":\"{correlation}\"}}");
-                stellar_protocol::tcp::frame::encode(FrameType::AckReq, name, payload.as_bytes())
+                self.json.put_slice(b"{\"data\":");
+                self.json.put_slice(data.as_bytes());
+                self.json.put_slice(b",\"_correlationId\":");
+                envelope::write_json_string(&mut self.json, correlation);
+                self.json.put_u8(b'}');
+                tcp::frame::encode_into(out, FrameType::AckReq, name, &self.json);
             }
         }
     }
@@ -438,11 +455,11 @@ impl Writer {
         }
     }
 
-    /// The wire form of a binary event to a room.
-    pub fn binary(&mut self, event: &str, room: &str, payload: &[u8]) -> Bytes {
+    /// Appends the wire form of a binary event to a room to `out`.
+    pub fn binary_into(&mut self, out: &mut BytesMut, event: &str, room: &str, payload: &[u8]) {
         let msg = stellar_protocol::binary::encode(event, Some(room), payload);
         let mask = self.next_mask();
-        encode_client(OpCode::Binary, &msg, mask)
+        encode_client_into(out, OpCode::Binary, &msg, mask);
     }
 
     pub async fn send_raw(&mut self, frame: Bytes) -> std::io::Result<()> {

@@ -20,7 +20,7 @@ use std::task::{Poll, Waker};
 use std::time::Duration;
 
 use atomic_waker::AtomicWaker;
-use bytes::{Bytes, BytesMut};
+use bytes::BytesMut;
 use crossbeam_queue::SegQueue;
 
 use crate::conn::Writer;
@@ -75,6 +75,7 @@ impl Sender {
         let pad = "x".repeat(run.payload);
         let mut k = 0u64;
         let mut batch = BytesMut::new();
+        let mut data = String::new();
         loop {
             std::future::poll_fn(|cx| {
                 if self.due.borrow().is_empty() {
@@ -94,7 +95,15 @@ impl Sender {
                 let Some(t) = self.due.borrow_mut().pop_front() else {
                     break;
                 };
-                batch.extend_from_slice(&frame(&run, &self, &mut writer, k, t, &pad));
+                frame_into(
+                    &mut batch,
+                    &mut data,
+                    &run,
+                    &self,
+                    &mut writer,
+                    (k, t),
+                    &pad,
+                );
                 measured += u64::from(run.in_window(t));
                 k += 1;
             }
@@ -228,20 +237,40 @@ fn clock(run: &Run, tickets: &Tickets, schedules: &crossbeam_channel::Receiver<(
 /// Most messages one sender puts in one write.
 const MAX_BATCH: usize = 64;
 
-/// Message `k` of sender `s`, stamped with its intended time `t`.
-fn frame(run: &Run, s: &Sender, writer: &mut Writer, k: u64, t: u64, pad: &str) -> Bytes {
-    let data = format!("{{\"p\":{},\"s\":{k},\"t\":{t},\"x\":\"{pad}\"}}", s.id);
+/// Appends message `k` of sender `s`, stamped with its intended time `t`, to `batch`
+/// (`data` is scratch space for its JSON data).
+fn frame_into(
+    batch: &mut BytesMut,
+    data: &mut String,
+    run: &Run,
+    s: &Sender,
+    writer: &mut Writer,
+    (k, t): (u64, u64),
+    pad: &str,
+) {
+    let mut n = itoa::Buffer::new();
+    data.clear();
+    for (key, value) in [("{\"p\":", s.id as u64), (",\"s\":", k), (",\"t\":", t)] {
+        data.push_str(key);
+        data.push_str(n.format(value));
+    }
+    data.push_str(",\"x\":\"");
+    data.push_str(pad);
+    data.push_str("\"}");
     match (run.scenario, &s.room) {
-        (Scenario::Ack, _) => writer.request("echo", &data, &format!("c{k}")),
+        (Scenario::Ack, _) => {
+            let correlation = ["c", n.format(k)].concat();
+            writer.request_into(batch, "echo", data, &correlation);
+        }
         (Scenario::Binary, Some(room)) => {
             let mut body = Vec::with_capacity(20 + pad.len());
             body.extend_from_slice(&(s.id as u32).to_be_bytes());
             body.extend_from_slice(&k.to_be_bytes());
             body.extend_from_slice(&t.to_be_bytes());
             body.extend_from_slice(pad.as_bytes());
-            writer.binary("bin", room, &body)
+            writer.binary_into(batch, "bin", room, &body);
         }
-        (_, Some(room)) => writer.event("b", &data, Some(room)),
-        (_, None) => writer.event("echo", &data, None),
+        (_, Some(room)) => writer.event_into(batch, "b", data, Some(room)),
+        (_, None) => writer.event_into(batch, "echo", data, None),
     }
 }

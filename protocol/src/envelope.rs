@@ -148,16 +148,21 @@ pub fn write_json_string(buf: &mut BytesMut, s: &str) {
 pub fn encode_event(event: &str, data: &str, room: Option<&str>) -> Bytes {
     let mut buf =
         BytesMut::with_capacity(24 + event.len() + data.len() + room.map_or(0, |r| r.len() + 10));
+    encode_event_into(&mut buf, event, data, room);
+    buf.freeze()
+}
+
+/// [`encode_event`] appended to `buf`, for callers that reuse one buffer.
+pub fn encode_event_into(buf: &mut BytesMut, event: &str, data: &str, room: Option<&str>) {
     buf.put_slice(b"{\"event\":");
-    write_json_string(&mut buf, event);
+    write_json_string(buf, event);
     buf.put_slice(b",\"data\":");
     buf.put_slice(data.as_bytes());
     if let Some(room) = room {
         buf.put_slice(b",\"room\":");
-        write_json_string(&mut buf, room);
+        write_json_string(buf, room);
     }
     buf.put_u8(b'}');
-    buf.freeze()
 }
 
 /// A successful ack reply: `{"event","data","_isAck":true,"_correlationId"}`.
