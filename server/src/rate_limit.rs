@@ -34,6 +34,15 @@ pub struct RateLimits {
     pub clients: HashMap<String, Limit>,
 }
 
+impl RateLimits {
+    /// Whether any limit could refuse a message: false when `global` is off and no
+    /// event or client has a limit of its own, so the check (and its clock read) can be
+    /// skipped.
+    pub fn applies(&self, global: Limit) -> bool {
+        !global.is_unlimited() || !self.events.is_empty() || !self.clients.is_empty()
+    }
+}
+
 /// A token bucket: refills continuously at `count / window`, holds at most `count`.
 #[derive(Debug, Clone, Copy)]
 struct Bucket {
@@ -123,6 +132,19 @@ mod tests {
     use super::*;
 
     const SECOND: Duration = Duration::from_secs(1);
+
+    #[test]
+    fn limits_apply_unless_all_are_off() {
+        let off = Limit::new(0, SECOND);
+        let mut table = RateLimits::default();
+        assert!(!table.applies(off));
+        assert!(table.applies(Limit::new(5, SECOND)));
+        table.events.insert("chat".into(), Limit::new(1, SECOND));
+        assert!(table.applies(off));
+        table.events.clear();
+        table.clients.insert("c".into(), Limit::new(1, SECOND));
+        assert!(table.applies(off));
+    }
 
     #[test]
     fn bucket_allows_a_burst_then_refills_over_time() {

@@ -323,6 +323,10 @@ impl Worker {
     pub fn allow_http(&self, ip: std::net::IpAddr, name: &str) -> bool {
         let config = self.config.borrow();
         let global = Limit::new(config.rate_limit, config.rate_limit_window);
+        let table = self.rate_limits.borrow();
+        if !table.applies(global) {
+            return true;
+        }
         let mut buckets = self.http_buckets.borrow_mut();
         if buckets.len() >= MAX_HTTP_BUCKETS && !buckets.contains_key(&ip) {
             buckets.clear();
@@ -330,7 +334,7 @@ impl Worker {
         buckets.entry(ip).or_default().allow(
             || ip.to_string(),
             name,
-            &self.rate_limits.borrow(),
+            &table,
             global,
             Instant::now(),
         )
@@ -340,13 +344,17 @@ impl Worker {
     pub fn allow(&self, conn: &Conn, event: &str) -> bool {
         let config = self.config.borrow();
         let global = Limit::new(config.rate_limit, config.rate_limit_window);
+        let table = self.rate_limits.borrow();
+        if !table.applies(global) {
+            return true;
+        }
         conn.buckets
             .borrow_mut()
             .get_or_insert_with(Box::default)
             .allow(
                 || conn.id.text(),
                 event,
-                &self.rate_limits.borrow(),
+                &table,
                 global,
                 Instant::now(),
             )
