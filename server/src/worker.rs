@@ -351,13 +351,7 @@ impl Worker {
         conn.buckets
             .borrow_mut()
             .get_or_insert_with(Box::default)
-            .allow(
-                || conn.id.text(),
-                event,
-                &table,
-                global,
-                Instant::now(),
-            )
+            .allow(|| conn.id.text(), event, &table, global, Instant::now())
     }
 
     /// The mesh loop: runs until shutdown has drained.
