@@ -386,7 +386,7 @@ fn generator_thread(
     {
         core_affinity::set_for_current(core);
     }
-    let latency = scenario::Tally::new();
+    let tally = scenario::Tally::new();
     let mut rt = match event_loop() {
         Ok(rt) => rt,
         Err(e) => {
@@ -394,7 +394,7 @@ fn generator_thread(
             return scenario::new_histogram();
         }
     };
-    let l = Rc::clone(&latency);
+    let l = Rc::clone(&tally);
     let pacer = Rc::new(pacer::Pacer::default());
     let totals = Arc::clone(&run);
     rt.block_on(async move {
@@ -424,5 +424,5 @@ fn generator_thread(
         // Give clients a moment to send their closes.
         monoio::time::sleep(Duration::from_millis(100)).await;
     });
-    latency.finish(&totals)
+    tally.finish(&totals)
 }

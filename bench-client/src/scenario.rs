@@ -115,9 +115,9 @@ impl Run {
 /// delivery counts. One event loop owns it, so counting is a plain add, not an atomic
 /// one; the thread adds its counts to the run's when it ends.
 pub struct Tally {
-    pub latency: RefCell<Histogram<u64>>,
-    pub arrived: Cell<u64>,
-    pub delivered: Cell<u64>,
+    latency: RefCell<Histogram<u64>>,
+    arrived: Cell<u64>,
+    delivered: Cell<u64>,
 }
 
 impl Tally {
@@ -129,6 +129,11 @@ impl Tally {
         })
     }
 
+    /// Records one latency in nanoseconds (at least the histogram's 1 µs floor).
+    pub fn record(&self, ns: u64) {
+        let _ = self.latency.borrow_mut().record(ns.max(1_000));
+    }
+
     /// Adds this thread's counts to the run's and hands back its histogram.
     pub fn finish(&self, run: &Run) -> Histogram<u64> {
         let c = &run.counters;
@@ -138,9 +143,6 @@ impl Tally {
         self.latency.replace(new_histogram())
     }
 }
-
-/// Per-thread record of the clients' deliveries.
-pub type Latency = Rc<Tally>;
 
 pub fn new_histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1_000, 120_000_000_000, 3)
@@ -211,7 +213,7 @@ impl Phases {
 pub async fn client_with_slot(
     run: Arc<Run>,
     index: usize,
-    latency: Latency,
+    tally: Rc<Tally>,
     slot: Rc<std::cell::Cell<usize>>,
     pacer: Rc<Pacer>,
     phases: Rc<Phases>,
@@ -238,7 +240,7 @@ pub async fn client_with_slot(
         }
     }
     if matches!(run.scenario, Scenario::Connect) {
-        record(&latency, started.elapsed().as_nanos() as u64);
+        tally.record(started.elapsed().as_nanos() as u64);
     }
     let room = format!("room-{}", run.room_of[index]);
     let joins = matches!(
@@ -264,7 +266,7 @@ pub async fn client_with_slot(
             let sender = Sender::new(index, interval, index, run.clients, None, 1);
             pacer.add(Rc::clone(&sender));
             monoio::spawn(sender.run(Arc::clone(&run), writer));
-            receive(run, reader, latency, 1).await;
+            receive(run, reader, tally, 1).await;
         }
         Scenario::Broadcast | Scenario::Fanout | Scenario::Binary => {
             if let Some(p) = run.publisher_index(index) {
@@ -275,7 +277,7 @@ pub async fn client_with_slot(
                 monoio::spawn(sender.run(Arc::clone(&run), writer));
             }
             let publishers = run.publishers.max(1);
-            receive(run, reader, latency, publishers).await;
+            receive(run, reader, tally, publishers).await;
         }
     }
 }
@@ -290,12 +292,8 @@ async fn await_event(reader: &mut Reader, name: &str) -> bool {
     }
 }
 
-fn record(latency: &Latency, ns: u64) {
-    let _ = latency.latency.borrow_mut().record(ns.max(1_000));
-}
-
 /// Reads until the run ends, recording latency, duplicates and order per publisher.
-async fn receive(run: Arc<Run>, mut reader: Reader, latency: Latency, publishers: usize) {
+async fn receive(run: Arc<Run>, mut reader: Reader, tally: Rc<Tally>, publishers: usize) {
     // The last sequence number seen from each publisher (ids are 0..publishers).
     let mut last: Vec<Option<u64>> = vec![None; publishers];
     loop {
@@ -324,13 +322,13 @@ async fn receive(run: Arc<Run>, mut reader: Reader, latency: Latency, publishers
         // Everything one read brought arrived at the same moment.
         let now = run.ns_at(reader.read_at());
         if run.in_window(now) {
-            latency.arrived.set(latency.arrived.get() + 1);
+            tally.arrived.set(tally.arrived.get() + 1);
         }
         if !run.in_window(t) {
             continue;
         }
-        record(&latency, now.saturating_sub(t));
-        latency.delivered.set(latency.delivered.get() + 1);
+        tally.record(now.saturating_sub(t));
+        tally.delivered.set(tally.delivered.get() + 1);
         let Some(slot) = usize::try_from(p).ok().and_then(|p| last.get_mut(p)) else {
             continue;
         };
