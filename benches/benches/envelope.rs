@@ -1,11 +1,15 @@
 //! Envelope parse (sonic-rs into borrowed routing fields + raw `data`) against
 //! `serde_json::Value` and simd-json's borrowed value, and envelope building against
 //! `serde_json::to_vec`. Target: parse >= 2x serde_json on a 200-byte chat envelope.
+//! `room_frame`: a room broadcast's WebSocket frame written in one buffer (the JSON
+//! behind its header) against building the JSON apart and framing a copy of it.
 
 use std::hint::black_box;
 
 use criterion::{BatchSize, BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
-use stellar_protocol::envelope::{Envelope, encode_event};
+use stellar_protocol::envelope::{Envelope, encode_event, encode_event_into, event_len};
+use stellar_protocol::ws::OpCode;
+use stellar_protocol::ws::frame::{encode_server, encode_server_with};
 
 fn chat(size: usize) -> String {
     let base = r#"{"event":"chat","room":"lobby","data":{"user":"alice","ts":1732470000000,"tags":["a","b"],"text":""}}"#;
@@ -79,5 +83,26 @@ fn build(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, parse, build);
+fn room_frame(c: &mut Criterion) {
+    let data = r#"{"p":17,"s":123456,"t":98765432101,"x":"xxxxxxxxxxxxxxxx"}"#;
+    let mut group = c.benchmark_group("room_frame");
+    group.bench_function("json_then_frame/100B", |b| {
+        b.iter(|| {
+            let json = encode_event("b", black_box(data), Some("room-17"));
+            black_box(encode_server(OpCode::Text, &json))
+        })
+    });
+    group.bench_function("in_place/100B", |b| {
+        b.iter(|| {
+            let data = black_box(data);
+            let len = event_len("b", data, Some("room-17"));
+            black_box(encode_server_with(OpCode::Text, len, |buf| {
+                encode_event_into(buf, "b", data, Some("room-17"))
+            }))
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, parse, build, room_frame);
 criterion_main!(benches);

@@ -152,6 +152,33 @@ pub fn encode_event(event: &str, data: &str, room: Option<&str>) -> Bytes {
     buf.freeze()
 }
 
+/// The length of [`encode_event`]'s output, known before it is written: a frame header
+/// can then go in front of it in the same buffer.
+pub fn event_len(event: &str, data: &str, room: Option<&str>) -> usize {
+    const EVENT: usize = br#"{"event":"#.len();
+    const DATA: usize = br#","data":"#.len();
+    const ROOM: usize = br#","room":"#.len();
+    EVENT
+        + json_string_len(event)
+        + DATA
+        + data.len()
+        + room.map_or(0, |r| ROOM + json_string_len(r))
+        + 1
+}
+
+/// What [`write_json_string`] appends for `s`, quotes included.
+pub fn json_string_len(s: &str) -> usize {
+    let escaped: usize = s
+        .bytes()
+        .map(|b| match b {
+            b'"' | b'\\' | b'\n' | b'\r' | b'\t' | 0x08 | 0x0C => 1,
+            0x00..=0x1F => 5,
+            _ => 0,
+        })
+        .sum();
+    2 + s.len() + escaped
+}
+
 /// [`encode_event`] appended to `buf`, for callers that reuse one buffer.
 pub fn encode_event_into(buf: &mut BytesMut, event: &str, data: &str, room: Option<&str>) {
     buf.put_slice(b"{\"event\":");
@@ -348,6 +375,12 @@ mod tests {
             prop_assert_eq!(env.room.as_deref(), room.as_deref());
             let back: Value = serde_json::from_str(env.data.as_deref().unwrap_or("null")).unwrap();
             prop_assert_eq!(back, data);
+        }
+
+        #[test]
+        fn event_len_is_what_encode_event_writes(event in any::<String>(), data in ".{0,40}", room in proptest::option::of(any::<String>())) {
+            let json = encode_event(&event, &data, room.as_deref());
+            prop_assert_eq!(event_len(&event, &data, room.as_deref()), json.len());
         }
 
         #[test]

@@ -11,7 +11,7 @@ use std::sync::{Arc, OnceLock};
 use bytes::Bytes;
 use stellar_protocol::tcp::FrameType;
 use stellar_protocol::ws::OpCode;
-use stellar_protocol::ws::frame::encode_server;
+use stellar_protocol::ws::frame::{encode_server, encode_server_with};
 use stellar_protocol::{binary, envelope, tcp};
 
 /// Which wire a connection speaks.
@@ -93,8 +93,11 @@ impl Outbound {
     fn encode_ws(&self) -> Bytes {
         match &self.body {
             Body::Event { event, data, room } => {
-                let json = envelope::encode_event(event, data, room.as_deref());
-                encode_server(OpCode::Text, &json)
+                let room = room.as_deref();
+                let len = envelope::event_len(event, data, room);
+                encode_server_with(OpCode::Text, len, |buf| {
+                    envelope::encode_event_into(buf, event, data, room);
+                })
             }
             Body::Binary {
                 event,
@@ -132,6 +135,12 @@ mod tests {
             a.as_ptr(),
             b.as_ptr(),
             "the same bytes, not a second encoding"
+        );
+        let json = envelope::encode_event("chat", r#"{"text":"hi"}"#, Some("lobby"));
+        assert_eq!(
+            a,
+            &encode_server(OpCode::Text, &json),
+            "one frame of the envelope"
         );
         let tcp = msg.frame(Proto::Tcp);
         assert_eq!(&tcp[4..5], &[FrameType::Json as u8]);

@@ -173,6 +173,28 @@ pub fn encode_server(opcode: OpCode, payload: &[u8]) -> Bytes {
     buf.freeze()
 }
 
+/// Builds one unmasked server frame whose `len`-byte payload `write` appends, in one
+/// buffer: the payload is written in place behind the header instead of being built
+/// apart and copied in. `write` must append exactly `len` bytes.
+pub fn encode_server_with(opcode: OpCode, len: usize, write: impl FnOnce(&mut BytesMut)) -> Bytes {
+    let header = FrameHeader {
+        fin: true,
+        rsv: 0,
+        opcode,
+        mask: None,
+        payload_len: len as u64,
+    };
+    let mut buf = BytesMut::with_capacity(header.encoded_len() + len);
+    header.encode_into(&mut buf);
+    write(&mut buf);
+    debug_assert_eq!(
+        buf.len(),
+        header.encoded_len() + len,
+        "payload of the stated length"
+    );
+    buf.freeze()
+}
+
 /// Appends a masked (client-to-server) frame with FIN set to `buf`, as a client must
 /// send it (§5.3). Used by the bench client and tests.
 pub fn encode_client_into(buf: &mut BytesMut, opcode: OpCode, payload: &[u8], key: [u8; 4]) {
@@ -202,6 +224,15 @@ pub fn encode_client(opcode: OpCode, payload: &[u8], key: [u8; 4]) -> Bytes {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_payload_written_in_place_makes_the_same_frame() {
+        for len in [0, 125, 126, 0xFFFF, 0x1_0000] {
+            let payload = vec![b'x'; len];
+            let built = encode_server_with(OpCode::Text, len, |buf| buf.put_slice(&payload));
+            assert_eq!(built, encode_server(OpCode::Text, &payload), "len {len}");
+        }
+    }
 
     #[test]
     fn lengths_use_7_16_and_64_bit_forms() {
