@@ -7,11 +7,11 @@
 //! payload is buffered) and UTF-8 of text messages, checked as the bytes arrive so an
 //! invalid message fails at its first bad byte even across fragments.
 //!
-//! A whole unfragmented frame already in the buffer takes the fast path: unmasked in
-//! place and split off as `Bytes`, with no copy. [`MessageDecoder::decode_in_place`]
-//! goes one step further for readers that look at each message once and drop it: it
-//! leaves the frame in the buffer and says where its payload lies, so not even a
-//! refcount is touched.
+//! A whole unfragmented frame already in the buffer takes the fast path,
+//! [`MessageDecoder::decode_in_place`]: checked, unmasked and validated where it lies.
+//! `decode` then splits its payload off as `Bytes`, with no copy; a reader that looks at
+//! each message once and drops it can call `decode_in_place` itself and read the payload
+//! in the buffer, so not even a refcount is touched.
 
 use std::ops::Range;
 
@@ -115,6 +115,16 @@ impl MessageDecoder {
     /// `src` is exhausted first. After an error the connection must be failed with
     /// [`ProtocolError::close_code`]; the decoder is not usable any more.
     pub fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Message>, ProtocolError> {
+        if let Some(frame) = self.decode_in_place(src)? {
+            // The fast path: the whole frame is here, unmasked and validated in place;
+            // its payload is split off without a copy.
+            src.advance(frame.payload.start);
+            let payload = src.split_to(frame.payload.len()).freeze();
+            return Ok(Some(match frame.opcode {
+                OpCode::Text => Message::Text(payload),
+                _ => Message::Binary(payload),
+            }));
+        }
         loop {
             let mut frame = match self.frame {
                 Some(frame) => frame,
@@ -124,9 +134,6 @@ impl MessageDecoder {
                     };
                     self.check(&header)?;
                     src.advance(header_len);
-                    if let Some(message) = self.take_whole_frame(&header, src)? {
-                        return Ok(Some(message));
-                    }
                     if matches!(header.opcode, OpCode::Text | OpCode::Binary) {
                         self.message = Some(header.opcode);
                         self.utf8.reset();
@@ -230,29 +237,6 @@ impl MessageDecoder {
             });
         }
         Ok(())
-    }
-
-    /// The fast path: an unfragmented data frame whose payload is all in `src` is
-    /// unmasked in place and split off without a copy.
-    fn take_whole_frame(
-        &mut self,
-        header: &FrameHeader,
-        src: &mut BytesMut,
-    ) -> Result<Option<Message>, ProtocolError> {
-        let is_single = header.fin && matches!(header.opcode, OpCode::Text | OpCode::Binary);
-        if !is_single || (src.len() as u64) < header.payload_len {
-            return Ok(None);
-        }
-        // Fits: payload_len <= src.len(), a usize.
-        let mut payload = src.split_to(header.payload_len as usize);
-        if let Some(key) = header.mask {
-            apply_mask(&mut payload, key, 0);
-        }
-        if header.opcode == OpCode::Text {
-            simdutf8::basic::from_utf8(&payload).map_err(|_| ProtocolError::InvalidUtf8)?;
-            return Ok(Some(Message::Text(payload.freeze())));
-        }
-        Ok(Some(Message::Binary(payload.freeze())))
     }
 
     /// Unmasks a piece of the current frame's payload and appends it to its message.
