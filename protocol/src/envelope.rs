@@ -146,8 +146,7 @@ pub fn write_json_string(buf: &mut BytesMut, s: &str) {
 
 /// `{"event":event,"data":data}` with `,"room":room` when given. `data` is raw JSON.
 pub fn encode_event(event: &str, data: &str, room: Option<&str>) -> Bytes {
-    let mut buf =
-        BytesMut::with_capacity(24 + event.len() + data.len() + room.map_or(0, |r| r.len() + 10));
+    let mut buf = BytesMut::with_capacity(event_len(event, data, room));
     encode_event_into(&mut buf, event, data, room);
     buf.freeze()
 }

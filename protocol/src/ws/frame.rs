@@ -168,9 +168,7 @@ pub fn encode_server_into(buf: &mut BytesMut, opcode: OpCode, payload: &[u8]) {
 
 /// Builds one unmasked server frame: the bytes every recipient of a broadcast shares.
 pub fn encode_server(opcode: OpCode, payload: &[u8]) -> Bytes {
-    let mut buf = BytesMut::new();
-    encode_server_into(&mut buf, opcode, payload);
-    buf.freeze()
+    encode_server_with(opcode, payload.len(), |buf| buf.put_slice(payload))
 }
 
 /// Builds one unmasked server frame whose `len`-byte payload `write` appends, in one
