@@ -321,12 +321,9 @@ impl Worker {
 
     /// Whether the HTTP caller at `ip` may call action `name` once more.
     pub fn allow_http(&self, ip: std::net::IpAddr, name: &str) -> bool {
-        let config = self.config.borrow();
-        let global = Limit::new(config.rate_limit, config.rate_limit_window);
-        let table = self.rate_limits.borrow();
-        if !table.applies(global) {
+        let Some((table, global)) = self.limits_in_force() else {
             return true;
-        }
+        };
         let mut buckets = self.http_buckets.borrow_mut();
         if buckets.len() >= MAX_HTTP_BUCKETS && !buckets.contains_key(&ip) {
             buckets.clear();
@@ -340,14 +337,20 @@ impl Worker {
         )
     }
 
-    /// Whether `conn` may send one more `event` under the rate limits.
-    pub fn allow(&self, conn: &Conn, event: &str) -> bool {
+    /// The override table and the global limit, or `None` when no limit is configured
+    /// at all and nothing needs checking (nor the clock reading).
+    fn limits_in_force(&self) -> Option<(std::cell::Ref<'_, Arc<RateLimits>>, Limit)> {
         let config = self.config.borrow();
         let global = Limit::new(config.rate_limit, config.rate_limit_window);
         let table = self.rate_limits.borrow();
-        if !table.applies(global) {
+        table.applies(global).then_some((table, global))
+    }
+
+    /// Whether `conn` may send one more `event` under the rate limits.
+    pub fn allow(&self, conn: &Conn, event: &str) -> bool {
+        let Some((table, global)) = self.limits_in_force() else {
             return true;
-        }
+        };
         conn.buckets
             .borrow_mut()
             .get_or_insert_with(Box::default)
