@@ -84,6 +84,9 @@ pub struct Config {
     pub allowed_origins: Vec<String>,
     /// Directory served at `/public/` and by the `file` verb. Default none.
     pub public_dir: Option<PathBuf>,
+    /// Largest file the `file` verb and `/public/` serve, in bytes; larger ones are
+    /// refused (`file_too_large`, HTTP 413) rather than read. Default 16 MiB.
+    pub max_file_bytes: u64,
     /// Largest HTTP request head in bytes. Default 8 KiB.
     pub max_header_bytes: usize,
     /// Most HTTP header lines. Default 64.
@@ -130,6 +133,7 @@ impl Default for Config {
             compression: false,
             allowed_origins: Vec::new(),
             public_dir: None,
+            max_file_bytes: 16 << 20,
             max_header_bytes: 8 * 1024,
             max_headers: 64,
             redis_url: None,
@@ -284,6 +288,9 @@ pub struct Args {
     #[arg(long, env = "STELLAR_PUBLIC_DIR")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub public_dir: Option<PathBuf>,
+    #[arg(long, env = "STELLAR_MAX_FILE_BYTES")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_file_bytes: Option<u64>,
     #[arg(long, env = "STELLAR_MAX_HEADER_BYTES")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_header_bytes: Option<usize>,
