@@ -11,7 +11,9 @@ use bytes::{Buf, BufMut, Bytes, BytesMut};
 use monoio::buf::IoBufMut;
 use monoio::io::{AsyncReadRent, AsyncWriteRentExt, OwnedReadHalf, OwnedWriteHalf, Splitable};
 use monoio::net::TcpStream;
+use stellar_protocol::EventName;
 use stellar_protocol::envelope;
+use stellar_protocol::event::reserved;
 use stellar_protocol::tcp::{self, FrameType, TcpDecoder};
 use stellar_protocol::ws::frame::{encode_client, encode_client_into};
 use stellar_protocol::ws::{DecoderConfig, Message, MessageDecoder, OpCode, Role};
@@ -275,7 +277,7 @@ impl Reader {
         self.scratch.clear();
         Some(match assembled {
             Assembled::Ws(Message::Text(t)) => {
-                self.scratch.extend_from_slice(&t);
+                self.scratch.extend_from_slice(t.as_bytes());
                 found_event(&self.scratch, 0..t.len())
             }
             Assembled::Ws(Message::Binary(b)) => {
@@ -286,9 +288,10 @@ impl Reader {
             Assembled::Ws(_) => Step::Skip,
             Assembled::Tcp(f) => match f.kind {
                 FrameType::Json | FrameType::Connect | FrameType::AckRes | FrameType::Error => {
-                    self.scratch.extend_from_slice(f.event.as_bytes());
+                    let event = f.event.as_deref().unwrap_or("");
+                    self.scratch.extend_from_slice(event.as_bytes());
                     self.scratch.extend_from_slice(&f.payload);
-                    let split = f.event.len();
+                    let split = event.len();
                     Step::Got(Found::Event {
                         event: 0..split,
                         data: split..self.scratch.len(),
@@ -372,7 +375,7 @@ impl Writer {
     /// `{"room","data"}`).
     pub async fn send_event(
         &mut self,
-        event: &str,
+        event: &EventName<'_>,
         data: &str,
         room: Option<&str>,
     ) -> std::io::Result<()> {
@@ -383,7 +386,13 @@ impl Writer {
 
     /// Appends the wire form of [`Writer::send_event`] to `out`, to send later (several
     /// in one write).
-    pub fn event_into(&mut self, out: &mut BytesMut, event: &str, data: &str, room: Option<&str>) {
+    pub fn event_into(
+        &mut self,
+        out: &mut BytesMut,
+        event: &EventName<'_>,
+        data: &str,
+        room: Option<&str>,
+    ) {
         self.json.clear();
         match (self.proto, room) {
             (Proto::Ws, _) => {
@@ -406,7 +415,13 @@ impl Writer {
     }
 
     /// Appends the wire form of a request to ack handler `name` to `out`.
-    pub fn request_into(&mut self, out: &mut BytesMut, name: &str, data: &str, correlation: &str) {
+    pub fn request_into(
+        &mut self,
+        out: &mut BytesMut,
+        name: &EventName<'_>,
+        data: &str,
+        correlation: &str,
+    ) {
         self.json.clear();
         match self.proto {
             Proto::Ws => {
@@ -438,7 +453,7 @@ impl Writer {
         match self.proto {
             Proto::Ws => {
                 self.send_event(
-                    "join-room",
+                    &reserved::JOIN_ROOM,
                     &serde_json::Value::from(room).to_string(),
                     None,
                 )
@@ -447,7 +462,7 @@ impl Writer {
             Proto::Tcp => {
                 self.send_raw(stellar_protocol::tcp::frame::encode(
                     FrameType::Join,
-                    "join-room",
+                    &reserved::JOIN_ROOM,
                     room.as_bytes(),
                 ))
                 .await
@@ -456,7 +471,13 @@ impl Writer {
     }
 
     /// Appends the wire form of a binary event to a room to `out`.
-    pub fn binary_into(&mut self, out: &mut BytesMut, event: &str, room: &str, payload: &[u8]) {
+    pub fn binary_into(
+        &mut self,
+        out: &mut BytesMut,
+        event: &EventName<'_>,
+        room: &str,
+        payload: &[u8],
+    ) {
         let msg = stellar_protocol::binary::encode(event, Some(room), payload);
         let mask = self.next_mask();
         encode_client_into(out, OpCode::Binary, &msg, mask);
@@ -474,7 +495,7 @@ impl Writer {
                 let mask = self.next_mask();
                 encode_client(OpCode::Close, &1000u16.to_be_bytes(), mask)
             }
-            Proto::Tcp => stellar_protocol::tcp::frame::encode(FrameType::Disconnect, "", &[]),
+            Proto::Tcp => stellar_protocol::tcp::frame::encode_control(FrameType::Disconnect),
         };
         let _ = self.send_raw(frame).await;
     }

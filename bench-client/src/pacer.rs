@@ -9,6 +9,13 @@
 //! (the server is not reading) falls behind its schedule but keeps stamping intended
 //! times.
 
+use stellar_protocol::EventName;
+
+/// The events the generator sends: what the servers under test echo or relay.
+const ECHO: EventName<'static> = EventName::from_static("echo");
+const BIN: EventName<'static> = EventName::from_static("bin");
+const B: EventName<'static> = EventName::from_static("b");
+
 use std::cell::RefCell;
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, VecDeque};
@@ -260,7 +267,7 @@ fn frame_into(
     match (run.scenario, &s.room) {
         (Scenario::Ack, _) => {
             let correlation = ["c", n.format(k)].concat();
-            writer.request_into(batch, "echo", data, &correlation);
+            writer.request_into(batch, &ECHO, data, &correlation);
         }
         (Scenario::Binary, Some(room)) => {
             let mut body = Vec::with_capacity(20 + pad.len());
@@ -268,9 +275,9 @@ fn frame_into(
             body.extend_from_slice(&k.to_be_bytes());
             body.extend_from_slice(&t.to_be_bytes());
             body.extend_from_slice(pad.as_bytes());
-            writer.binary_into(batch, "bin", room, &body);
+            writer.binary_into(batch, &BIN, room, &body);
         }
-        (_, Some(room)) => writer.event_into(batch, "b", data, Some(room)),
-        (_, None) => writer.event_into(batch, "echo", data, None),
+        (_, Some(room)) => writer.event_into(batch, &B, data, Some(room)),
+        (_, None) => writer.event_into(batch, &ECHO, data, None),
     }
 }

@@ -21,7 +21,7 @@ fn bench(name: &str, tcp: bool, args: &str) -> Value {
             ..Config::default()
         })
         // What the `stellar` binary registers for the echo and ack scenarios.
-        .on("echo", |ctx| ctx.emit_raw("echo", &ctx.data_raw()))
+        .on("echo", |ctx| ctx.emit_raw("echo", &ctx.data_raw()).unwrap())
         .on_ack("echo", |ctx| Ok::<Value, _>(ctx.data().clone()))
         .start()
         .expect("server starts");

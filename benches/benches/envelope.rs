@@ -5,6 +5,7 @@
 //! behind its header) against building the JSON apart and framing a copy of it.
 
 use std::hint::black_box;
+use stellar_protocol::EventName;
 
 use criterion::{BatchSize, BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use stellar_protocol::envelope::{Envelope, encode_event, encode_event_into, event_len};
@@ -58,6 +59,9 @@ fn parse(c: &mut Criterion) {
     group.finish();
 }
 
+const CHAT: EventName<'static> = EventName::from_static("chat");
+const B: EventName<'static> = EventName::from_static("b");
+
 fn build(c: &mut Criterion) {
     #[derive(serde::Serialize)]
     struct Out<'a> {
@@ -69,7 +73,7 @@ fn build(c: &mut Criterion) {
     let raw = serde_json::value::RawValue::from_string(data.to_owned()).expect("valid JSON");
     let mut group = c.benchmark_group("envelope_build");
     group.bench_function("stellar_raw/200B", |b| {
-        b.iter(|| black_box(encode_event("chat", black_box(data), Some("lobby"))))
+        b.iter(|| black_box(encode_event(&CHAT, black_box(data), Some("lobby"))))
     });
     group.bench_function("serde_json_to_vec/200B", |b| {
         b.iter(|| {
@@ -88,16 +92,16 @@ fn room_frame(c: &mut Criterion) {
     let mut group = c.benchmark_group("room_frame");
     group.bench_function("json_then_frame/100B", |b| {
         b.iter(|| {
-            let json = encode_event("b", black_box(data), Some("room-17"));
+            let json = encode_event(&B, black_box(data), Some("room-17"));
             black_box(encode_server(OpCode::Text, &json))
         })
     });
     group.bench_function("in_place/100B", |b| {
         b.iter(|| {
             let data = black_box(data);
-            let len = event_len("b", data, Some("room-17"));
+            let len = event_len(&B, data, Some("room-17"));
             black_box(encode_server_with(OpCode::Text, len, |buf| {
-                encode_event_into(buf, "b", data, Some("room-17"))
+                encode_event_into(buf, &B, data, Some("room-17"))
             }))
         })
     });

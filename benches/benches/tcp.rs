@@ -11,7 +11,11 @@ fn tcp(c: &mut Criterion) {
     let mut group = c.benchmark_group("tcp");
     for (name, size) in [("16B", 16), ("1KiB", 1024), ("64KiB", 64 * 1024)] {
         let payload = vec![b'x'; size];
-        let frame = encode(FrameType::Json, "chat", &payload);
+        let frame = encode(
+            FrameType::Json,
+            &stellar_protocol::EventName::from_static("chat"),
+            &payload,
+        );
         group.throughput(Throughput::Bytes(size as u64));
         group.bench_with_input(BenchmarkId::new("decode", name), &frame, |b, f| {
             let mut decoder = TcpDecoder::new(1 << 20);
@@ -22,7 +26,13 @@ fn tcp(c: &mut Criterion) {
             )
         });
         group.bench_with_input(BenchmarkId::new("encode", name), &payload, |b, p| {
-            b.iter(|| black_box(encode(FrameType::Json, "chat", black_box(p))))
+            b.iter(|| {
+                black_box(encode(
+                    FrameType::Json,
+                    &stellar_protocol::EventName::from_static("chat"),
+                    black_box(p),
+                ))
+            })
         });
     }
     group.finish();

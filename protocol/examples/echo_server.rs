@@ -58,7 +58,7 @@ fn serve(mut stream: TcpStream) -> io::Result<()> {
     loop {
         loop {
             let reply = match decoder.decode(&mut buf) {
-                Ok(Some(Message::Text(t))) => encode_server(OpCode::Text, &t),
+                Ok(Some(Message::Text(t))) => encode_server(OpCode::Text, t.as_bytes()),
                 Ok(Some(Message::Binary(b))) => encode_server(OpCode::Binary, &b),
                 Ok(Some(Message::Ping(p))) => encode_server(OpCode::Pong, &p),
                 Ok(Some(Message::Pong(_))) => continue,

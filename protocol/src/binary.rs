@@ -7,11 +7,12 @@ use bytes::{BufMut, Bytes, BytesMut};
 
 use crate::envelope::{Envelope, write_json_string};
 use crate::error::EnvelopeError;
+use crate::event::EventName;
 
 /// A parsed binary message; everything borrows from the message bytes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BinaryMessage<'a> {
-    pub event: Cow<'a, str>,
+    pub event: EventName<'a>,
     pub room: Option<Cow<'a, str>>,
     /// The header JSON as sent.
     pub header: &'a [u8],
@@ -45,7 +46,7 @@ impl<'a> BinaryMessage<'a> {
 }
 
 /// Builds a binary message: header `{"event":..,"_binary":true[,"room":..]}` then `payload`.
-pub fn encode(event: &str, room: Option<&str>, payload: &[u8]) -> Bytes {
+pub fn encode(event: &EventName<'_>, room: Option<&str>, payload: &[u8]) -> Bytes {
     let mut header = BytesMut::with_capacity(40 + event.len());
     header.put_slice(b"{\"event\":");
     write_json_string(&mut header, event);
@@ -65,11 +66,12 @@ pub fn encode(event: &str, room: Option<&str>, payload: &[u8]) -> Bytes {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ErrorCode;
     use proptest::prelude::*;
 
     #[test]
     fn header_and_payload_are_split() {
-        let msg = encode("audio", Some("voice"), &[1, 2, 3]);
+        let msg = encode(&EventName::from_static("audio"), Some("voice"), &[1, 2, 3]);
         let parsed = BinaryMessage::parse(&msg).unwrap();
         assert_eq!(parsed.event, "audio");
         assert_eq!(parsed.room.as_deref(), Some("voice"));
@@ -99,7 +101,7 @@ mod tests {
                 len: 0
             }
             .code(),
-            "invalid_binary"
+            ErrorCode::InvalidBinary
         );
     }
 
@@ -110,10 +112,19 @@ mod tests {
         assert_eq!(BinaryMessage::parse(&msg), Err(EnvelopeError::MissingEvent));
     }
 
+    #[test]
+    fn header_with_an_invalid_event_name_is_refused() {
+        let header = br#"{"event":"a b","_binary":true}"#;
+        let mut msg = (header.len() as u32).to_be_bytes().to_vec();
+        msg.extend_from_slice(header);
+        let refused = BinaryMessage::parse(&msg).unwrap_err();
+        assert_eq!(refused.code(), ErrorCode::InvalidEvent);
+    }
+
     proptest! {
         #[test]
-        fn round_trip(event in ".{1,20}", room in proptest::option::of(".{0,10}"), payload in proptest::collection::vec(any::<u8>(), 0..100)) {
-            let msg = encode(&event, room.as_deref(), &payload);
+        fn round_trip(event in "[A-Za-z0-9./:_-]{1,20}", room in proptest::option::of(".{0,10}"), payload in proptest::collection::vec(any::<u8>(), 0..100)) {
+            let msg = encode(&EventName::new(event.as_str()).unwrap(), room.as_deref(), &payload);
             let parsed = BinaryMessage::parse(&msg).unwrap();
             prop_assert_eq!(parsed.event.as_ref(), event.as_str());
             prop_assert_eq!(parsed.room.as_deref(), room.as_deref());

@@ -10,15 +10,18 @@ use std::borrow::Cow;
 
 use bytes::{BufMut, Bytes, BytesMut};
 
-use crate::error::EnvelopeError;
+use crate::error::{EnvelopeError, ErrorCode};
+use crate::event::EventName;
 
 /// A client message: `{"event","data","room","_ackName","_correlationId"}`. Unknown
 /// fields are ignored.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Envelope<'a> {
-    pub event: Cow<'a, str>,
+    /// Checked against SPEC §3.2 like every name that enters.
+    pub event: EventName<'a>,
     pub room: Option<Cow<'a, str>>,
-    pub ack_name: Option<Cow<'a, str>>,
+    /// A handler name is an event name and obeys the same rule.
+    pub ack_name: Option<EventName<'a>>,
     pub correlation_id: Option<Cow<'a, str>>,
     /// The raw JSON text of `data`, or `None` when absent or `null`. Borrowed from the
     /// message.
@@ -59,15 +62,16 @@ impl<'a> Envelope<'a> {
                 _ => {}
             }
         }
-        let event = string_field(event, "event").map_err(|_| EnvelopeError::MissingEvent)?;
-        let event = match event {
-            Some(e) if !e.is_empty() => e,
-            _ => return Err(EnvelopeError::MissingEvent),
-        };
+        let event = string_field(event, "event")
+            .map_err(|_| EnvelopeError::MissingEvent)?
+            .ok_or(EnvelopeError::MissingEvent)?;
+        let ack_name = string_field(ack_name, "_ackName")?
+            .map(EventName::new)
+            .transpose()?;
         Ok(Self {
-            event,
+            event: EventName::new(event)?,
             room: string_field(room, "room")?,
-            ack_name: string_field(ack_name, "_ackName")?,
+            ack_name,
             correlation_id: string_field(correlation_id, "_correlationId")?,
             data: data.map(|raw| raw.as_raw_cow()).filter(|d| d != "null"),
         })
@@ -75,9 +79,9 @@ impl<'a> Envelope<'a> {
 
     /// For a request (one with `_correlationId`): the handler, `_ackName` or else
     /// `event`. `None` for a plain event.
-    pub fn ack_handler(&self) -> Option<&str> {
+    pub fn ack_handler(&self) -> Option<&EventName<'a>> {
         self.correlation_id.as_ref()?;
-        Some(self.ack_name.as_deref().unwrap_or(&self.event))
+        Some(self.ack_name.as_ref().unwrap_or(&self.event))
     }
 }
 
@@ -145,7 +149,7 @@ pub fn write_json_string(buf: &mut BytesMut, s: &str) {
 }
 
 /// `{"event":event,"data":data}` with `,"room":room` when given. `data` is raw JSON.
-pub fn encode_event(event: &str, data: &str, room: Option<&str>) -> Bytes {
+pub fn encode_event(event: &EventName<'_>, data: &str, room: Option<&str>) -> Bytes {
     let mut buf = BytesMut::with_capacity(event_len(event, data, room));
     encode_event_into(&mut buf, event, data, room);
     buf.freeze()
@@ -153,7 +157,7 @@ pub fn encode_event(event: &str, data: &str, room: Option<&str>) -> Bytes {
 
 /// The length of [`encode_event`]'s output, known before it is written: a frame header
 /// can then go in front of it in the same buffer.
-pub fn event_len(event: &str, data: &str, room: Option<&str>) -> usize {
+pub fn event_len(event: &EventName<'_>, data: &str, room: Option<&str>) -> usize {
     const EVENT: usize = br#"{"event":"#.len();
     const DATA: usize = br#","data":"#.len();
     const ROOM: usize = br#","room":"#.len();
@@ -179,7 +183,12 @@ pub fn json_string_len(s: &str) -> usize {
 }
 
 /// [`encode_event`] appended to `buf`, for callers that reuse one buffer.
-pub fn encode_event_into(buf: &mut BytesMut, event: &str, data: &str, room: Option<&str>) {
+pub fn encode_event_into(
+    buf: &mut BytesMut,
+    event: &EventName<'_>,
+    data: &str,
+    room: Option<&str>,
+) {
     buf.put_slice(b"{\"event\":");
     write_json_string(buf, event);
     buf.put_slice(b",\"data\":");
@@ -192,7 +201,7 @@ pub fn encode_event_into(buf: &mut BytesMut, event: &str, data: &str, room: Opti
 }
 
 /// A successful ack reply: `{"event","data","_isAck":true,"_correlationId"}`.
-pub fn encode_ack_ok(event: &str, correlation_id: &str, result: &str) -> Bytes {
+pub fn encode_ack_ok(event: &EventName<'_>, correlation_id: &str, result: &str) -> Bytes {
     let mut buf = BytesMut::with_capacity(64 + event.len() + correlation_id.len() + result.len());
     buf.put_slice(b"{\"event\":");
     write_json_string(&mut buf, event);
@@ -205,7 +214,12 @@ pub fn encode_ack_ok(event: &str, correlation_id: &str, result: &str) -> Bytes {
 }
 
 /// A failed ack reply: `{"event","error":{"code","message"},"_isAck":true,"_correlationId"}`.
-pub fn encode_ack_err(event: &str, correlation_id: &str, code: &str, message: &str) -> Bytes {
+pub fn encode_ack_err(
+    event: &EventName<'_>,
+    correlation_id: &str,
+    code: &str,
+    message: &str,
+) -> Bytes {
     let mut buf = BytesMut::with_capacity(80 + event.len() + code.len() + message.len());
     buf.put_slice(b"{\"event\":");
     write_json_string(&mut buf, event);
@@ -218,10 +232,10 @@ pub fn encode_ack_err(event: &str, correlation_id: &str, code: &str, message: &s
 }
 
 /// An `error` event: `{"event":"error","data":{"code","message"}}`.
-pub fn encode_error(code: &str, message: &str) -> Bytes {
-    let mut buf = BytesMut::with_capacity(48 + code.len() + message.len());
+pub fn encode_error(code: ErrorCode, message: &str) -> Bytes {
+    let mut buf = BytesMut::with_capacity(48 + code.as_str().len() + message.len());
     buf.put_slice(b"{\"event\":\"error\",\"data\":");
-    write_error_object(&mut buf, code, message);
+    write_error_object(&mut buf, code.as_str(), message);
     buf.put_u8(b'}');
     buf.freeze()
 }
@@ -256,15 +270,32 @@ mod tests {
         let env =
             Envelope::parse(br#"{"event":"e","_ackName":"getUser","_correlationId":"getUser#1"}"#)
                 .unwrap();
-        assert_eq!(env.ack_handler(), Some("getUser"));
+        assert_eq!(env.ack_handler().map(EventName::as_str), Some("getUser"));
         let env = Envelope::parse(br#"{"event":"getUser","_correlationId":"c"}"#).unwrap();
-        assert_eq!(env.ack_handler(), Some("getUser"));
+        assert_eq!(env.ack_handler().map(EventName::as_str), Some("getUser"));
     }
 
     #[test]
     fn escaped_strings_are_unescaped() {
-        let env = Envelope::parse(br#"{"event":"a\"b\u00e9"}"#).unwrap();
-        assert_eq!(env.event, "a\"bé");
+        let env = Envelope::parse(br#"{"event":"ch\u0061t","room":"a\"b\u00e9"}"#).unwrap();
+        assert_eq!(env.event, "chat");
+        assert_eq!(env.room.as_deref(), Some("a\"bé"));
+    }
+
+    #[test]
+    fn event_and_handler_names_obey_the_rule_of_spec_3_2() {
+        for bad in [
+            r#"{"event":""}"#.to_owned(),
+            r#"{"event":"a b"}"#.to_owned(),
+            r#"{"event":"a\"b"}"#.to_owned(),
+            format!(r#"{{"event":"{}"}}"#, "x".repeat(257)),
+            r#"{"event":"e","_ackName":"no way","_correlationId":"1"}"#.to_owned(),
+        ] {
+            let refused = Envelope::parse(bad.as_bytes()).unwrap_err();
+            assert_eq!(refused.code(), ErrorCode::InvalidEvent, "{bad}");
+        }
+        let longest = format!(r#"{{"event":"{}"}}"#, "x".repeat(256));
+        assert!(Envelope::parse(longest.as_bytes()).is_ok());
     }
 
     #[test]
@@ -288,7 +319,7 @@ mod tests {
         );
         assert_eq!(
             Envelope::parse(br#"{"event":""}"#),
-            Err(EnvelopeError::MissingEvent)
+            Err(EnvelopeError::InvalidEvent(crate::InvalidEvent { len: 0 }))
         );
         assert_eq!(
             Envelope::parse(br#"{"event":3}"#),
@@ -302,8 +333,11 @@ mod tests {
             Envelope::parse(br#"{"event":"e","_correlationId":{}}"#),
             Err(EnvelopeError::FieldNotString("_correlationId"))
         );
-        assert_eq!(EnvelopeError::NotAnObject.code(), "bad_json");
-        assert_eq!(EnvelopeError::MissingEvent.code(), "invalid_envelope");
+        assert_eq!(EnvelopeError::NotAnObject.code(), ErrorCode::BadJson);
+        assert_eq!(
+            EnvelopeError::MissingEvent.code(),
+            ErrorCode::InvalidEnvelope
+        );
     }
 
     #[test]
@@ -322,26 +356,38 @@ mod tests {
 
     #[test]
     fn builders_produce_the_documented_shapes() {
-        let v: Value =
-            serde_json::from_slice(&encode_event("chat", r#"{"t":"hi"}"#, Some("r"))).unwrap();
+        let v: Value = serde_json::from_slice(&encode_event(
+            &EventName::from_static("chat"),
+            r#"{"t":"hi"}"#,
+            Some("r"),
+        ))
+        .unwrap();
         assert_eq!(
             v,
             json!({"event": "chat", "data": {"t": "hi"}, "room": "r"})
         );
-        let v: Value =
-            serde_json::from_slice(&encode_ack_ok("getUser", "getUser#1", "[1]")).unwrap();
+        let v: Value = serde_json::from_slice(&encode_ack_ok(
+            &EventName::from_static("getUser"),
+            "getUser#1",
+            "[1]",
+        ))
+        .unwrap();
         assert_eq!(
             v,
             json!({"event": "getUser", "data": [1], "_isAck": true, "_correlationId": "getUser#1"})
         );
-        let v: Value =
-            serde_json::from_slice(&encode_ack_err("g", "c", "unknown_action", "no \"g\""))
-                .unwrap();
+        let v: Value = serde_json::from_slice(&encode_ack_err(
+            &EventName::from_static("g"),
+            "c",
+            "unknown_action",
+            "no \"g\"",
+        ))
+        .unwrap();
         assert_eq!(
             v,
             json!({"event": "g", "error": {"code": "unknown_action", "message": "no \"g\""}, "_isAck": true, "_correlationId": "c"})
         );
-        let v: Value = serde_json::from_slice(&encode_error("not_member", "m")).unwrap();
+        let v: Value = serde_json::from_slice(&encode_error(ErrorCode::NotMember, "m")).unwrap();
         assert_eq!(
             v,
             json!({"event": "error", "data": {"code": "not_member", "message": "m"}})
@@ -366,9 +412,9 @@ mod tests {
 
     proptest! {
         #[test]
-        fn encode_then_parse_round_trips(event in ".{1,20}", room in proptest::option::of(".{0,20}"), data in arb_json()) {
+        fn encode_then_parse_round_trips(event in "[A-Za-z0-9./:_-]{1,20}", room in proptest::option::of(".{0,20}"), data in arb_json()) {
             let raw = data.to_string();
-            let bytes = encode_event(&event, &raw, room.as_deref());
+            let bytes = encode_event(&EventName::new(event.as_str()).unwrap(), &raw, room.as_deref());
             let env = Envelope::parse(&bytes).unwrap();
             prop_assert_eq!(env.event.as_ref(), event.as_str());
             prop_assert_eq!(env.room.as_deref(), room.as_deref());
@@ -377,7 +423,8 @@ mod tests {
         }
 
         #[test]
-        fn event_len_is_what_encode_event_writes(event in any::<String>(), data in ".{0,40}", room in proptest::option::of(any::<String>())) {
+        fn event_len_is_what_encode_event_writes(event in "[A-Za-z0-9./:_-]{1,256}", data in ".{0,40}", room in proptest::option::of(any::<String>())) {
+            let event = EventName::new(event.as_str()).unwrap();
             let json = encode_event(&event, &data, room.as_deref());
             prop_assert_eq!(event_len(&event, &data, room.as_deref()), json.len());
         }

@@ -7,6 +7,99 @@ use thiserror::Error;
 
 use crate::ws::CloseCode;
 
+/// Every `code` an `error` event, an ack error or a TCP ERROR frame can carry from the
+/// server itself (SPEC §3.5); handler-defined codes (`AckError`) are the handler's own.
+/// The wire spelling is [`ErrorCode::as_str`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ErrorCode {
+    /// The message is not valid JSON (or not UTF-8), or not an object.
+    BadJson,
+    /// The envelope lacks `event`, or a routing field has the wrong type.
+    InvalidEnvelope,
+    /// An event or handler name breaks the rule of SPEC §3.2.
+    InvalidEvent,
+    /// A binary message whose header is cut short.
+    InvalidBinary,
+    /// A room name that is empty or not text.
+    InvalidRoom,
+    /// A room event or `say` from a client that is not in the room.
+    NotMember,
+    /// `authorize_join` (or the token's room grant) refused a join.
+    Forbidden,
+    /// The client is in `max_rooms_per_client` rooms already.
+    TooManyRooms,
+    /// The server holds `max_rooms` rooms already.
+    MaxRooms,
+    /// No `on_ack` handler has that name.
+    UnknownAction,
+    /// A client sent an event only the server may send.
+    ReservedEvent,
+    /// Authentication is required first, or failed.
+    Unauthorized,
+    /// A rate limit refused the message (the hook kept the client).
+    RateLimited,
+    /// The `file` verb found no such file under `public_dir`.
+    NotFound,
+    /// The file is larger than `max_file_bytes`.
+    FileTooLarge,
+    /// A TCP frame type that only servers send.
+    UnexpectedFrame,
+    /// A TCP frame larger than `max_payload`.
+    PayloadTooLarge,
+    /// A TCP frame type byte that is none of the eleven.
+    UnknownType,
+    /// A TCP frame whose lengths disagree.
+    MalformedFrame,
+    /// `max_connections` reached (TCP ERROR before closing).
+    ServerFull,
+    /// `max_connections_per_ip` reached (TCP ERROR before closing).
+    TooManyConnections,
+    /// A TCP client closed for what would be a WebSocket 1002.
+    ProtocolError,
+    /// A TCP client closed for what would be a WebSocket 1008.
+    PolicyViolation,
+    /// A TCP client closed for any other reason.
+    Closed,
+}
+
+impl ErrorCode {
+    /// The code as it goes on the wire.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::BadJson => "bad_json",
+            Self::InvalidEnvelope => "invalid_envelope",
+            Self::InvalidEvent => "invalid_event",
+            Self::InvalidBinary => "invalid_binary",
+            Self::InvalidRoom => "invalid_room",
+            Self::NotMember => "not_member",
+            Self::Forbidden => "forbidden",
+            Self::TooManyRooms => "too_many_rooms",
+            Self::MaxRooms => "max_rooms",
+            Self::UnknownAction => "unknown_action",
+            Self::ReservedEvent => "reserved_event",
+            Self::Unauthorized => "unauthorized",
+            Self::RateLimited => "rate_limited",
+            Self::NotFound => "not_found",
+            Self::FileTooLarge => "file_too_large",
+            Self::UnexpectedFrame => "unexpected_frame",
+            Self::PayloadTooLarge => "payload_too_large",
+            Self::UnknownType => "unknown_type",
+            Self::MalformedFrame => "malformed_frame",
+            Self::ServerFull => "server_full",
+            Self::TooManyConnections => "too_many_connections",
+            Self::ProtocolError => "protocol_error",
+            Self::PolicyViolation => "policy_violation",
+            Self::Closed => "closed",
+        }
+    }
+}
+
+impl std::fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// A WebSocket framing violation (RFC 6455 §5). The connection must be failed with
 /// [`ProtocolError::close_code`].
 #[derive(Debug, Error, Clone, PartialEq, Eq)]
@@ -125,9 +218,12 @@ pub enum EnvelopeError {
     /// The JSON is valid but not an object.
     #[error("envelope must be a JSON object")]
     NotAnObject,
-    /// `event` is missing, not a string, or empty.
+    /// `event` is missing or not a string.
     #[error("envelope has no `event` string")]
     MissingEvent,
+    /// `event` (or `_ackName`) breaks the name rule of SPEC §3.2.
+    #[error(transparent)]
+    InvalidEvent(#[from] crate::event::InvalidEvent),
     /// A routing field (`room`, `_ackName`, `_correlationId`) is present but not a string.
     #[error("`{0}` must be a string")]
     FieldNotString(&'static str),
@@ -139,11 +235,12 @@ pub enum EnvelopeError {
 
 impl EnvelopeError {
     /// The `code` field of the `error` event sent back to the client.
-    pub fn code(&self) -> &'static str {
+    pub fn code(&self) -> ErrorCode {
         match self {
-            Self::InvalidJson(_) | Self::NotAnObject => "bad_json",
-            Self::MissingEvent | Self::FieldNotString(_) => "invalid_envelope",
-            Self::BinaryHeaderTruncated { .. } => "invalid_binary",
+            Self::InvalidJson(_) | Self::NotAnObject => ErrorCode::BadJson,
+            Self::MissingEvent | Self::FieldNotString(_) => ErrorCode::InvalidEnvelope,
+            Self::InvalidEvent(_) => ErrorCode::InvalidEvent,
+            Self::BinaryHeaderTruncated { .. } => ErrorCode::InvalidBinary,
         }
     }
 }
@@ -171,12 +268,12 @@ pub enum TcpError {
 
 impl TcpError {
     /// The `code` field of the ERROR frame sent before closing.
-    pub fn code(&self) -> &'static str {
+    pub fn code(&self) -> ErrorCode {
         match self {
-            Self::FrameTooBig { .. } => "payload_too_large",
-            Self::UnknownType(_) => "unknown_type",
-            Self::InvalidEventName => "invalid_event",
-            Self::FrameTooShort(_) | Self::EventOverrun { .. } => "malformed_frame",
+            Self::FrameTooBig { .. } => ErrorCode::PayloadTooLarge,
+            Self::UnknownType(_) => ErrorCode::UnknownType,
+            Self::InvalidEventName => ErrorCode::InvalidEvent,
+            Self::FrameTooShort(_) | Self::EventOverrun { .. } => ErrorCode::MalformedFrame,
         }
     }
 }

@@ -13,6 +13,7 @@
 //! - [`ws::mask`]: word-at-a-time unmasking (RFC 6455 §5.3).
 //! - [`ws::utf8`]: streaming UTF-8 validation that fails at the first bad byte (§8.1).
 //! - [`ws::close`]: close codes and the close-frame body (§7.4).
+//! - [`event`]: [`EventName`], the one checked form of an event name (SPEC §3.2).
 //! - [`envelope`]: the JSON envelope of SPEC §3.1, parsed without building a tree.
 //! - [`binary`]: binary-over-WebSocket messages (`[u32 header len][header JSON][bytes]`).
 //! - [`tcp`]: the binary TCP frame codec of SPEC §3.2.
@@ -21,7 +22,9 @@
 pub mod binary;
 pub mod envelope;
 pub mod error;
+pub mod event;
 pub mod tcp;
 pub mod ws;
 
-pub use error::{EnvelopeError, HandshakeError, ProtocolError, TcpError};
+pub use error::{EnvelopeError, ErrorCode, HandshakeError, ProtocolError, TcpError};
+pub use event::{EventName, InvalidEvent};

@@ -7,7 +7,6 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::thread::JoinHandle;
@@ -15,19 +14,21 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use serde_json::Value;
+use stellar_protocol::event::reserved;
 use stellar_protocol::ws::handshake::Request;
+use stellar_protocol::{EventName, InvalidEvent};
 use tracing::info;
 
 use crate::auth::AuthUser;
 use crate::config::{Config, ConfigError};
-use crate::connection::{ClientInfo, Conn};
+use crate::connection::ClientInfo;
+use crate::ctx::Ctx;
+use crate::event_loop;
 use crate::mesh::{ClientId, Mesh, MeshMsg};
 use crate::outbound::Outbound;
 use crate::rate_limit::{Limit, RateLimits};
 use crate::rooms::Directories;
-use crate::router::Flow;
 use crate::stats::{Stats, WorkerStats};
-use crate::worker::{self, Worker};
 
 /// A failed request: answered as `{"error":{"code","message"}}` (HTTP 422).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -71,11 +72,25 @@ pub struct Handlers {
     pub(crate) authorize_join: Option<Arc<AuthorizeJoinFn>>,
 }
 
+/// Why a message could not be sent (nothing was sent).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SendError {
+    /// The event name breaks the rule of SPEC §3.2 (1-256 bytes of `[A-Za-z0-9-./:_]`).
+    #[error(transparent)]
+    InvalidEvent(#[from] InvalidEvent),
+    /// The id is not a client id (`<worker>-<seq>`).
+    #[error("`{0}` is not a client id")]
+    InvalidClientId(String),
+}
+
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     #[error(transparent)]
     Config(#[from] ConfigError),
+    /// A handler was registered under a name no client could send (SPEC §3.2).
+    #[error("handler `{name}`: {source}")]
+    InvalidEvent { name: String, source: InvalidEvent },
     #[error("binding {addr}: {source}")]
     Bind {
         addr: SocketAddr,
@@ -90,6 +105,8 @@ pub enum StartError {
 pub struct ServerBuilder {
     config: Config,
     handlers: Handlers,
+    /// A handler name that breaks the rule, reported by `start`.
+    invalid: Option<StartError>,
 }
 
 impl ServerBuilder {
@@ -98,8 +115,19 @@ impl ServerBuilder {
         self
     }
 
+    /// A handler name must be an event name; the first one that is not fails `start`.
+    fn check_name(&mut self, name: &str) {
+        if let (Err(source), None) = (EventName::new(name), &self.invalid) {
+            self.invalid = Some(StartError::InvalidEvent {
+                name: name.to_owned(),
+                source,
+            });
+        }
+    }
+
     /// Runs `f` for every `event` a client emits.
     pub fn on(mut self, event: &str, f: impl Fn(&Ctx<'_>) + Send + Sync + 'static) -> Self {
+        self.check_name(event);
         self.handlers
             .events
             .entry(event.to_owned())
@@ -132,6 +160,7 @@ impl ServerBuilder {
         name: &str,
         f: impl Fn(&Ctx<'_>) -> Result<Value, AckError> + Send + Sync + 'static,
     ) -> Self {
+        self.check_name(name);
         self.handlers.acks.insert(name.to_owned(), Arc::new(f));
         self
     }
@@ -195,6 +224,9 @@ impl ServerBuilder {
 
     /// Binds the ports and starts one pinned worker per configured core.
     pub fn start(self) -> Result<Server, StartError> {
+        if let Some(invalid) = self.invalid {
+            return Err(invalid);
+        }
         self.config.validate()?;
         let workers = self.config.worker_count();
         let ip: std::net::IpAddr = self
@@ -216,7 +248,7 @@ impl ServerBuilder {
             config: RwLock::new(Arc::new(self.config)),
             handlers: self.handlers,
             mesh: Mesh::new(workers),
-            dirs: Directories::new(workers),
+            dirs: Arc::new(Directories::new(workers)),
             stats: (0..workers)
                 .map(|_| Arc::new(WorkerStats::default()))
                 .collect(),
@@ -240,7 +272,7 @@ impl ServerBuilder {
                     if let Some(core) = core {
                         core_affinity::set_for_current(core);
                     }
-                    worker::run(index, shared, ws, tcp);
+                    event_loop::run(index, shared, ws, tcp);
                 })
                 .map_err(|source| StartError::Bind {
                     addr: SocketAddr::new(ip, port),
@@ -299,7 +331,7 @@ pub struct Shared {
     config: RwLock<Arc<Config>>,
     pub(crate) handlers: Handlers,
     pub(crate) mesh: Arc<Mesh>,
-    pub(crate) dirs: Directories,
+    pub(crate) dirs: Arc<Directories>,
     stats: Vec<Arc<WorkerStats>>,
     /// Connections admitted, against `max_connections` (changes on connect and close
     /// only, never per message).
@@ -410,49 +442,52 @@ pub struct ServerHandle(pub(crate) Arc<Shared>);
 
 impl ServerHandle {
     /// Sends `event` with `data` to every client.
-    pub fn broadcast(&self, event: &str, data: &Value) {
-        let msg = Outbound::event(event, &data.to_string(), None);
+    pub fn broadcast(&self, event: &str, data: &Value) -> Result<(), SendError> {
+        let msg = Outbound::event(&EventName::new(event)?, &data.to_string(), None);
         self.each_worker(|| MeshMsg::All {
             msg: Arc::clone(&msg),
             exclude: None,
         });
+        Ok(())
     }
 
     /// Sends `event` with `data` to every member of `room`.
-    pub fn to(&self, room: &str, event: &str, data: &Value) {
-        let msg = Outbound::event(event, &data.to_string(), Some(room));
-        let room: Arc<str> = Arc::from(room);
-        self.each_worker(|| MeshMsg::Room {
-            room: Arc::clone(&room),
-            msg: Arc::clone(&msg),
-            exclude: None,
-        });
+    pub fn to(&self, room: &str, event: &str, data: &Value) -> Result<(), SendError> {
+        let msg = Outbound::event(&EventName::new(event)?, &data.to_string(), Some(room));
+        self.to_room(room, msg);
+        Ok(())
     }
 
-    /// Sends `event` with `data` to one client; false when the id is malformed.
-    pub fn to_id(&self, id: &str, event: &str, data: &Value) -> bool {
-        let Ok(client) = id.parse::<ClientId>() else {
-            return false;
-        };
-        let msg = Outbound::event(event, &data.to_string(), None);
-        self.0
-            .mesh
-            .send(client.worker as usize, MeshMsg::Client { id: client, msg });
-        true
+    /// Sends `event` with `data` to one client.
+    pub fn to_id(&self, id: &str, event: &str, data: &Value) -> Result<(), SendError> {
+        let event = EventName::new(event)?;
+        self.to_client(id, Outbound::event(&event, &data.to_string(), None))
     }
 
     /// Sends a binary event to every client.
-    pub fn broadcast_binary(&self, event: &str, bytes: Bytes) {
-        let msg = Outbound::binary(event, None, bytes);
+    pub fn broadcast_binary(&self, event: &str, bytes: Bytes) -> Result<(), SendError> {
+        let msg = Outbound::binary(&EventName::new(event)?, None, bytes);
         self.each_worker(|| MeshMsg::All {
             msg: Arc::clone(&msg),
             exclude: None,
         });
+        Ok(())
     }
 
     /// Sends a binary event to every member of `room`.
-    pub fn to_binary(&self, room: &str, event: &str, bytes: Bytes) {
-        let msg = Outbound::binary(event, Some(room), bytes);
+    pub fn to_binary(&self, room: &str, event: &str, bytes: Bytes) -> Result<(), SendError> {
+        let msg = Outbound::binary(&EventName::new(event)?, Some(room), bytes);
+        self.to_room(room, msg);
+        Ok(())
+    }
+
+    /// Sends an `alert` `{"message"}` to one client.
+    pub fn alert(&self, id: &str, message: &str) -> Result<(), SendError> {
+        let data = serde_json::json!({ "message": message }).to_string();
+        self.to_client(id, Outbound::event(&reserved::ALERT, &data, None))
+    }
+
+    fn to_room(&self, room: &str, msg: Arc<Outbound>) {
         let room: Arc<str> = Arc::from(room);
         self.each_worker(|| MeshMsg::Room {
             room: Arc::clone(&room),
@@ -461,9 +496,14 @@ impl ServerHandle {
         });
     }
 
-    /// Sends an `alert` `{"message"}` to one client.
-    pub fn alert(&self, id: &str, message: &str) -> bool {
-        self.to_id(id, "alert", &serde_json::json!({ "message": message }))
+    fn to_client(&self, id: &str, msg: Arc<Outbound>) -> Result<(), SendError> {
+        let client = id
+            .parse::<ClientId>()
+            .map_err(|()| SendError::InvalidClientId(id.to_owned()))?;
+        self.0
+            .mesh
+            .send(client.worker as usize, MeshMsg::Client { id: client, msg });
+        Ok(())
     }
 
     /// Ids of every client, or of the members of `room`.
@@ -650,181 +690,5 @@ pub struct Timer {
 impl Drop for Timer {
     fn drop(&mut self) {
         self.cancelled.store(true, Ordering::Release);
-    }
-}
-
-/// What a handler gets: the client, the event and its data, and ways to answer.
-pub struct Ctx<'a> {
-    worker: &'a Rc<Worker>,
-    conn: Option<&'a Rc<Conn>>,
-    event: &'a str,
-    /// The message's `data` as it arrived (JSON text), when it came from a client.
-    raw: Option<&'a str>,
-    /// `data` as a value, parsed on first use: a handler that only passes `data` on
-    /// (`data_raw`) never pays for a parse and a re-serialization.
-    data: std::cell::OnceCell<Value>,
-    /// The client's id as text (connections keep only the numeric id).
-    id: Option<crate::mesh::IdText>,
-    /// A join made by the handler that other workers must learn before reading on.
-    pending: std::cell::RefCell<Option<Arc<crate::mesh::Barrier>>>,
-}
-
-impl<'a> Ctx<'a> {
-    pub(crate) fn new(
-        worker: &'a Rc<Worker>,
-        conn: Option<&'a Rc<Conn>>,
-        event: &'a str,
-        data: Value,
-    ) -> Self {
-        let ctx = Self::from_raw(worker, conn, event, None);
-        let _ = ctx.data.set(data);
-        ctx
-    }
-
-    /// A context whose `data` is the JSON text `raw` (absent: `null`), parsed only if a
-    /// handler asks for it as a value.
-    pub(crate) fn from_raw(
-        worker: &'a Rc<Worker>,
-        conn: Option<&'a Rc<Conn>>,
-        event: &'a str,
-        raw: Option<&'a str>,
-    ) -> Self {
-        Self {
-            worker,
-            conn,
-            event,
-            raw,
-            data: std::cell::OnceCell::new(),
-            id: conn.map(|c| c.id.text()),
-            pending: std::cell::RefCell::new(None),
-        }
-    }
-
-    pub(crate) fn into_flow(self) -> Flow {
-        self.pending
-            .into_inner()
-            .map_or(Flow::Continue, |b| Flow::Wait(b, Vec::new()))
-    }
-
-    /// The client's id (`"http"` for an HTTP action).
-    pub fn id(&self) -> &str {
-        self.id.as_deref().unwrap_or("http")
-    }
-
-    pub fn event(&self) -> &str {
-        self.event
-    }
-
-    /// The message's `data` (`null` when absent or not valid JSON).
-    pub fn data(&self) -> &Value {
-        self.data
-            .get_or_init(|| crate::router::parse_data(self.raw))
-    }
-
-    /// The message's `data` as JSON text, exactly as the client sent it when it came
-    /// from a client (no parse); otherwise `data()` serialized.
-    pub fn data_raw(&self) -> std::borrow::Cow<'_, str> {
-        match (self.raw, self.data.get()) {
-            (Some(raw), _) => raw.into(),
-            (None, Some(value)) => value.to_string().into(),
-            (None, None) => "null".into(),
-        }
-    }
-
-    /// The client, with its user id once authenticated (`None` for an HTTP action).
-    pub fn client_info(&self) -> Option<ClientInfo> {
-        self.conn.map(|c| c.client_info())
-    }
-
-    /// The authenticated user and claims, if any.
-    pub fn user(&self) -> Option<AuthUser> {
-        self.conn.and_then(|c| c.user.borrow().as_deref().cloned())
-    }
-
-    /// Sends `event` to this client.
-    pub fn emit(&self, event: &str, data: &Value) {
-        if let Some(conn) = self.conn {
-            conn.emit_raw(event, &data.to_string(), &self.worker.stats);
-        }
-    }
-
-    /// Sends `event` to this client with `json` as its `data`, written as is: `json`
-    /// must be one valid JSON value (such as `data_raw()`), or the client gets a broken
-    /// envelope.
-    pub fn emit_raw(&self, event: &str, json: &str) {
-        if let Some(conn) = self.conn {
-            conn.emit_raw(event, json, &self.worker.stats);
-        }
-    }
-
-    /// Joins a room; `false` when a limit refused it.
-    pub fn join(&self, room: &str) -> bool {
-        let Some(conn) = self.conn else { return false };
-        match self.worker.join(conn, room) {
-            Ok(barrier) => {
-                if barrier.is_some() {
-                    *self.pending.borrow_mut() = barrier;
-                }
-                true
-            }
-            Err(_) => false,
-        }
-    }
-
-    pub fn leave(&self, room: &str) -> bool {
-        self.conn.is_some_and(|conn| self.worker.leave(conn, room))
-    }
-
-    pub fn rooms(&self) -> Vec<String> {
-        self.conn
-            .map(|c| c.rooms.borrow().iter().map(ToString::to_string).collect())
-            .unwrap_or_default()
-    }
-
-    /// Sends to every client, this one too unless `exclude_self`.
-    pub fn broadcast(&self, event: &str, data: &Value, exclude_self: bool) {
-        let msg = Outbound::event(event, &data.to_string(), None);
-        let exclude = if exclude_self {
-            self.conn.map(|c| c.id)
-        } else {
-            None
-        };
-        for w in 0..self.worker.shared.mesh.workers() {
-            if w == self.worker.index {
-                self.worker.deliver_all_local(&msg, exclude);
-            } else {
-                self.worker.shared.mesh.send(
-                    w,
-                    MeshMsg::All {
-                        msg: Arc::clone(&msg),
-                        exclude,
-                    },
-                );
-            }
-        }
-    }
-
-    /// Sends to every member of `room` (this client too, if a member).
-    pub fn to(&self, room: &str, event: &str, data: &Value) {
-        self.worker.publish_room(
-            room,
-            Outbound::event(event, &data.to_string(), Some(room)),
-            None,
-        );
-    }
-
-    pub fn set(&self, key: &str, value: Value) {
-        if let Some(conn) = self.conn {
-            self.worker.set_meta(conn, key, value);
-        }
-    }
-
-    pub fn get(&self, key: &str) -> Option<Value> {
-        self.conn.and_then(|c| self.worker.meta(c, key))
-    }
-
-    /// The server handle, for anything beyond this client.
-    pub fn server(&self) -> ServerHandle {
-        ServerHandle(Arc::clone(&self.worker.shared))
     }
 }

@@ -20,16 +20,16 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 use monoio::io::{AsyncWriteRent, AsyncWriteRentExt, OwnedWriteHalf};
 use monoio::net::TcpStream;
+use stellar_protocol::event::reserved;
 use stellar_protocol::tcp::FrameType;
 use stellar_protocol::ws::frame::encode_server;
 use stellar_protocol::ws::{CloseCode, CloseFrame, OpCode};
-use stellar_protocol::{envelope, tcp};
+use stellar_protocol::{ErrorCode, EventName, envelope, tcp};
 
 use crate::auth::AuthUser;
 use crate::config::SlowConsumerPolicy;
 use crate::mesh::ClientId;
 use crate::outbound::{Outbound, Proto};
-use crate::rooms::RoomName;
 use crate::stats::WorkerStats;
 
 /// Largest single write the writer gathers from the queue.
@@ -144,7 +144,6 @@ pub struct Conn {
     pub remote: SocketAddr,
     /// Milliseconds since the Unix epoch.
     pub connected_at: u64,
-    pub(crate) rooms: RefCell<Vec<RoomName>>,
     pub(crate) last_seen: Cell<Instant>,
     queue: RefCell<WriteQueue>,
     max_backpressure: Cell<usize>,
@@ -185,7 +184,6 @@ impl Conn {
             proto,
             remote,
             connected_at,
-            rooms: RefCell::default(),
             last_seen: Cell::new(Instant::now()),
             queue: RefCell::default(),
             max_backpressure: Cell::new(max_backpressure),
@@ -251,10 +249,6 @@ impl Conn {
         self.policy.set(policy);
     }
 
-    pub fn in_room(&self, room: &str) -> bool {
-        self.rooms.borrow().iter().any(|r| &**r == room)
-    }
-
     /// Queues one frame, applying the slow-consumer policy.
     pub fn send(self: &Rc<Self>, frame: Bytes, stats: &WorkerStats) -> Queued {
         self.send_shared(&frame, stats)
@@ -293,12 +287,17 @@ impl Conn {
     }
 
     /// Sends `{"event":event,"data":data}` (raw JSON data) to this client only.
-    pub fn emit_raw(self: &Rc<Self>, event: &str, data: &str, stats: &WorkerStats) -> Queued {
+    pub fn emit_raw(
+        self: &Rc<Self>,
+        event: &EventName<'_>,
+        data: &str,
+        stats: &WorkerStats,
+    ) -> Queued {
         self.send(self.event_frame(event, data), stats)
     }
 
     /// The frame of a JSON event for this connection's protocol.
-    pub fn event_frame(&self, event: &str, data: &str) -> Bytes {
+    pub fn event_frame(&self, event: &EventName<'_>, data: &str) -> Bytes {
         match self.proto {
             Proto::Ws => encode_server(OpCode::Text, &envelope::encode_event(event, data, None)),
             Proto::Tcp => tcp::frame::encode(FrameType::Json, event, data.as_bytes()),
@@ -308,7 +307,7 @@ impl Conn {
     /// Sends an ack reply: the handler's result or its error.
     pub fn reply_ack(
         self: &Rc<Self>,
-        name: &str,
+        name: &EventName<'_>,
         correlation_id: &str,
         result: Result<&str, (&str, &str)>,
         stats: &WorkerStats,
@@ -319,7 +318,7 @@ impl Conn {
     /// The frame of an ack reply (WebSocket envelope or TCP ACK_RES).
     pub fn ack_frame(
         &self,
-        name: &str,
+        name: &EventName<'_>,
         correlation_id: &str,
         result: Result<&str, (&str, &str)>,
     ) -> Bytes {
@@ -353,12 +352,13 @@ impl Conn {
     }
 
     /// Sends an `error` event (SPEC §3.1): the request is refused, the connection stays.
-    pub fn send_error(self: &Rc<Self>, code: &str, message: &str, stats: &WorkerStats) -> Queued {
-        let frame = match self.proto {
-            Proto::Ws => encode_server(OpCode::Text, &envelope::encode_error(code, message)),
-            Proto::Tcp => tcp::frame::encode(FrameType::Error, "error", &error_data(code, message)),
-        };
-        self.send(frame, stats)
+    pub fn send_error(
+        self: &Rc<Self>,
+        code: ErrorCode,
+        message: &str,
+        stats: &WorkerStats,
+    ) -> Queued {
+        self.send(error_frame(self.proto, code, message), stats)
     }
 
     /// Queues a close (WebSocket close frame; for TCP an ERROR frame unless the close is
@@ -376,13 +376,9 @@ impl Conn {
             )),
             Proto::Tcp => {
                 if code != CloseCode::NORMAL && code != CloseCode::GOING_AWAY {
-                    push(tcp::frame::encode(
-                        FrameType::Error,
-                        "error",
-                        &error_data(close_error_code(code), reason),
-                    ));
+                    push(error_frame(Proto::Tcp, close_error_code(code), reason));
                 }
-                push(tcp::frame::encode(FrameType::Disconnect, "", &[]));
+                push(tcp::frame::encode_control(FrameType::Disconnect));
             }
         }
         q.closing = true;
@@ -508,19 +504,24 @@ async fn write_loop(conn: Rc<Conn>, mut socket: OwnedWriteHalf<TcpStream>) {
     conn.release_half();
 }
 
-/// `{"code":..,"message":..}`, the payload of TCP ERROR frames.
-pub fn error_data(code: &str, message: &str) -> Bytes {
-    let mut out = BytesMut::with_capacity(32 + message.len());
-    envelope::write_error_object(&mut out, code, message);
-    out.freeze()
+/// An `error` event (WebSocket) or ERROR frame (TCP) with `{"code","message"}`.
+pub fn error_frame(proto: Proto, code: ErrorCode, message: &str) -> Bytes {
+    match proto {
+        Proto::Ws => encode_server(OpCode::Text, &envelope::encode_error(code, message)),
+        Proto::Tcp => {
+            let mut data = BytesMut::with_capacity(32 + message.len());
+            envelope::write_error_object(&mut data, code.as_str(), message);
+            tcp::frame::encode(FrameType::Error, &reserved::ERROR, &data)
+        }
+    }
 }
 
 /// The ERROR-frame code a TCP client gets for what would be a WebSocket close code.
-fn close_error_code(code: CloseCode) -> &'static str {
+fn close_error_code(code: CloseCode) -> ErrorCode {
     match code {
-        CloseCode::MESSAGE_TOO_BIG => "payload_too_large",
-        CloseCode::POLICY_VIOLATION => "policy_violation",
-        CloseCode::PROTOCOL_ERROR => "protocol_error",
-        _ => "closed",
+        CloseCode::MESSAGE_TOO_BIG => ErrorCode::PayloadTooLarge,
+        CloseCode::POLICY_VIOLATION => ErrorCode::PolicyViolation,
+        CloseCode::PROTOCOL_ERROR => ErrorCode::ProtocolError,
+        _ => ErrorCode::Closed,
     }
 }

@@ -10,9 +10,12 @@ use monoio::io::AsyncWriteRentExt;
 use monoio::net::TcpStream;
 use serde_json::{Value, json};
 use stellar_protocol::ws::handshake::Request;
+use stellar_protocol::{ErrorCode, EventName};
 
-use crate::api::{Ctx, ServerHandle};
+use crate::admission;
+use crate::api::ServerHandle;
 use crate::config::Config;
+use crate::ctx::Ctx;
 use crate::worker::Worker;
 
 /// A response head and body.
@@ -48,7 +51,7 @@ pub fn unauthorized(reason: &str) -> Bytes {
     json_response(
         401,
         "Unauthorized",
-        &json!({"error": {"code": "unauthorized", "message": reason}}),
+        &json!({"error": {"code": ErrorCode::Unauthorized.as_str(), "message": reason}}),
     )
 }
 
@@ -70,7 +73,8 @@ pub async fn serve(
         }
         while body.len() < len {
             body.reserve(len - body.len());
-            if !matches!(crate::worker::read_append(&mut stream, &mut body).await, Ok(n) if n > 0) {
+            if !matches!(crate::session::read_append(&mut stream, &mut body).await, Ok(n) if n > 0)
+            {
                 return;
             }
         }
@@ -141,13 +145,20 @@ fn action(
     request: &Request,
     body: &[u8],
 ) -> Bytes {
-    if !worker.allow_http(remote, name) {
+    let event = match EventName::new(name) {
+        Ok(event) => event,
+        Err(e) => {
+            let error = json!({"error": {"code": ErrorCode::InvalidEvent.as_str(), "message": e.to_string()}});
+            return json_response(400, "Bad Request", &error);
+        }
+    };
+    if !worker.limiter.allow_http(&worker.config(), remote, name) {
         worker.stats.rate_limited.add(1);
-        let error = json!({"error": {"code": "rate_limited", "message": format!("rate limit exceeded for `{name}`")}});
+        let error = json!({"error": {"code": ErrorCode::RateLimited.as_str(), "message": format!("rate limit exceeded for `{name}`")}});
         return json_response(429, "Too Many Requests", &error);
     }
-    if worker.is_auth_on() {
-        match worker.authenticate_upgrade(request) {
+    if admission::is_auth_on(worker) {
+        match admission::authenticate(worker, request) {
             Ok(Some(_)) => {}
             Ok(None) => return unauthorized("authentication required"),
             Err(e) => return unauthorized(&e.to_string()),
@@ -163,7 +174,7 @@ fn action(
                     return json_response(
                         400,
                         "Bad Request",
-                        &json!({"error": {"code": "bad_json", "message": e.to_string()}}),
+                        &json!({"error": {"code": ErrorCode::BadJson.as_str(), "message": e.to_string()}}),
                     );
                 }
             }
@@ -185,10 +196,10 @@ fn action(
         )
     };
     let Some(handler) = worker.shared.handlers.acks.get(name) else {
-        let error = json!({"error": {"code": "unknown_action", "message": format!("no handler named `{name}`")}});
+        let error = json!({"error": {"code": ErrorCode::UnknownAction.as_str(), "message": format!("no handler named `{name}`")}});
         return json_response(404, "Not Found", &error);
     };
-    let ctx = Ctx::new(worker, None, name, data);
+    let ctx = Ctx::new(worker, None, &event, data);
     match handler(&ctx) {
         Ok(result) => json_response(200, "OK", &json!({ "data": result })),
         Err(e) => json_response(

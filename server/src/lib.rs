@@ -1,13 +1,19 @@
 //! Stellar: a thread-per-core real-time messaging server (WebSocket and a binary TCP
 //! protocol on one instance), as a library.
 //!
-//! - [`api`]: the public API: [`Server::builder`], [`ServerHandle`], [`Ctx`].
+//! - [`api`]: the public API: [`Server::builder`], [`ServerHandle`].
+//! - [`ctx`]: [`Ctx`], what a handler gets and acts through.
 //! - [`auth`]: JWT verification and issuing, room grants.
 //! - [`config`]: the one [`Config`] struct, from TOML, `STELLAR_*` and flags.
-//! - `worker`: one pinned thread with its own io_uring (or epoll) loop and listeners.
+//! - `event_loop`: one pinned thread: driver choice, listeners, heartbeat.
+//! - `worker`: a worker's state and the narrow interface every sender acts through.
+//! - `session`: one connection's life: handshake, admission, read loop, cleanup.
+//! - `admission`: connection caps, authentication, room grants, connect hooks.
+//! - `inbox`: the loop applying cross-core work from the mesh.
 //! - `connection`: a client's identity, bounded write queue and writer task.
-//! - `router`: envelope to reserved verb, handler or room relay.
-//! - `rooms`: per-worker room membership and the cross-worker interest replica.
+//! - `inbound`: WebSocket messages and TCP frames brought to one shape.
+//! - `router`: an inbound message to reserved verb, handler or room relay.
+//! - `rooms`: [`Membership`](rooms::Membership), the one owner of who is in which room.
 //! - `mesh`: the lock-free cross-core queues and their once-per-batch wake-up.
 //! - `outbound`: a message to many, framed once per protocol and shared.
 //! - `http`: health, stats, metrics, static files and HTTP actions on the same port.
@@ -20,7 +26,10 @@
 //!
 //! let server = Server::builder()
 //!     .config(Config { port: 3000, ..Config::default() })
-//!     .on("chat", |ctx| ctx.to("lobby", "chat", ctx.data()))
+//!     .on("chat", |ctx| {
+//!         // `Err` only for an event name outside SPEC §3.2's rule.
+//!         let _ = ctx.to("lobby", "chat", ctx.data());
+//!     })
 //!     .on_ack("getUser", |ctx| match ctx.data().get("id") {
 //!         Some(id) => Ok(json!({ "id": id, "name": "Ada" })),
 //!         None => Err(AckError::new("bad_request", "id is required")),
@@ -30,22 +39,30 @@
 //! server.wait();
 //! ```
 
+mod admission;
 pub mod api;
 pub mod auth;
 pub mod config;
 mod connection;
+pub mod ctx;
+mod event_loop;
 mod http;
+mod inbound;
+mod inbox;
 mod mesh;
 mod outbound;
 pub mod rate_limit;
 mod rooms;
 mod router;
+mod session;
 pub mod stats;
 mod worker;
 
-pub use api::{AckError, Ctx, Server, ServerBuilder, ServerHandle, StartError, Timer};
+pub use api::{AckError, SendError, Server, ServerBuilder, ServerHandle, StartError, Timer};
 pub use auth::AuthUser;
 pub use config::{Config, Driver, SlowConsumerPolicy};
 pub use connection::ClientInfo;
+pub use ctx::Ctx;
 pub use stats::Stats;
 pub use stellar_protocol::ws::handshake::Request;
+pub use stellar_protocol::{EventName, InvalidEvent};

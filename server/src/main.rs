@@ -46,7 +46,9 @@ fn main() -> std::process::ExitCode {
     let signals = ctrlc_channel(tx);
     let server = Server::builder()
         .config(config)
-        .on("echo", |ctx| ctx.emit_raw("echo", &ctx.data_raw()))
+        .on("echo", |ctx| {
+            let _ = ctx.emit_raw("echo", &ctx.data_raw());
+        })
         .on_ack("echo", |ctx| Ok::<Value, _>(ctx.data().clone()))
         .start();
     let server = match server {

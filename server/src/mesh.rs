@@ -131,6 +131,13 @@ impl Inbox {
         }
     }
 
+    /// Moves everything queued into `batch`, without waiting.
+    pub fn drain_into(&self, batch: &mut Vec<MeshMsg>) {
+        while let Some(msg) = self.queue.pop() {
+            batch.push(msg);
+        }
+    }
+
     /// Waits for at least one message and moves everything queued into `batch`.
     pub async fn recv_batch(&self, batch: &mut Vec<MeshMsg>) {
         poll_fn(|cx| {
@@ -138,9 +145,7 @@ impl Inbox {
             // Cleared before draining: a push racing with the drain sets it again and
             // wakes us, so nothing is left behind unnoticed.
             self.notified.store(false, Ordering::Release);
-            while let Some(msg) = self.queue.pop() {
-                batch.push(msg);
-            }
+            self.drain_into(batch);
             if batch.is_empty() {
                 Poll::Pending
             } else {
@@ -171,10 +176,15 @@ impl Barrier {
         }
     }
 
+    /// Whether every worker has arrived.
+    pub fn is_open(&self) -> bool {
+        self.remaining.load(Ordering::Acquire) == 0
+    }
+
     pub async fn wait(&self) {
         poll_fn(|cx| {
             self.waker.register(cx.waker());
-            if self.remaining.load(Ordering::Acquire) == 0 {
+            if self.is_open() {
                 Poll::Ready(())
             } else {
                 Poll::Pending

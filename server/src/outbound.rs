@@ -12,7 +12,7 @@ use bytes::Bytes;
 use stellar_protocol::tcp::FrameType;
 use stellar_protocol::ws::OpCode;
 use stellar_protocol::ws::frame::{encode_server, encode_server_with};
-use stellar_protocol::{binary, envelope, tcp};
+use stellar_protocol::{EventName, binary, envelope, tcp};
 
 /// Which wire a connection speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -35,13 +35,13 @@ impl Proto {
 enum Body {
     /// A JSON event; `data` is raw JSON text.
     Event {
-        event: Box<str>,
+        event: EventName<'static>,
         data: Box<str>,
         room: Option<Box<str>>,
     },
     /// A binary event.
     Binary {
-        event: Box<str>,
+        event: EventName<'static>,
         room: Option<Box<str>>,
         payload: Bytes,
     },
@@ -57,18 +57,18 @@ pub struct Outbound {
 
 impl Outbound {
     /// `{"event":event,"data":data[,"room":room]}`; `data` must be valid JSON text.
-    pub fn event(event: &str, data: &str, room: Option<&str>) -> Arc<Self> {
+    pub fn event(event: &EventName<'_>, data: &str, room: Option<&str>) -> Arc<Self> {
         Self::new(Body::Event {
-            event: event.into(),
+            event: event.clone().into_owned(),
             data: data.into(),
             room: room.map(Into::into),
         })
     }
 
     /// A binary event (`[u32 header length][header JSON][payload]` on WebSocket).
-    pub fn binary(event: &str, room: Option<&str>, payload: Bytes) -> Arc<Self> {
+    pub fn binary(event: &EventName<'_>, room: Option<&str>, payload: Bytes) -> Arc<Self> {
         Self::new(Body::Binary {
-            event: event.into(),
+            event: event.clone().into_owned(),
             room: room.map(Into::into),
             payload,
         })
@@ -128,7 +128,8 @@ mod tests {
 
     #[test]
     fn each_protocol_is_framed_once_and_shared() {
-        let msg = Outbound::event("chat", r#"{"text":"hi"}"#, Some("lobby"));
+        let chat = EventName::from_static("chat");
+        let msg = Outbound::event(&chat, r#"{"text":"hi"}"#, Some("lobby"));
         let a = msg.frame(Proto::Ws);
         let b = msg.frame(Proto::Ws);
         assert_eq!(
@@ -136,7 +137,7 @@ mod tests {
             b.as_ptr(),
             "the same bytes, not a second encoding"
         );
-        let json = envelope::encode_event("chat", r#"{"text":"hi"}"#, Some("lobby"));
+        let json = envelope::encode_event(&chat, r#"{"text":"hi"}"#, Some("lobby"));
         assert_eq!(
             a,
             &encode_server(OpCode::Text, &json),

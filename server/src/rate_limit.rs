@@ -6,8 +6,13 @@
 //! worker through the mesh, so checking a message takes no lock. Buckets live in the
 //! connection and are touched only by its worker.
 
+use std::cell::{Ref, RefCell};
 use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use crate::config::Config;
 
 /// `count` messages per `window`, with bursts up to `count`.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -40,6 +45,77 @@ impl RateLimits {
     /// skipped.
     pub fn applies(&self, global: Limit) -> bool {
         !global.is_unlimited() || !self.events.is_empty() || !self.clients.is_empty()
+    }
+}
+
+/// Addresses whose HTTP rate-limit buckets a worker keeps at most.
+const MAX_HTTP_BUCKETS: usize = 65_536;
+
+/// One worker's rate limiting: its copy of the override table, and the buckets of HTTP
+/// action callers (HTTP has no connection to keep them in; dropped wholesale past
+/// [`MAX_HTTP_BUCKETS`] addresses). Connections keep their own buckets.
+pub struct Limiter {
+    table: RefCell<Arc<RateLimits>>,
+    http: RefCell<HashMap<IpAddr, Buckets>>,
+}
+
+impl Limiter {
+    pub fn new(table: Arc<RateLimits>) -> Self {
+        Self {
+            table: RefCell::new(table),
+            http: RefCell::default(),
+        }
+    }
+
+    /// The overrides changed at run time.
+    pub fn set_table(&self, table: Arc<RateLimits>) {
+        *self.table.borrow_mut() = table;
+    }
+
+    /// The override table and the global limit, or `None` when no limit is configured
+    /// at all and nothing needs checking (nor the clock reading).
+    fn in_force(&self, config: &Config) -> Option<(Ref<'_, Arc<RateLimits>>, Limit)> {
+        let global = Limit::new(config.rate_limit, config.rate_limit_window);
+        let table = self.table.borrow();
+        table.applies(global).then_some((table, global))
+    }
+
+    /// Whether client `id` (its buckets in `buckets`) may send one more `event`.
+    pub fn allow<C: std::ops::Deref<Target = str>>(
+        &self,
+        config: &Config,
+        buckets: &RefCell<Option<Box<Buckets>>>,
+        id: impl FnOnce() -> C,
+        event: &str,
+    ) -> bool {
+        let Some((table, global)) = self.in_force(config) else {
+            return true;
+        };
+        buckets.borrow_mut().get_or_insert_with(Box::default).allow(
+            id,
+            event,
+            &table,
+            global,
+            Instant::now(),
+        )
+    }
+
+    /// Whether the HTTP caller at `ip` may call action `name` once more.
+    pub fn allow_http(&self, config: &Config, ip: IpAddr, name: &str) -> bool {
+        let Some((table, global)) = self.in_force(config) else {
+            return true;
+        };
+        let mut buckets = self.http.borrow_mut();
+        if buckets.len() >= MAX_HTTP_BUCKETS && !buckets.contains_key(&ip) {
+            buckets.clear();
+        }
+        buckets.entry(ip).or_default().allow(
+            || ip.to_string(),
+            name,
+            &table,
+            global,
+            Instant::now(),
+        )
     }
 }
 

@@ -1,65 +1,231 @@
-//! Room membership, owned per worker (SPEC §3.3).
+//! Room membership, with one owner per worker (SPEC §3.3): [`Membership`].
 //!
-//! A worker keeps its own members of each room ([`LocalRooms`]) and a replica of which
-//! workers have members of which room ([`Interest`]), updated through the mesh when a
-//! worker gains its first or loses its last member. A broadcast reads both without a
-//! lock: local members get the frame by refcount, and only workers whose bit is set get
-//! a mesh message. [`Directory`] is the one shared, locked view, written on membership
-//! changes and read by queries (`clients`, `room_members`, `rooms`), never per message.
+//! A membership is seen four ways, and [`Membership`] is the only code that changes any
+//! of them, so they cannot drift apart:
+//! - each room's members on this worker, in join order, for fan-out (an `IndexMap` by
+//!   client sequence number: a broadcast walks a dense array, and a join or a leave is
+//!   O(1));
+//! - each client's rooms, for `details`, `rooms()` and cleanup on disconnect;
+//! - which workers have members of each room ([`Interest`]), replicated on every worker
+//!   through the mesh when a worker gains its first or loses its last member, so a
+//!   broadcast sends a mesh message only to workers that have members;
+//! - the [`Directory`], the one shared, locked view, read by queries (`clients`,
+//!   `room_members`, `rooms`) and never per message.
 
 use std::collections::{HashMap, HashSet};
 use std::rc::Rc;
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use indexmap::IndexMap;
+
 use crate::connection::Conn;
-use crate::mesh::ClientId;
+use crate::mesh::{Barrier, ClientId, Mesh, MeshMsg};
+use crate::stats::WorkerStats;
 
 /// A room name, shared between the maps and mesh messages.
 pub type RoomName = Arc<str>;
 
-/// This worker's members of each room.
-#[derive(Default)]
-pub struct LocalRooms {
-    rooms: HashMap<RoomName, Vec<Rc<Conn>>>,
+/// Why a join was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JoinError {
+    /// The client is in `max_rooms_per_client` rooms already.
+    TooManyRooms,
+    /// The server holds `max_rooms` rooms already.
+    ServerRoomsFull,
 }
 
-impl LocalRooms {
-    /// Adds `conn`; true when it is the worker's first member of the room.
-    pub fn join(&mut self, room: &RoomName, conn: &Rc<Conn>) -> bool {
-        let members = self.rooms.entry(Arc::clone(room)).or_default();
-        let first = members.is_empty();
-        if !members.iter().any(|m| Rc::ptr_eq(m, conn)) {
-            members.push(Rc::clone(conn));
+/// The room limits a join is checked against (from `Config`, which can change at run
+/// time, so they are passed in rather than kept).
+#[derive(Debug, Clone, Copy)]
+pub struct RoomLimits {
+    pub per_client: usize,
+    pub server: usize,
+}
+
+/// One worker's memberships; see the module docs.
+pub struct Membership {
+    worker: usize,
+    mesh: Arc<Mesh>,
+    dirs: Arc<Directories>,
+    stats: Arc<WorkerStats>,
+    /// This worker's members of each room, by client sequence number.
+    members: HashMap<RoomName, IndexMap<u64, Rc<Conn>>>,
+    /// Each client's rooms, for clients in at least one.
+    joined: HashMap<u64, Vec<RoomName>>,
+    interest: Interest,
+}
+
+impl Membership {
+    pub fn new(
+        worker: usize,
+        mesh: Arc<Mesh>,
+        dirs: Arc<Directories>,
+        stats: Arc<WorkerStats>,
+    ) -> Self {
+        Self {
+            worker,
+            mesh,
+            dirs,
+            stats,
+            members: HashMap::new(),
+            joined: HashMap::new(),
+            interest: Interest::default(),
         }
-        first
     }
 
-    /// Removes `conn`; true when the worker has no member of the room left.
-    pub fn leave(&mut self, room: &str, conn: &Conn) -> bool {
-        let Some(members) = self.rooms.get_mut(room) else {
+    /// Joins `conn` to `room`. When this worker gains its first member, the other
+    /// workers are told, and the returned barrier opens once all of them know: only then
+    /// may the join be confirmed to the client. Joining a room twice changes nothing.
+    pub fn join(
+        &mut self,
+        conn: &Rc<Conn>,
+        room: &str,
+        limits: RoomLimits,
+    ) -> Result<Option<Arc<Barrier>>, JoinError> {
+        let rooms = self.joined.get(&conn.id.seq).map_or(&[][..], Vec::as_slice);
+        if rooms.iter().any(|r| &**r == room) {
+            return Ok(None);
+        }
+        if rooms.len() >= limits.per_client {
+            return Err(JoinError::TooManyRooms);
+        }
+        if !self.interest.contains(room) && self.interest.len() >= limits.server {
+            return Err(JoinError::ServerRoomsFull);
+        }
+        let room: RoomName = match self.members.get_key_value(room) {
+            Some((name, _)) => Arc::clone(name),
+            None => Arc::from(room),
+        };
+        let members = self.members.entry(Arc::clone(&room)).or_default();
+        let first = members.is_empty();
+        members.insert(conn.id.seq, Rc::clone(conn));
+        self.joined
+            .entry(conn.id.seq)
+            .or_default()
+            .push(Arc::clone(&room));
+        if let Some(mut dir) = self.dirs.lock(self.worker) {
+            dir.rooms
+                .entry(Arc::clone(&room))
+                .or_default()
+                .insert(conn.id);
+        }
+        if !first {
+            return Ok(None);
+        }
+        self.stats.local_rooms.add(1);
+        self.interest.set(&room, self.worker, true);
+        let others = self.mesh.workers() - 1;
+        if others == 0 {
+            return Ok(None);
+        }
+        let barrier = Barrier::new(others);
+        self.tell_others(|| MeshMsg::Interest {
+            room: Arc::clone(&room),
+            worker: self.worker,
+            joined: true,
+            barrier: Some(Arc::clone(&barrier)),
+        });
+        Ok(Some(barrier))
+    }
+
+    /// Removes `conn` from `room`; false if it was not a member.
+    pub fn leave(&mut self, conn: &Conn, room: &str) -> bool {
+        let Some(rooms) = self.joined.get_mut(&conn.id.seq) else {
             return false;
         };
-        members.retain(|m| m.id != conn.id);
-        if members.is_empty() {
-            self.rooms.remove(room);
-            return true;
+        let Some(at) = rooms.iter().position(|r| &**r == room) else {
+            return false;
+        };
+        let room = rooms.swap_remove(at);
+        if rooms.is_empty() {
+            self.joined.remove(&conn.id.seq);
         }
-        false
+        self.remove_member(conn.id, &room);
+        true
     }
 
-    pub fn members(&self, room: &str) -> &[Rc<Conn>] {
-        self.rooms.get(room).map_or(&[], Vec::as_slice)
+    /// Removes `conn` from every room it is in (it is going away).
+    pub fn drop_conn(&mut self, conn: &Conn) {
+        for room in self.joined.remove(&conn.id.seq).unwrap_or_default() {
+            self.remove_member(conn.id, &room);
+        }
+    }
+
+    /// The other three views of a leave; `joined` is already updated.
+    fn remove_member(&mut self, id: ClientId, room: &RoomName) {
+        let last = match self.members.get_mut(room) {
+            Some(members) => {
+                members.swap_remove(&id.seq);
+                members.is_empty()
+            }
+            None => false,
+        };
+        if let Some(mut dir) = self.dirs.lock(self.worker)
+            && let Some(members) = dir.rooms.get_mut(room)
+        {
+            members.remove(&id);
+            if members.is_empty() {
+                dir.rooms.remove(room);
+            }
+        }
+        if !last {
+            return;
+        }
+        self.members.remove(room);
+        self.stats.local_rooms.sub(1);
+        self.interest.set(room, self.worker, false);
+        self.tell_others(|| MeshMsg::Interest {
+            room: Arc::clone(room),
+            worker: self.worker,
+            joined: false,
+            barrier: None,
+        });
+    }
+
+    fn tell_others(&self, msg: impl Fn() -> MeshMsg) {
+        for w in (0..self.mesh.workers()).filter(|w| *w != self.worker) {
+            self.mesh.send(w, msg());
+        }
+    }
+
+    /// This worker's members of `room`, in join order.
+    pub fn members(&self, room: &str) -> impl Iterator<Item = &Rc<Conn>> {
+        self.members
+            .get(room)
+            .into_iter()
+            .flat_map(IndexMap::values)
+    }
+
+    pub fn is_member(&self, conn: &Conn, room: &str) -> bool {
+        self.members
+            .get(room)
+            .is_some_and(|m| m.contains_key(&conn.id.seq))
+    }
+
+    /// The rooms `conn` is in, in no particular order.
+    pub fn rooms_of(&self, conn: &Conn) -> &[RoomName] {
+        self.joined.get(&conn.id.seq).map_or(&[], Vec::as_slice)
+    }
+
+    /// Workers other than this one with members of `room`, as a bit per worker.
+    pub fn other_workers(&self, room: &str) -> u64 {
+        self.interest.others(room, self.worker)
+    }
+
+    /// Another worker gained its first or lost its last member of `room`.
+    pub fn apply_interest(&mut self, room: &RoomName, worker: usize, joined: bool) {
+        self.interest.set(room, worker, joined);
     }
 }
 
 /// Which workers have members of each room, as a bit per worker (at most 64 workers).
 #[derive(Default)]
-pub struct Interest {
+struct Interest {
     rooms: HashMap<RoomName, u64>,
 }
 
 impl Interest {
-    pub fn set(&mut self, room: &RoomName, worker: usize, joined: bool) {
+    fn set(&mut self, room: &RoomName, worker: usize, joined: bool) {
         let bit = 1u64 << worker;
         if joined {
             *self.rooms.entry(Arc::clone(room)).or_default() |= bit;
@@ -72,16 +238,16 @@ impl Interest {
     }
 
     /// Workers other than `me` with members of `room`.
-    pub fn others(&self, room: &str, me: usize) -> u64 {
+    fn others(&self, room: &str, me: usize) -> u64 {
         self.rooms.get(room).copied().unwrap_or(0) & !(1u64 << me)
     }
 
-    pub fn contains(&self, room: &str) -> bool {
+    fn contains(&self, room: &str) -> bool {
         self.rooms.contains_key(room)
     }
 
     /// Rooms with members anywhere.
-    pub fn len(&self) -> usize {
+    fn len(&self) -> usize {
         self.rooms.len()
     }
 }
@@ -145,20 +311,4 @@ impl Directories {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn interest_tracks_other_workers_only() {
-        let mut interest = Interest::default();
-        let room: RoomName = "lobby".into();
-        interest.set(&room, 0, true);
-        interest.set(&room, 2, true);
-        assert_eq!(interest.others("lobby", 0), 0b100);
-        assert_eq!(interest.others("lobby", 2), 0b001);
-        interest.set(&room, 2, false);
-        assert_eq!(interest.others("lobby", 0), 0);
-        interest.set(&room, 0, false);
-        assert!(!interest.contains("lobby"));
-    }
-}
+mod tests;

@@ -1,29 +1,32 @@
-//! Where an inbound message goes: a reserved verb, a handler, or a room relay
+//! Where a client message goes: a reserved verb, a handler, or a room relay
 //! (SPEC §3.1-§3.3).
 //!
-//! WebSocket messages and TCP frames are brought to one shape ([`Inbound`]) and routed
-//! the same way, so both kinds of client share rooms, ids and handlers. Only `event`
-//! and the routing fields are looked at; `data` stays raw JSON text unless a handler or
-//! a verb needs its value.
+//! Messages arrive already brought to one shape ([`Inbound`]), so both kinds of client
+//! share rooms, ids and handlers and each rule is written once. The router decides; it
+//! acts only through the worker's narrow interface (join, leave, publish) and the
+//! connection's send methods. Only `event` and the routing fields are looked at; `data`
+//! stays raw JSON text unless a handler or a verb needs its value.
 
 use std::rc::Rc;
 use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 use serde_json::{Value, json};
-use stellar_protocol::binary::BinaryMessage;
-use stellar_protocol::envelope::Envelope;
-use stellar_protocol::tcp;
-use stellar_protocol::tcp::{FrameType, TcpDecoder, TcpFrame};
+use stellar_protocol::event::reserved;
+use stellar_protocol::tcp::{self, FrameType, TcpDecoder};
 use stellar_protocol::ws::frame::encode_server;
 use stellar_protocol::ws::{CloseCode, Message, MessageDecoder, OpCode};
+use stellar_protocol::{ErrorCode, EventName};
 use tracing::debug;
 
-use crate::api::Ctx;
+use crate::admission;
 use crate::connection::Conn;
+use crate::ctx::Ctx;
+use crate::inbound::{self, Inbound, Request};
 use crate::mesh::Barrier;
-use crate::outbound::Outbound;
-use crate::worker::{JoinError, Worker};
+use crate::outbound::{Outbound, Proto};
+use crate::rooms::JoinError;
+use crate::worker::Worker;
 
 /// What the reader does after a message.
 pub enum Flow {
@@ -36,28 +39,11 @@ pub enum Flow {
     Stop,
 }
 
-/// Event names the server owns; a handler cannot take them.
-const SERVER_EVENTS: &[&str] = &[
-    "welcome",
-    "auth_success",
-    "auth_error",
-    "joined-room",
-    "left-room",
-    "subscribed",
-    "unsubscribed",
-    "pong",
-    "alert",
-    "error",
-];
-
-/// A client message reduced to its routing fields.
-struct Inbound<'a> {
-    event: &'a str,
-    room: Option<&'a str>,
-    /// Raw JSON text of `data`.
-    data: Option<&'a str>,
-    /// `(handler, correlation id)` for a request.
-    ack: Option<(&'a str, &'a str)>,
+impl Flow {
+    /// Continue, or wait for a join a handler made.
+    fn after(pending: Option<Arc<Barrier>>) -> Self {
+        pending.map_or(Self::Continue, |b| Self::Wait(b, Vec::new()))
+    }
 }
 
 /// A connection's inbound decoder, by protocol.
@@ -77,7 +63,8 @@ impl Decoder {
     ) -> Option<Flow> {
         match self {
             Self::Ws(decoder) => match decoder.decode(buf) {
-                Ok(Some(msg)) => Some(on_ws_message(worker, conn, msg)),
+                Ok(Some(msg)) if worker.config().echo => Some(echo(worker, conn, msg)),
+                Ok(Some(msg)) => Some(route(worker, conn, inbound::from_ws(&msg))),
                 Ok(None) => None,
                 Err(e) => {
                     debug!(client = %conn.id, error = %e, "protocol violation");
@@ -86,7 +73,7 @@ impl Decoder {
                 }
             },
             Self::Tcp(decoder) => match decoder.decode(buf) {
-                Ok(Some(frame)) => Some(on_tcp_frame(worker, conn, frame)),
+                Ok(Some(frame)) => Some(route(worker, conn, inbound::from_tcp(&frame))),
                 Ok(None) => None,
                 Err(e) => {
                     debug!(client = %conn.id, error = %e, "tcp frame refused");
@@ -103,23 +90,238 @@ impl Decoder {
 /// `auth_success` when the client authenticates by message.
 pub fn send_welcome(worker: &Worker, conn: &Rc<Conn>) {
     let welcome = json!({"id": &*conn.id.text(), "message": "Connected", "context": "api"});
-    conn.emit_raw("welcome", &welcome.to_string(), &worker.stats);
+    conn.emit_raw(&reserved::WELCOME, &welcome.to_string(), &worker.stats);
+}
+
+/// Conformance-test mode (`echo`): messages come back verbatim, pings are answered, a
+/// close is echoed; nothing is parsed or routed.
+fn echo(worker: &Worker, conn: &Rc<Conn>, msg: Message) -> Flow {
+    let reply = match msg {
+        Message::Text(t) => encode_server(OpCode::Text, t.as_bytes()),
+        Message::Binary(b) => encode_server(OpCode::Binary, &b),
+        Message::Ping(p) => encode_server(OpCode::Pong, &p),
+        Message::Pong(_) => return Flow::Continue,
+        Message::Close(frame) => {
+            conn.close(frame.map_or(CloseCode::NORMAL, |f| f.code), "");
+            return Flow::Stop;
+        }
+    };
+    conn.send(reply, &worker.stats);
+    Flow::Continue
+}
+
+fn route(worker: &Rc<Worker>, conn: &Rc<Conn>, msg: Inbound<'_>) -> Flow {
+    worker.stats.messages_received.add(1);
+    if msg.is_limited()
+        && let Some(refused) = over_limit(worker, conn, msg.event())
+    {
+        return refused;
+    }
+    match msg {
+        Inbound::Request(request) => {
+            if let Some(refused) = unauthenticated(worker, conn, &request.event) {
+                return refused;
+            }
+            verb(worker, conn, &request)
+        }
+        Inbound::Binary {
+            event,
+            room,
+            payload,
+        } => {
+            if let Some(refused) = unauthenticated(worker, conn, &event) {
+                return refused;
+            }
+            if let Some(room) = room.as_deref()
+                && is_member(worker, conn, room)
+            {
+                let out = Outbound::binary(&event, Some(room), Bytes::copy_from_slice(payload));
+                worker.publish_room(room, out, Some(conn.id));
+            }
+            Flow::Continue
+        }
+        Inbound::Ping(payload) => {
+            let pong = match conn.proto {
+                Proto::Ws => encode_server(OpCode::Pong, payload),
+                Proto::Tcp => tcp::frame::encode_control(FrameType::Pong),
+            };
+            conn.send(pong, &worker.stats);
+            Flow::Continue
+        }
+        Inbound::Pong => Flow::Continue,
+        Inbound::Close(code) => {
+            conn.close(code, "");
+            Flow::Stop
+        }
+        Inbound::Refused(code, message) => {
+            conn.send_error(code, &message, &worker.stats);
+            Flow::Continue
+        }
+    }
 }
 
 /// Events an unauthenticated client may still send.
-const BEFORE_AUTH: &[&str] = &["auth", "ping"];
+const BEFORE_AUTH: [EventName<'static>; 2] = [reserved::AUTH, reserved::PING];
 
 /// Refuses anything but `auth` and `ping` until the client is authenticated.
-fn unauthenticated(worker: &Worker, conn: &Rc<Conn>, event: &str) -> Option<Flow> {
-    if conn.is_authenticated() || BEFORE_AUTH.contains(&event) {
+fn unauthenticated(worker: &Worker, conn: &Rc<Conn>, event: &EventName<'_>) -> Option<Flow> {
+    if conn.is_authenticated() || BEFORE_AUTH.contains(event) {
         return None;
     }
     conn.send_error(
-        "unauthorized",
+        ErrorCode::Unauthorized,
         "authenticate first (send `auth` with a token)",
         &worker.stats,
     );
     Some(Flow::Continue)
+}
+
+/// Applies the rate limits to one message: `None` when it may pass, else what the
+/// reader does (by default the client is closed with 1008 "Rate limit exceeded"; an
+/// `on_rate_limit_exceeded` hook returning false keeps it, and the message is refused
+/// with an `error` event `rate_limited`).
+fn over_limit(worker: &Rc<Worker>, conn: &Rc<Conn>, event: &str) -> Option<Flow> {
+    let config = worker.config();
+    if worker
+        .limiter
+        .allow(&config, &conn.buckets, || conn.id.text(), event)
+    {
+        return None;
+    }
+    worker.stats.rate_limited.add(1);
+    let close = worker
+        .handlers()
+        .rate_limit_exceeded
+        .as_ref()
+        .is_none_or(|hook| hook(&conn.client_info(), event));
+    if close {
+        conn.close(CloseCode::POLICY_VIOLATION, "Rate limit exceeded");
+        return Some(Flow::Stop);
+    }
+    conn.send_error(
+        ErrorCode::RateLimited,
+        &format!("rate limit exceeded for `{event}`"),
+        &worker.stats,
+    );
+    Some(Flow::Continue)
+}
+
+/// Whether `conn` is in `room`; answers `not_member` when it is not.
+fn is_member(worker: &Worker, conn: &Rc<Conn>, room: &str) -> bool {
+    let member = worker.is_member(conn, room);
+    if !member {
+        conn.send_error(
+            ErrorCode::NotMember,
+            &format!("not a member of room `{room}`"),
+            &worker.stats,
+        );
+    }
+    member
+}
+
+/// The reserved verbs (SPEC §3.1 table), else a client event or request.
+fn verb(worker: &Rc<Worker>, conn: &Rc<Conn>, msg: &Request<'_>) -> Flow {
+    let data_str = || {
+        msg.data
+            .as_deref()
+            .and_then(|d| serde_json::from_str::<String>(d).ok())
+            .unwrap_or_default()
+    };
+    let ack = msg.ack.as_ref().map(|(name, c)| (name, &**c));
+    match msg.event.as_str() {
+        "join-room" => join(worker, conn, &data_str(), &reserved::JOINED_ROOM, ack),
+        "subscribe" => join(worker, conn, &data_str(), &reserved::SUBSCRIBED, ack),
+        "leave-room" => leave(worker, conn, &data_str(), &reserved::LEFT_ROOM, ack),
+        "unsubscribe" => leave(worker, conn, &data_str(), &reserved::UNSUBSCRIBED, ack),
+        "say" => say(worker, conn, msg.data.as_deref()),
+        "room-view" => {
+            let room = data_str();
+            let members: Vec<String> = worker
+                .shared
+                .dirs
+                .clients(Some(&room))
+                .iter()
+                .map(ToString::to_string)
+                .collect();
+            let view = json!({"room": room, "membersCount": members.len(), "members": members});
+            reply(
+                worker,
+                conn,
+                &reserved::ROOM_VIEW,
+                ack,
+                Ok(view.to_string()),
+            )
+        }
+        "details" => {
+            let rooms: Vec<String> = worker
+                .rooms_of(conn)
+                .iter()
+                .map(ToString::to_string)
+                .collect();
+            let info = conn.client_info();
+            let details = json!({
+                "id": info.id, "remoteAddress": info.remote_address.to_string(),
+                "protocol": info.protocol, "connectedAt": info.connected_at, "rooms": rooms,
+            });
+            reply(
+                worker,
+                conn,
+                &reserved::DETAILS,
+                ack,
+                Ok(details.to_string()),
+            )
+        }
+        "file" => {
+            let path = data_str();
+            let answer =
+                crate::http::read_public_file(&worker.config(), &path).map(|(content, mime)| {
+                    let text = String::from_utf8_lossy(&content);
+                    json!({"content": text, "mime": mime, "length": content.len()}).to_string()
+                });
+            let answer =
+                answer.map_err(|_| (ErrorCode::NotFound, format!("file `{path}` not found")));
+            reply(worker, conn, &reserved::FILE, ack, answer)
+        }
+        "ping" => {
+            let data = msg.data.as_deref().unwrap_or("null");
+            conn.emit_raw(&reserved::PONG, data, &worker.stats);
+            Flow::Continue
+        }
+        "auth" => authenticate(worker, conn, msg.data.as_deref()),
+        _ if reserved::SERVER_ONLY.contains(&msg.event) => {
+            conn.send_error(
+                ErrorCode::ReservedEvent,
+                &format!("`{}` is sent by the server only", msg.event),
+                &worker.stats,
+            );
+            Flow::Continue
+        }
+        _ => user_event(worker, conn, msg),
+    }
+}
+
+/// Replies to a verb: an ack reply when it was a request, else an event of that name.
+fn reply(
+    worker: &Worker,
+    conn: &Rc<Conn>,
+    event: &EventName<'_>,
+    ack: Option<(&EventName<'_>, &str)>,
+    answer: Result<String, (ErrorCode, String)>,
+) -> Flow {
+    match (ack, answer) {
+        (Some((name, correlation)), Ok(data)) => {
+            conn.reply_ack(name, correlation, Ok(&data), &worker.stats)
+        }
+        (Some((name, correlation)), Err((code, message))) => conn.reply_ack(
+            name,
+            correlation,
+            Err((code.as_str(), &message)),
+            &worker.stats,
+        ),
+        (None, Ok(data)) => conn.emit_raw(event, &data, &worker.stats),
+        (None, Err((code, message))) => conn.send_error(code, &message, &worker.stats),
+    };
+    Flow::Continue
 }
 
 /// The `auth` verb: `{"token"}` checked against `jwt_secret`.
@@ -140,350 +342,16 @@ fn authenticate(worker: &Rc<Worker>, conn: &Rc<Conn>, data: Option<&str>) -> Flo
             let first = !conn.is_authenticated();
             let data = json!({ "userId": user.id }).to_string();
             *conn.user.borrow_mut() = Some(Box::new(user));
-            conn.emit_raw("auth_success", &data, &worker.stats);
-            if first && conn.proto == crate::outbound::Proto::Ws {
+            conn.emit_raw(&reserved::AUTH_SUCCESS, &data, &worker.stats);
+            if first && conn.proto == Proto::Ws {
                 send_welcome(worker, conn);
             }
         }
         Err(error) => {
-            conn.emit_raw(
-                "auth_error",
-                &json!({ "error": error }).to_string(),
-                &worker.stats,
-            );
+            let data = json!({ "error": error }).to_string();
+            conn.emit_raw(&reserved::AUTH_ERROR, &data, &worker.stats);
         }
     }
-    Flow::Continue
-}
-
-fn on_ws_message(worker: &Rc<Worker>, conn: &Rc<Conn>, msg: Message) -> Flow {
-    if worker.config().echo {
-        return echo(worker, conn, msg);
-    }
-    match msg {
-        Message::Text(text) => {
-            worker.stats.messages_received.add(1);
-            let parsed = Envelope::parse(&text);
-            let event = parsed.as_ref().map_or("", |env| &env.event);
-            if let Some(refused) = over_limit(worker, conn, event) {
-                return refused;
-            }
-            match parsed {
-                Ok(env) => {
-                    let inbound = Inbound {
-                        event: &env.event,
-                        room: env.room.as_deref(),
-                        data: env.data.as_deref(),
-                        ack: env
-                            .correlation_id
-                            .as_deref()
-                            .map(|c| (env.ack_handler().unwrap_or(&env.event), c)),
-                    };
-                    route(worker, conn, &inbound)
-                }
-                Err(e) => {
-                    conn.send_error(e.code(), &e.to_string(), &worker.stats);
-                    Flow::Continue
-                }
-            }
-        }
-        Message::Binary(bytes) => {
-            worker.stats.messages_received.add(1);
-            on_binary(worker, conn, &bytes)
-        }
-        Message::Ping(payload) => {
-            conn.send(encode_server(OpCode::Pong, &payload), &worker.stats);
-            Flow::Continue
-        }
-        Message::Pong(_) => Flow::Continue,
-        Message::Close(frame) => {
-            let code = frame.map_or(CloseCode::NORMAL, |f| f.code);
-            conn.close(code, "");
-            Flow::Stop
-        }
-    }
-}
-
-fn on_tcp_frame(worker: &Rc<Worker>, conn: &Rc<Conn>, frame: TcpFrame) -> Flow {
-    worker.stats.messages_received.add(1);
-    if !matches!(
-        frame.kind,
-        FrameType::Ping | FrameType::Pong | FrameType::Disconnect
-    ) && let Some(refused) = over_limit(worker, conn, &frame.event)
-    {
-        return refused;
-    }
-    let payload = frame.payload;
-    match frame.kind {
-        FrameType::Json => {
-            let Ok(text) = std::str::from_utf8(&payload) else {
-                conn.send_error("bad_json", "payload is not UTF-8", &worker.stats);
-                return Flow::Continue;
-            };
-            // The payload is the event's `data`, passed on as JSON text (to handlers as
-            // `data_raw`, to rooms verbatim), so it must be one valid JSON value.
-            if serde_json::from_str::<serde::de::IgnoredAny>(text).is_err() {
-                conn.send_error("bad_json", "payload is not valid JSON", &worker.stats);
-                return Flow::Continue;
-            }
-            let routed = tcp_room_event(text);
-            let inbound = Inbound {
-                event: &frame.event,
-                room: routed.as_ref().map(|(r, _)| r.as_str()),
-                data: Some(routed.as_ref().map_or(text, |(_, d)| d.as_str())),
-                ack: None,
-            };
-            route(worker, conn, &inbound)
-        }
-        FrameType::AckReq => {
-            let request: Value = serde_json::from_slice(&payload).unwrap_or(Value::Null);
-            let Some(correlation) = request.get("_correlationId").and_then(Value::as_str) else {
-                conn.send_error(
-                    "invalid_envelope",
-                    "ACK_REQ needs `_correlationId`",
-                    &worker.stats,
-                );
-                return Flow::Continue;
-            };
-            let data = request.get("data").map(Value::to_string);
-            let inbound = Inbound {
-                event: &frame.event,
-                room: None,
-                data: data.as_deref(),
-                ack: Some((&frame.event, correlation)),
-            };
-            route(worker, conn, &inbound)
-        }
-        FrameType::Join | FrameType::Leave => {
-            let Ok(room) = std::str::from_utf8(&payload) else {
-                conn.send_error("invalid_room", "room name is not UTF-8", &worker.stats);
-                return Flow::Continue;
-            };
-            if let Some(refused) = unauthenticated(worker, conn, &frame.event) {
-                return refused;
-            }
-            if frame.kind == FrameType::Join {
-                join(worker, conn, room, "joined-room", None)
-            } else {
-                leave(worker, conn, room, "left-room", None)
-            }
-        }
-        FrameType::Ping => {
-            conn.send(tcp::frame::encode(FrameType::Pong, "", &[]), &worker.stats);
-            Flow::Continue
-        }
-        FrameType::Pong => Flow::Continue,
-        FrameType::Disconnect => {
-            conn.close(CloseCode::NORMAL, "");
-            Flow::Stop
-        }
-        FrameType::Binary => Flow::Continue,
-        FrameType::Connect | FrameType::AckRes | FrameType::Error => {
-            conn.send_error(
-                "unexpected_frame",
-                "this frame type is sent by servers only",
-                &worker.stats,
-            );
-            Flow::Continue
-        }
-    }
-}
-
-/// Conformance-test mode (`echo`): messages come back verbatim, pings are answered,
-/// a close is echoed; nothing is parsed or routed.
-fn echo(worker: &Worker, conn: &Rc<Conn>, msg: Message) -> Flow {
-    let reply = match msg {
-        Message::Text(t) => encode_server(OpCode::Text, &t),
-        Message::Binary(b) => encode_server(OpCode::Binary, &b),
-        Message::Ping(p) => encode_server(OpCode::Pong, &p),
-        Message::Pong(_) => return Flow::Continue,
-        Message::Close(frame) => {
-            conn.close(frame.map_or(CloseCode::NORMAL, |f| f.code), "");
-            return Flow::Stop;
-        }
-    };
-    conn.send(reply, &worker.stats);
-    Flow::Continue
-}
-
-/// A TCP JSON payload `{"room":"r","data":D}` is a room event with data `D`.
-fn tcp_room_event(text: &str) -> Option<(String, String)> {
-    let value: Value = serde_json::from_str(text).ok()?;
-    let object = value.as_object()?;
-    if object.len() != 2 {
-        return None;
-    }
-    let room = object.get("room")?.as_str()?.to_owned();
-    Some((room, object.get("data")?.to_string()))
-}
-
-fn on_binary(worker: &Rc<Worker>, conn: &Rc<Conn>, bytes: &Bytes) -> Flow {
-    let parsed = BinaryMessage::parse(bytes);
-    let event = parsed.as_ref().map_or("", |m| &m.event);
-    if let Some(refused) = over_limit(worker, conn, event) {
-        return refused;
-    }
-    if let Some(refused) = unauthenticated(worker, conn, event) {
-        return refused;
-    }
-    let msg = match parsed {
-        Ok(m) => m,
-        Err(e) => {
-            conn.send_error(e.code(), &e.to_string(), &worker.stats);
-            return Flow::Continue;
-        }
-    };
-    if let Some(room) = msg.room.as_deref() {
-        if !conn.in_room(room) {
-            conn.send_error(
-                "not_member",
-                &format!("not a member of room `{room}`"),
-                &worker.stats,
-            );
-            return Flow::Continue;
-        }
-        let out = Outbound::binary(&msg.event, Some(room), Bytes::copy_from_slice(msg.payload));
-        worker.publish_room(room, out, Some(conn.id));
-    }
-    Flow::Continue
-}
-
-/// Applies the rate limits to one message: `None` when it may pass, else what the
-/// reader does (by default the client is closed with 1008 "Rate limit exceeded"; an
-/// `on_rate_limit_exceeded` hook returning false keeps it, and the message is refused
-/// with an `error` event `rate_limited`).
-fn over_limit(worker: &Rc<Worker>, conn: &Rc<Conn>, event: &str) -> Option<Flow> {
-    if worker.allow(conn, event) {
-        return None;
-    }
-    worker.stats.rate_limited.add(1);
-    let close = worker
-        .shared
-        .handlers
-        .rate_limit_exceeded
-        .as_ref()
-        .is_none_or(|hook| hook(&conn.client_info(), event));
-    if close {
-        conn.close(CloseCode::POLICY_VIOLATION, "Rate limit exceeded");
-        return Some(Flow::Stop);
-    }
-    conn.send_error(
-        "rate_limited",
-        &format!("rate limit exceeded for `{event}`"),
-        &worker.stats,
-    );
-    Some(Flow::Continue)
-}
-
-fn route(worker: &Rc<Worker>, conn: &Rc<Conn>, msg: &Inbound<'_>) -> Flow {
-    if let Some(refused) = unauthenticated(worker, conn, msg.event) {
-        return refused;
-    }
-    let data_str = || {
-        msg.data
-            .and_then(|d| serde_json::from_str::<String>(d).ok())
-    };
-    match msg.event {
-        "join-room" => join(
-            worker,
-            conn,
-            &data_str().unwrap_or_default(),
-            "joined-room",
-            msg.ack,
-        ),
-        "subscribe" => join(
-            worker,
-            conn,
-            &data_str().unwrap_or_default(),
-            "subscribed",
-            msg.ack,
-        ),
-        "leave-room" => leave(
-            worker,
-            conn,
-            &data_str().unwrap_or_default(),
-            "left-room",
-            msg.ack,
-        ),
-        "unsubscribe" => leave(
-            worker,
-            conn,
-            &data_str().unwrap_or_default(),
-            "unsubscribed",
-            msg.ack,
-        ),
-        "say" => say(worker, conn, msg.data),
-        "room-view" => {
-            let room = data_str().unwrap_or_default();
-            let members: Vec<String> = worker
-                .shared
-                .dirs
-                .clients(Some(&room))
-                .iter()
-                .map(ToString::to_string)
-                .collect();
-            let view = json!({"room": room, "membersCount": members.len(), "members": members});
-            reply(worker, conn, "room-view", msg.ack, Ok(view.to_string()))
-        }
-        "details" => {
-            let rooms: Vec<String> = conn
-                .rooms
-                .borrow()
-                .iter()
-                .map(ToString::to_string)
-                .collect();
-            let info = conn.client_info();
-            let details = json!({
-                "id": info.id, "remoteAddress": info.remote_address.to_string(),
-                "protocol": info.protocol, "connectedAt": info.connected_at, "rooms": rooms,
-            });
-            reply(worker, conn, "details", msg.ack, Ok(details.to_string()))
-        }
-        "file" => {
-            let path = data_str().unwrap_or_default();
-            let answer =
-                crate::http::read_public_file(&worker.config(), &path).map(|(content, mime)| {
-                    let text = String::from_utf8_lossy(&content);
-                    json!({"content": text, "mime": mime, "length": content.len()}).to_string()
-                });
-            let answer = answer.map_err(|_| ("not_found", format!("file `{path}` not found")));
-            reply(worker, conn, "file", msg.ack, answer)
-        }
-        "ping" => {
-            conn.emit_raw("pong", msg.data.unwrap_or("null"), &worker.stats);
-            Flow::Continue
-        }
-        "auth" => authenticate(worker, conn, msg.data),
-        name if SERVER_EVENTS.contains(&name) => {
-            conn.send_error(
-                "reserved_event",
-                &format!("`{name}` is sent by the server only"),
-                &worker.stats,
-            );
-            Flow::Continue
-        }
-        _ => user_event(worker, conn, msg),
-    }
-}
-
-/// Replies to a verb: an ack reply when it was a request, else an event of that name.
-fn reply(
-    worker: &Worker,
-    conn: &Rc<Conn>,
-    event: &str,
-    ack: Option<(&str, &str)>,
-    answer: Result<String, (&str, String)>,
-) -> Flow {
-    match (ack, &answer) {
-        (Some((name, correlation)), Ok(data)) => {
-            conn.reply_ack(name, correlation, Ok(data), &worker.stats)
-        }
-        (Some((name, correlation)), Err((code, message))) => {
-            conn.reply_ack(name, correlation, Err((code, message)), &worker.stats)
-        }
-        (None, Ok(data)) => conn.emit_raw(event, data, &worker.stats),
-        (None, Err((code, message))) => conn.send_error(code, message, &worker.stats),
-    };
     Flow::Continue
 }
 
@@ -491,24 +359,24 @@ fn join(
     worker: &Rc<Worker>,
     conn: &Rc<Conn>,
     room: &str,
-    answer: &str,
-    ack: Option<(&str, &str)>,
+    answer: &EventName<'_>,
+    ack: Option<(&EventName<'_>, &str)>,
 ) -> Flow {
+    let refuse = |code, message: &str| {
+        conn.send_error(code, message, &worker.stats);
+        Flow::Continue
+    };
     if room.is_empty() {
-        conn.send_error(
-            "invalid_room",
+        return refuse(
+            ErrorCode::InvalidRoom,
             "room name must be a non-empty string",
-            &worker.stats,
         );
-        return Flow::Continue;
     }
-    if !worker.may_join(conn, room) {
-        conn.send_error(
-            "forbidden",
+    if !admission::may_join(worker, conn, room) {
+        return refuse(
+            ErrorCode::Forbidden,
             &format!("not allowed to join `{room}`"),
-            &worker.stats,
         );
-        return Flow::Continue;
     }
     let name = serde_json::to_string(room).unwrap_or_default();
     match worker.join(conn, room) {
@@ -528,20 +396,10 @@ fn join(
             }
         }
         Err(JoinError::TooManyRooms) => {
-            conn.send_error(
-                "too_many_rooms",
-                "max_rooms_per_client reached",
-                &worker.stats,
-            );
-            Flow::Continue
+            refuse(ErrorCode::TooManyRooms, "max_rooms_per_client reached")
         }
         Err(JoinError::ServerRoomsFull) => {
-            conn.send_error(
-                "max_rooms",
-                "the server holds max_rooms rooms",
-                &worker.stats,
-            );
-            Flow::Continue
+            refuse(ErrorCode::MaxRooms, "the server holds max_rooms rooms")
         }
     }
 }
@@ -550,8 +408,8 @@ fn leave(
     worker: &Rc<Worker>,
     conn: &Rc<Conn>,
     room: &str,
-    answer: &str,
-    ack: Option<(&str, &str)>,
+    answer: &EventName<'_>,
+    ack: Option<(&EventName<'_>, &str)>,
 ) -> Flow {
     worker.leave(conn, room);
     let name = serde_json::to_string(room).unwrap_or_default();
@@ -571,18 +429,13 @@ fn say(worker: &Rc<Worker>, conn: &Rc<Conn>, data: Option<&str>) -> Flow {
         parsed.get("message"),
     ) else {
         conn.send_error(
-            "invalid_envelope",
+            ErrorCode::InvalidEnvelope,
             "say needs {\"room\",\"message\"}",
             &worker.stats,
         );
         return Flow::Continue;
     };
-    if !conn.in_room(room) {
-        conn.send_error(
-            "not_member",
-            &format!("not a member of room `{room}`"),
-            &worker.stats,
-        );
+    if !is_member(worker, conn, room) {
         return Flow::Continue;
     }
     let sent_at = std::time::SystemTime::now()
@@ -590,66 +443,51 @@ fn say(worker: &Rc<Worker>, conn: &Rc<Conn>, data: Option<&str>) -> Flow {
         .map_or(0, |d| d.as_millis() as u64);
     let body =
         json!({"room": room, "from": &*conn.id.text(), "message": message, "sentAt": sent_at});
-    worker.publish_room(
-        room,
-        Outbound::event("say", &body.to_string(), None),
-        Some(conn.id),
-    );
+    let out = Outbound::event(&reserved::SAY, &body.to_string(), None);
+    worker.publish_room(room, out, Some(conn.id));
     Flow::Continue
 }
 
-fn user_event(worker: &Rc<Worker>, conn: &Rc<Conn>, msg: &Inbound<'_>) -> Flow {
-    let handlers = &worker.shared.handlers;
-    if let Some((name, correlation)) = msg.ack {
-        let Some(handler) = handlers.acks.get(name) else {
-            conn.reply_ack(
-                name,
-                correlation,
-                Err(("unknown_action", &format!("no handler named `{name}`"))),
-                &worker.stats,
-            );
+fn user_event(worker: &Rc<Worker>, conn: &Rc<Conn>, msg: &Request<'_>) -> Flow {
+    let handlers = worker.handlers();
+    let data = msg.data.as_deref();
+    if let Some((name, correlation)) = &msg.ack {
+        let Some(handler) = handlers.acks.get(name.as_str()) else {
+            let message = format!("no handler named `{name}`");
+            let error = Err((ErrorCode::UnknownAction.as_str(), message.as_str()));
+            conn.reply_ack(name, correlation, error, &worker.stats);
             return Flow::Continue;
         };
-        let ctx = Ctx::from_raw(worker, Some(conn), name, msg.data);
+        let ctx = Ctx::from_raw(worker, Some(conn), name, data);
         match handler(&ctx) {
             Ok(result) => conn.reply_ack(name, correlation, Ok(&result.to_string()), &worker.stats),
             Err(e) => conn.reply_ack(name, correlation, Err((&e.code, &e.message)), &worker.stats),
         };
-        return ctx.into_flow();
+        return Flow::after(ctx.take_pending());
     }
-    if let Some(room) = msg.room {
-        if !conn.in_room(room) {
-            conn.send_error(
-                "not_member",
-                &format!("not a member of room `{room}`"),
-                &worker.stats,
-            );
+    if let Some(room) = msg.room.as_deref() {
+        if !is_member(worker, conn, room) {
             return Flow::Continue;
         }
         let allowed = handlers
             .room_event
             .as_ref()
-            .is_none_or(|hook| hook(&conn.client_info(), room, msg.event));
+            .is_none_or(|hook| hook(&conn.client_info(), room, &msg.event));
         if allowed {
-            let out = Outbound::event(msg.event, msg.data.unwrap_or("null"), Some(room));
+            let out = Outbound::event(&msg.event, data.unwrap_or("null"), Some(room));
             worker.publish_room(room, out, Some(conn.id));
         }
     }
-    let specific = handlers.events.get(msg.event);
+    let specific = handlers.events.get(msg.event.as_str());
     if specific.is_none() && handlers.all.is_empty() {
         return Flow::Continue;
     }
-    let ctx = Ctx::from_raw(worker, Some(conn), msg.event, msg.data);
+    let ctx = Ctx::from_raw(worker, Some(conn), &msg.event, data);
     for handler in specific.into_iter().flatten() {
         handler(&ctx);
     }
     for handler in &handlers.all {
         handler(&ctx);
     }
-    ctx.into_flow()
-}
-
-pub(crate) fn parse_data(data: Option<&str>) -> Value {
-    data.and_then(|d| serde_json::from_str(d).ok())
-        .unwrap_or(Value::Null)
+    Flow::after(ctx.take_pending())
 }

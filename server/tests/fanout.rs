@@ -93,10 +93,17 @@ fn to_id_reaches_a_client_on_every_worker() {
     let s = TestServer::with(config(WORKERS, Driver::Auto));
     let mut clients = clients_on_every_worker(&s, WORKERS, 4);
     for (i, c) in clients.iter_mut().enumerate() {
-        assert!(s.handle.to_id(&c.id, "direct", &json!(i)));
+        s.handle.to_id(&c.id, "direct", &json!(i)).unwrap();
         assert_eq!(c.recv_event("direct")["data"], i);
     }
-    assert!(!s.handle.to_id("garbage", "direct", &json!(0)));
+    assert_eq!(
+        s.handle.to_id("garbage", "direct", &json!(0)),
+        Err(stellar_server::SendError::InvalidClientId("garbage".into()))
+    );
+    assert!(matches!(
+        s.handle.to_id(&clients[0].id, "no spaces", &json!(0)),
+        Err(stellar_server::SendError::InvalidEvent(_))
+    ));
 }
 
 #[test]
@@ -104,7 +111,8 @@ fn broadcast_binary_reaches_every_worker_once() {
     let s = TestServer::with(config(WORKERS, Driver::Auto));
     let mut clients = clients_on_every_worker(&s, WORKERS, 6);
     s.handle
-        .broadcast_binary("frame", bytes::Bytes::from_static(b"\x00\x01\x02"));
+        .broadcast_binary("frame", bytes::Bytes::from_static(b"\x00\x01\x02"))
+        .unwrap();
     for c in &mut clients {
         match c.recv() {
             Message::Binary(b) => {
@@ -164,7 +172,7 @@ fn tcp_and_websocket_members_share_a_room() {
     let got = ws.recv_event("pos");
     assert_eq!(got["data"], json!({"y": 4}));
     // Server broadcast reaches both kinds.
-    s.handle.to("mixed", "news", &json!("both"));
+    s.handle.to("mixed", "news", &json!("both")).unwrap();
     assert_eq!(ws.recv_event("news")["data"], "both");
     let (_, event, payload) = tcp.recv();
     assert_eq!(

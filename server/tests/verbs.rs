@@ -32,18 +32,22 @@ fn server() -> TestServer {
                 Some(id) => Ok(json!({"id": id, "name": "Ada"})),
                 None => Err(AckError::new("bad_request", "id is required")),
             })
-            .on("shout", |ctx| ctx.emit("shouted", ctx.data()))
+            .on("shout", |ctx| ctx.emit("shouted", ctx.data()).unwrap())
             .on("remember", |ctx| ctx.set("name", ctx.data().clone()))
             .on("recall", |ctx| {
                 ctx.emit("recalled", &ctx.get("name").unwrap_or_default())
+                    .unwrap()
             })
-            .on("relay-raw", |ctx| ctx.emit_raw("relayed-raw", &ctx.data_raw()))
+            .on("relay-raw", |ctx| {
+                ctx.emit_raw("relayed-raw", &ctx.data_raw()).unwrap()
+            })
             .on("whoami", |ctx| {
                 let info = ctx.client_info().expect("a WebSocket client");
                 ctx.emit(
                     "you",
                     &json!({"id": ctx.id(), "infoId": info.id, "remote": info.remote_address.to_string()}),
                 )
+                .unwrap()
             }),
     )
 }
@@ -209,7 +213,7 @@ fn malformed_envelopes_get_error_events_and_the_connection_stays() {
 fn alert_reaches_one_client() {
     let s = server();
     let mut c = s.ws();
-    assert!(s.handle.alert(&c.id, "maintenance at noon"));
+    s.handle.alert(&c.id, "maintenance at noon").unwrap();
     assert_eq!(
         c.recv_event("alert")["data"]["message"],
         "maintenance at noon"

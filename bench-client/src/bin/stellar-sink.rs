@@ -20,6 +20,7 @@ use monoio::io::{AsyncReadRent, AsyncWriteRentExt, Splitable};
 use monoio::net::{TcpListener, TcpStream};
 use stellar_protocol::binary::BinaryMessage;
 use stellar_protocol::envelope::{Envelope, encode_ack_ok, encode_event};
+use stellar_protocol::event::reserved;
 use stellar_protocol::ws::frame::{encode_server, encode_server_into};
 use stellar_protocol::ws::handshake::{HeadLimits, Request, reject};
 use stellar_protocol::ws::{DecoderConfig, Message, MessageDecoder, OpCode};
@@ -109,7 +110,11 @@ async fn serve(mut stream: TcpStream, id: u64, rooms: Rc<RefCell<Rooms>>) {
     let (mut reader, mut writer) = stream.into_split();
     let me: Peer = Rc::default();
     let welcome = format!(r#"{{"id":"s-{id}","message":"Connected","context":"api"}}"#);
-    push(&me, OpCode::Text, &encode_event("welcome", &welcome, None));
+    push(
+        &me,
+        OpCode::Text,
+        &encode_event(&reserved::WELCOME, &welcome, None),
+    );
     let out = Rc::clone(&me);
     monoio::spawn(async move {
         loop {
@@ -137,7 +142,9 @@ async fn serve(mut stream: TcpStream, id: u64, rooms: Rc<RefCell<Rooms>>) {
     'conn: loop {
         loop {
             match decoder.decode(&mut buf) {
-                Ok(Some(Message::Text(text))) => on_text(&rooms, id, &me, &mut joined, &text),
+                Ok(Some(Message::Text(text))) => {
+                    on_text(&rooms, id, &me, &mut joined, text.as_bytes())
+                }
                 Ok(Some(Message::Binary(bin))) => {
                     if let Ok(msg) = BinaryMessage::parse(&bin)
                         && let Some(room) = msg.room.as_deref()
@@ -192,12 +199,16 @@ fn on_text(rooms: &RefCell<Rooms>, id: u64, me: &Peer, joined: &mut Vec<String>,
                 .entry(name.clone())
                 .or_default()
                 .push((id, Rc::clone(me)));
-            push(me, OpCode::Text, &encode_event("joined-room", data, None));
+            push(
+                me,
+                OpCode::Text,
+                &encode_event(&reserved::JOINED_ROOM, data, None),
+            );
             joined.push(name);
         }
-        ("echo", None) => push(me, OpCode::Text, &encode_event("echo", data, None)),
-        (event, Some(room)) if joined.iter().any(|r| r == room) => {
-            let frame = encode_event(event, data, Some(room));
+        ("echo", None) => push(me, OpCode::Text, &encode_event(&env.event, data, None)),
+        (_, Some(room)) if joined.iter().any(|r| r == room) => {
+            let frame = encode_event(&env.event, data, Some(room));
             relay(rooms, room, id, OpCode::Text, &frame);
         }
         _ => {}

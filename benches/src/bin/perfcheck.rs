@@ -88,7 +88,11 @@ fn fanout() {
 
 /// 50 000 TCP frames decoded from one buffer.
 fn tcp_decode() {
-    let frame = stellar_protocol::tcp::frame::encode(FrameType::Json, "chat", CHAT.as_bytes());
+    let frame = stellar_protocol::tcp::frame::encode(
+        FrameType::Json,
+        &stellar_protocol::EventName::from_static("chat"),
+        CHAT.as_bytes(),
+    );
     let mut wire = BytesMut::new();
     for _ in 0..50_000 {
         wire.extend_from_slice(&frame);

@@ -9,11 +9,10 @@
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 
 use crate::error::TcpError;
+use crate::event::{self, EventName};
 
 /// Bytes before the event name: length (4), type (1), event length (2).
 pub const HEADER_LEN: usize = 7;
-/// Longest event name.
-pub const MAX_EVENT_LEN: usize = 256;
 
 /// The 11 frame types.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -64,16 +63,10 @@ impl TryFrom<u8> for FrameType {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TcpFrame {
     pub kind: FrameType,
-    pub event: String,
+    /// The checked event name; `None` exactly for the types without one
+    /// ([`FrameType::has_event`]).
+    pub event: Option<EventName<'static>>,
     pub payload: Bytes,
-}
-
-/// 1-256 bytes of `[A-Za-z0-9\-./:_]`.
-pub fn is_valid_event_name(name: &[u8]) -> bool {
-    (1..=MAX_EVENT_LEN).contains(&name.len())
-        && name
-            .iter()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'/' | b':' | b'_'))
 }
 
 /// Decodes frames from a growing buffer.
@@ -123,17 +116,17 @@ impl TcpDecoder {
         }
         let mut frame = buf.split_to(total as usize);
         frame.advance(HEADER_LEN);
-        let event = frame.split_to(event_len as usize);
-        let valid = if kind.has_event() {
-            is_valid_event_name(&event)
-        } else {
-            event.is_empty()
+        let name = frame.split_to(event_len as usize);
+        let event = match (kind.has_event(), name.is_empty()) {
+            (false, true) => None,
+            (true, _) if event::is_valid(&name) => {
+                // Valid names are ASCII, so neither step can fail.
+                let text =
+                    String::from_utf8(name.to_vec()).map_err(|_| TcpError::InvalidEventName)?;
+                Some(EventName::new(text).map_err(|_| TcpError::InvalidEventName)?)
+            }
+            _ => return Err(TcpError::InvalidEventName),
         };
-        if !valid {
-            return Err(TcpError::InvalidEventName);
-        }
-        // Valid names are ASCII, so this cannot fail.
-        let event = String::from_utf8(event.to_vec()).map_err(|_| TcpError::InvalidEventName)?;
         Ok(Some(TcpFrame {
             kind,
             event,
@@ -142,22 +135,35 @@ impl TcpDecoder {
     }
 }
 
-/// Appends one frame to `buf`.
-pub fn encode_into(buf: &mut BytesMut, kind: FrameType, event: &str, payload: &[u8]) {
+/// Appends one frame to `buf`. The name is checked ([`EventName`]), so its length
+/// always fits the `u16` field.
+pub fn encode_into(buf: &mut BytesMut, kind: FrameType, event: &EventName<'_>, payload: &[u8]) {
+    write_frame(buf, kind, event.as_bytes(), payload);
+}
+
+/// Builds one frame.
+pub fn encode(kind: FrameType, event: &EventName<'_>, payload: &[u8]) -> Bytes {
+    let mut buf = BytesMut::new();
+    encode_into(&mut buf, kind, event, payload);
+    buf.freeze()
+}
+
+/// Builds a frame of a type that carries no event (PING, PONG, DISCONNECT).
+pub fn encode_control(kind: FrameType) -> Bytes {
+    debug_assert!(!kind.has_event(), "{kind:?} frames carry an event name");
+    let mut buf = BytesMut::new();
+    write_frame(&mut buf, kind, b"", b"");
+    buf.freeze()
+}
+
+fn write_frame(buf: &mut BytesMut, kind: FrameType, event: &[u8], payload: &[u8]) {
     let total = HEADER_LEN + event.len() + payload.len();
     buf.reserve(total);
     buf.put_u32(total as u32);
     buf.put_u8(kind as u8);
     buf.put_u16(event.len() as u16);
-    buf.put_slice(event.as_bytes());
+    buf.put_slice(event);
     buf.put_slice(payload);
-}
-
-/// Builds one frame.
-pub fn encode(kind: FrameType, event: &str, payload: &[u8]) -> Bytes {
-    let mut buf = BytesMut::new();
-    encode_into(&mut buf, kind, event, payload);
-    buf.freeze()
 }
 
 #[cfg(test)]
@@ -179,6 +185,13 @@ mod tests {
         FrameType::Error,
     ];
 
+    /// A frame with any name, checked or not: what a hostile peer can send.
+    fn raw(kind: FrameType, event: &str, payload: &[u8]) -> Bytes {
+        let mut buf = BytesMut::new();
+        write_frame(&mut buf, kind, event.as_bytes(), payload);
+        buf.freeze()
+    }
+
     fn decode_one(bytes: &[u8], max: usize) -> Result<Option<TcpFrame>, TcpError> {
         TcpDecoder::new(max).decode(&mut BytesMut::from(bytes))
     }
@@ -187,10 +200,14 @@ mod tests {
     fn every_type_round_trips() {
         for kind in ALL {
             let event = if kind.has_event() { "room:join" } else { "" };
-            let bytes = encode(kind, event, b"{\"x\":1}");
+            let bytes = raw(kind, event, b"{\"x\":1}");
             let frame = decode_one(&bytes, 1024).unwrap().unwrap();
             assert_eq!(
-                (frame.kind, frame.event.as_str(), &frame.payload[..]),
+                (
+                    frame.kind,
+                    frame.event.as_deref().unwrap_or(""),
+                    &frame.payload[..]
+                ),
                 (kind, event, &b"{\"x\":1}"[..])
             );
         }
@@ -199,9 +216,9 @@ mod tests {
     #[test]
     fn oversized_frame_is_refused_from_its_length_prefix_alone() {
         let max = 100;
-        let at_limit = encode(FrameType::Binary, "e", &[0; 99]);
+        let at_limit = raw(FrameType::Binary, "e", &[0; 99]);
         assert!(decode_one(&at_limit, max).unwrap().is_some());
-        let over = encode(FrameType::Binary, "e", &[0; 100]);
+        let over = raw(FrameType::Binary, "e", &[0; 100]);
         assert_eq!(
             decode_one(&over[..4], max),
             Err(TcpError::FrameTooBig { len: 108, max })
@@ -226,33 +243,36 @@ mod tests {
             })
         );
         assert_eq!(
-            decode_one(&encode(FrameType::Json, "", b"{}"), 10),
+            decode_one(&raw(FrameType::Json, "", b"{}"), 10),
             Err(TcpError::InvalidEventName)
         );
         assert_eq!(
-            decode_one(&encode(FrameType::Json, "a b", b""), 10),
+            decode_one(&raw(FrameType::Json, "a b", b""), 10),
             Err(TcpError::InvalidEventName)
         );
         assert_eq!(
-            decode_one(&encode(FrameType::Ping, "x", b""), 10),
+            decode_one(&raw(FrameType::Ping, "x", b""), 10),
             Err(TcpError::InvalidEventName)
         );
         let long = "a".repeat(257);
         assert_eq!(
-            decode_one(&encode(FrameType::Json, &long, b""), 1000),
+            decode_one(&raw(FrameType::Json, &long, b""), 1000),
             Err(TcpError::InvalidEventName)
         );
         assert!(
-            decode_one(&encode(FrameType::Json, &long[..256], b""), 1000)
+            decode_one(&raw(FrameType::Json, &long[..256], b""), 1000)
                 .unwrap()
                 .is_some()
         );
-        assert_eq!(TcpError::UnknownType(9).code(), "unknown_type");
+        assert_eq!(
+            TcpError::UnknownType(9).code(),
+            crate::ErrorCode::UnknownType
+        );
     }
 
     #[test]
     fn partial_frames_need_more_bytes() {
-        let bytes = encode(FrameType::Json, "chat", b"{\"t\":1}");
+        let bytes = raw(FrameType::Json, "chat", b"{\"t\":1}");
         for cut in 0..bytes.len() {
             assert_eq!(decode_one(&bytes[..cut], 100), Ok(None), "cut {cut}");
         }
@@ -276,7 +296,7 @@ mod tests {
                                               cuts in proptest::collection::vec(1usize..20, 1..10)) {
             let mut wire = Vec::new();
             for (k, e, p) in &frames {
-                wire.extend_from_slice(&encode(*k, e, p));
+                wire.extend_from_slice(&raw(*k, e, p));
             }
             let mut decoder = TcpDecoder::new(1024);
             let mut buf = BytesMut::new();
@@ -288,7 +308,7 @@ mod tests {
                 buf.extend_from_slice(&rest[..n]);
                 rest = &rest[n..];
                 while let Some(f) = decoder.decode(&mut buf).unwrap() {
-                    got.push((f.kind, f.event, f.payload.to_vec()));
+                    got.push((f.kind, f.event.map_or_else(String::new, |e| e.to_string()), f.payload.to_vec()));
                 }
             }
             prop_assert_eq!(got, frames);

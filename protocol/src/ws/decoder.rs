@@ -20,7 +20,7 @@ use bytes::{Buf, Bytes, BytesMut};
 use super::close::CloseFrame;
 use super::frame::{FrameHeader, OpCode};
 use super::mask::apply_mask;
-use super::utf8::Utf8Validator;
+use super::utf8::{Utf8Bytes, Utf8Validator};
 use crate::error::ProtocolError;
 
 /// Which side of the connection the decoder runs on; it decides the masking rule (§5.1).
@@ -54,8 +54,8 @@ impl Default for DecoderConfig {
 /// A complete message or control frame.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Message {
-    /// A text message; its bytes are validated UTF-8.
-    Text(Bytes),
+    /// A text message, validated as UTF-8 by the decoder (once).
+    Text(Utf8Bytes),
     Binary(Bytes),
     Ping(Bytes),
     Pong(Bytes),
@@ -121,7 +121,7 @@ impl MessageDecoder {
             src.advance(frame.payload.start);
             let payload = src.split_to(frame.payload.len()).freeze();
             return Ok(Some(match frame.opcode {
-                OpCode::Text => Message::Text(payload),
+                OpCode::Text => Message::Text(Utf8Bytes::from_validated(payload)),
                 _ => Message::Binary(payload),
             }));
         }
@@ -274,7 +274,8 @@ impl MessageDecoder {
                     self.utf8
                         .finish(&self.payload)
                         .map_err(|_| ProtocolError::InvalidUtf8)?;
-                    return Ok(Some(Message::Text(self.payload.split().freeze())));
+                    let text = self.payload.split().freeze();
+                    return Ok(Some(Message::Text(Utf8Bytes::from_validated(text))));
                 }
                 Ok(Some(Message::Binary(self.payload.split().freeze())))
             }
@@ -343,7 +344,7 @@ mod tests {
     #[test]
     fn single_text_frame() {
         let msgs = decode_all(&frame(true, OpCode::Text, b"hello")).unwrap();
-        assert_eq!(msgs, vec![Message::Text(Bytes::from_static(b"hello"))]);
+        assert_eq!(msgs, vec![Message::Text(Utf8Bytes::from("hello"))]);
     }
 
     #[test]
@@ -354,7 +355,7 @@ mod tests {
         bytes.extend(frame(true, OpCode::Continuation, "wörld".as_bytes()));
         let expected = vec![
             Message::Ping(Bytes::from_static(b"p")),
-            Message::Text(Bytes::from("hello wörld")),
+            Message::Text(Utf8Bytes::from("hello wörld")),
         ];
         assert_eq!(decode_all(&bytes).unwrap(), expected);
         assert_eq!(decode_bytewise(&bytes), (expected, None));
@@ -534,7 +535,9 @@ mod tests {
                 }
             }
             expected.push(match op {
-                OpCode::Text => Message::Text(Bytes::from(payload.clone())),
+                OpCode::Text => {
+                    Message::Text(Utf8Bytes::try_from(Bytes::from(payload.clone())).unwrap())
+                }
                 OpCode::Binary => Message::Binary(Bytes::from(payload.clone())),
                 _ => Message::Ping(Bytes::from(payload.clone())),
             });
@@ -554,7 +557,7 @@ mod tests {
         let payload = Bytes::copy_from_slice(&src[frame.payload]);
         src.advance(frame.len);
         Ok(Some(match frame.opcode {
-            OpCode::Text => Message::Text(payload),
+            OpCode::Text => Message::Text(Utf8Bytes::try_from(payload).unwrap()),
             _ => Message::Binary(payload),
         }))
     }

@@ -10,3 +10,4 @@ pub mod utf8;
 pub use close::{CloseCode, CloseFrame};
 pub use decoder::{DecoderConfig, InPlace, Message, MessageDecoder, Role};
 pub use frame::{FrameHeader, OpCode};
+pub use utf8::Utf8Bytes;

@@ -7,6 +7,64 @@
 //! the bytes so far (at most 3 bytes) is re-checked when more arrive; it only counts as
 //! invalid if the message ends there.
 
+/// Bytes known to be UTF-8: a text message's payload, validated once by the decoder
+/// and never again (the envelope parser and handlers read it as `&str` for free).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Default)]
+pub struct Utf8Bytes(bytes::Bytes);
+
+impl Utf8Bytes {
+    /// Takes `bytes` after the decoder's validator accepted all of them.
+    pub(crate) fn from_validated(bytes: bytes::Bytes) -> Self {
+        debug_assert!(simdutf8::basic::from_utf8(&bytes).is_ok());
+        Self(bytes)
+    }
+
+    pub fn as_str(&self) -> &str {
+        // SAFETY: the only constructors are `from_validated`, called by the decoder after
+        // `Utf8Validator::finish` (or the in-place path's whole-payload check) accepted
+        // exactly these bytes, and `TryFrom<Bytes>`/`From<&'static str>`, which check
+        // or are `str`; the bytes are immutable afterwards (`Bytes` is never mutated).
+        unsafe { std::str::from_utf8_unchecked(&self.0) }
+    }
+
+    pub fn as_bytes(&self) -> &bytes::Bytes {
+        &self.0
+    }
+
+    pub fn into_bytes(self) -> bytes::Bytes {
+        self.0
+    }
+}
+
+impl std::ops::Deref for Utf8Bytes {
+    type Target = str;
+
+    fn deref(&self) -> &str {
+        self.as_str()
+    }
+}
+
+impl TryFrom<bytes::Bytes> for Utf8Bytes {
+    type Error = InvalidUtf8;
+
+    fn try_from(bytes: bytes::Bytes) -> Result<Self, InvalidUtf8> {
+        simdutf8::basic::from_utf8(&bytes).map_err(|_| InvalidUtf8)?;
+        Ok(Self(bytes))
+    }
+}
+
+impl From<&'static str> for Utf8Bytes {
+    fn from(s: &'static str) -> Self {
+        Self(bytes::Bytes::from_static(s.as_bytes()))
+    }
+}
+
+impl From<String> for Utf8Bytes {
+    fn from(s: String) -> Self {
+        Self(bytes::Bytes::from(s))
+    }
+}
+
 /// Tracks how much of a growing text message is known to be valid UTF-8.
 #[derive(Debug, Default, Clone)]
 pub struct Utf8Validator {
@@ -53,6 +111,23 @@ impl Utf8Validator {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn utf8_bytes_refuse_what_is_not_utf8_and_read_back_what_is() {
+        // Every slice of mixed-width text, at every offset and length: accepted exactly
+        // when std accepts it, and then read back unchanged (the oracle for `as_str`).
+        let text = "a wörld 𝄞 clef €x".repeat(3).into_bytes();
+        for start in 0..text.len() {
+            for end in start..=text.len().min(start + 64) {
+                let slice = &text[start..end];
+                let ours = Utf8Bytes::try_from(bytes::Bytes::copy_from_slice(slice));
+                match std::str::from_utf8(slice) {
+                    Ok(s) => assert_eq!(ours.unwrap().as_str(), s),
+                    Err(_) => assert_eq!(ours, Err(InvalidUtf8)),
+                }
+            }
+        }
+    }
 
     fn feed_bytewise(bytes: &[u8]) -> Result<(), (usize, InvalidUtf8)> {
         let mut v = Utf8Validator::default();

@@ -1,0 +1,138 @@
+//! A worker's thread: the driver (io_uring or epoll) chosen at start-up and nowhere
+//! else, the worker's own `SO_REUSEPORT` listeners, and its periodic heartbeat (SPEC §2).
+//!
+//! Code above this file never asks which driver it runs on.
+
+use std::os::fd::AsRawFd;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use monoio::net::TcpListener;
+use stellar_protocol::tcp::{self, FrameType};
+use stellar_protocol::ws::frame::encode_server;
+use stellar_protocol::ws::{CloseCode, OpCode};
+use tracing::{debug, info, warn};
+
+use crate::api::Shared;
+use crate::inbox;
+use crate::outbound::Proto;
+use crate::session;
+use crate::worker::Worker;
+
+/// Starts worker `index` on the current thread and runs it until shutdown.
+pub fn run(
+    index: usize,
+    shared: Arc<Shared>,
+    ws: std::net::TcpListener,
+    tcp: std::net::TcpListener,
+) {
+    let driver = shared.config().driver;
+    let main = move |driver_name: &'static str| {
+        info!(worker = index, driver = driver_name, "worker started");
+        serve(index, shared, ws, tcp)
+    };
+    let result = match driver {
+        crate::config::Driver::Epoll => monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
+            .enable_timer()
+            .build()
+            .map(|mut rt| rt.block_on(main("epoll"))),
+        crate::config::Driver::Uring => monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
+            .enable_timer()
+            .build()
+            .map(|mut rt| rt.block_on(main("uring"))),
+        crate::config::Driver::Auto => match monoio::RuntimeBuilder::<monoio::FusionDriver>::new()
+            .enable_timer()
+            .build()
+        {
+            Ok(monoio::FusionRuntime::Uring(mut rt)) => {
+                rt.block_on(main("uring"));
+                Ok(())
+            }
+            Ok(monoio::FusionRuntime::Legacy(mut rt)) => {
+                rt.block_on(main("epoll"));
+                Ok(())
+            }
+            Err(e) => Err(e),
+        },
+    };
+    if let Err(e) = result {
+        warn!(worker = index, error = %e, "worker could not start its event loop");
+    }
+}
+
+async fn serve(
+    index: usize,
+    shared: Arc<Shared>,
+    ws: std::net::TcpListener,
+    tcp: std::net::TcpListener,
+) {
+    let worker = Worker::new(index, shared);
+    let mut listen_fds = Vec::new();
+    for (listener, proto) in [(ws, Proto::Ws), (tcp, Proto::Tcp)] {
+        listen_fds.push(listener.as_raw_fd());
+        match TcpListener::from_std(listener) {
+            Ok(l) => {
+                monoio::spawn(accept_loop(Rc::clone(&worker), l, proto));
+            }
+            Err(e) => warn!(worker = index, error = %e, "listener not usable"),
+        }
+    }
+    monoio::spawn(heartbeat_loop(Rc::clone(&worker)));
+    inbox::run(&worker, &listen_fds).await;
+    info!(worker = index, "worker stopped");
+}
+
+async fn accept_loop(worker: Rc<Worker>, listener: TcpListener, proto: Proto) {
+    loop {
+        let (stream, remote) = match listener.accept().await {
+            Ok(pair) => pair,
+            Err(e) if worker.is_shutting_down() => {
+                debug!(worker = worker.index, error = %e, "listener closed");
+                return;
+            }
+            Err(e) => {
+                // EMFILE and friends: back off instead of spinning.
+                warn!(worker = worker.index, error = %e, "accept failed");
+                monoio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        if worker.is_shutting_down() {
+            return;
+        }
+        let _ = stream.set_nodelay(true);
+        let w = Rc::clone(&worker);
+        match proto {
+            Proto::Ws => monoio::spawn(session::serve_http(w, stream, remote)),
+            Proto::Tcp => monoio::spawn(session::serve_tcp(w, stream, remote)),
+        };
+    }
+}
+
+async fn heartbeat_loop(worker: Rc<Worker>) {
+    loop {
+        let interval = worker.config().heartbeat_interval;
+        monoio::time::sleep(interval).await;
+        heartbeat(&worker);
+    }
+}
+
+/// Pings idle clients and drops the ones silent past `heartbeat_timeout`.
+fn heartbeat(worker: &Worker) {
+    let config = worker.config();
+    let now = Instant::now();
+    for conn in worker.all_conns() {
+        let idle = now.duration_since(conn.last_seen.get());
+        if idle >= config.heartbeat_timeout {
+            debug!(worker = worker.index, client = %conn.id, "heartbeat timeout");
+            conn.close(CloseCode::GOING_AWAY, "Heartbeat timeout");
+        } else if idle >= config.heartbeat_interval {
+            let ping = match conn.proto {
+                Proto::Ws => encode_server(OpCode::Ping, b""),
+                Proto::Tcp => tcp::frame::encode_control(FrameType::Ping),
+            };
+            conn.send(ping, &worker.stats);
+        }
+    }
+}

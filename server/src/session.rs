@@ -1,0 +1,273 @@
+//! One connection's life on its worker: the WebSocket handshake (or the TCP greeting),
+//! admission, the read loop that decodes and routes, and the cleanup when the peer goes.
+//!
+//! Writing is the connection's own writer task (`connection`); routing is `router`'s.
+//! The session only moves bytes in and hands decoded messages on.
+
+use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
+use std::rc::Rc;
+use std::time::Instant;
+
+use bytes::BytesMut;
+use monoio::buf::IoBufMut;
+use monoio::io::{AsyncReadRent, AsyncWriteRentExt, OwnedReadHalf, Splitable};
+use monoio::net::TcpStream;
+use stellar_protocol::HandshakeError;
+use stellar_protocol::event::reserved;
+use stellar_protocol::tcp::{FrameType, TcpDecoder};
+use stellar_protocol::ws::frame::encode_server;
+use stellar_protocol::ws::handshake::{HeadLimits, Request, reject};
+use stellar_protocol::ws::{CloseCode, DecoderConfig, MessageDecoder, OpCode};
+
+use crate::admission;
+use crate::connection::{Conn, error_frame};
+use crate::http;
+use crate::outbound::Proto;
+use crate::router::{self, Decoder, Flow};
+use crate::worker::Worker;
+
+/// Bytes asked of the kernel per read while a connection is busy (its last read filled
+/// the buffer).
+const READ_CHUNK: usize = 16 * 1024;
+/// The read buffer of an idle connection. With io_uring the buffer is lent to the kernel
+/// for as long as the read is pending, so an idle connection holds exactly this much: it
+/// is what keeps idle connections cheap.
+const IDLE_READ: usize = 128;
+
+/// The reading side of a session. It lives in a box the session task points to: an
+/// async fn keeps its arguments twice and every local of every await point, so state
+/// held by value would make each idle connection's task several hundred bytes larger.
+struct ReadSide {
+    reader: OwnedReadHalf<TcpStream>,
+    buf: BytesMut,
+    decoder: Decoder,
+    /// The last read filled its buffer.
+    busy: bool,
+}
+
+/// Reads once into the spare capacity of `buf`, after the bytes it holds. (monoio's
+/// `read` on a `BytesMut` writes from the start of the buffer, hence the slice.)
+pub async fn read_append(
+    reader: &mut impl AsyncReadRent,
+    buf: &mut BytesMut,
+) -> std::io::Result<usize> {
+    let start = buf.len();
+    let (result, slice) = reader.read(std::mem::take(buf).slice_mut(start..)).await;
+    *buf = slice.into_inner();
+    result
+}
+
+/// Reads until a whole request head is buffered: the head and the bytes after it, or
+/// the handshake error (`None` when the peer went away first).
+async fn read_head(
+    stream: &mut TcpStream,
+    limits: HeadLimits,
+) -> Result<(Request, BytesMut), Option<HandshakeError>> {
+    let mut buf = BytesMut::with_capacity(1024);
+    loop {
+        if let Some(request) = Request::parse(&buf, &limits)? {
+            return Ok((request, buf));
+        }
+        buf.reserve(1024);
+        if !matches!(read_append(stream, &mut buf).await, Ok(n) if n > 0) {
+            return Err(None);
+        }
+    }
+}
+
+/// A connection on the WebSocket/HTTP port: read the request head within
+/// `connect_timeout`, then upgrade or answer as HTTP.
+pub async fn serve_http(worker: Rc<Worker>, stream: TcpStream, remote: SocketAddr) {
+    // The session runs as a task of its own and this one ends: a long-lived connection
+    // then keeps only the session's state, not the handshake's.
+    if let Some((stream, conn, leftover)) = handshake(&worker, stream, remote).await {
+        start(worker, stream, conn, leftover);
+    }
+}
+
+/// Reads the request head; answers plain HTTP, refusals and a full server itself; on a
+/// valid upgrade returns the admitted connection and any bytes after the head.
+async fn handshake(
+    worker: &Rc<Worker>,
+    mut stream: TcpStream,
+    remote: SocketAddr,
+) -> Option<(TcpStream, Rc<Conn>, BytesMut)> {
+    let config = worker.config();
+    let limits = HeadLimits {
+        max_head_bytes: config.max_header_bytes,
+        max_headers: config.max_headers,
+    };
+    let head = monoio::time::timeout(config.connect_timeout, read_head(&mut stream, limits)).await;
+    let (request, mut buf) = match head {
+        Ok(Ok(pair)) => pair,
+        Ok(Err(Some(e))) => {
+            let _ = stream.write_all(reject(&e)).await;
+            return None;
+        }
+        Ok(Err(None)) => return None,
+        Err(_) => {
+            let _ = stream
+                .write_all(http::status_only(408, "Request Timeout"))
+                .await;
+            return None;
+        }
+    };
+    let _ = buf.split_to(request.head_len);
+    let is_ws_path = request.path == "/" || request.path == "/ws";
+    if !(is_ws_path && request.is_websocket_upgrade()) {
+        http::serve(worker, stream, remote.ip(), request, buf).await;
+        return None;
+    }
+    let upgrade = match request.websocket_upgrade() {
+        Ok(u) => u,
+        Err(e) => {
+            let _ = stream.write_all(reject(&e)).await;
+            return None;
+        }
+    };
+    if !config.allowed_origins.is_empty() {
+        let allowed = upgrade
+            .origin
+            .as_deref()
+            .is_some_and(|o| config.allowed_origins.iter().any(|a| a == o));
+        if !allowed {
+            let _ = stream
+                .write_all(reject(&HandshakeError::OriginNotAllowed))
+                .await;
+            return None;
+        }
+    }
+    let user = match admission::authenticate(worker, &request) {
+        Ok(user) => user,
+        Err(e) => {
+            let _ = stream.write_all(http::unauthorized(&e.to_string())).await;
+            return None;
+        }
+    };
+    let conn = match admission::register(worker, Proto::Ws, remote, stream.as_raw_fd(), user) {
+        Ok(conn) => conn,
+        Err(refusal) => {
+            // Upgrade, then close with 1008 so WebSocket clients see why.
+            let _ = stream.write_all(upgrade.response()).await;
+            let close = stellar_protocol::ws::CloseFrame::payload(
+                CloseCode::POLICY_VIOLATION,
+                refusal.reason(),
+            );
+            let _ = stream.write_all(encode_server(OpCode::Close, &close)).await;
+            return None;
+        }
+    };
+    // Queued, not written: the 101 and the welcome leave in one write (one packet
+    // instead of two per connection). A failed write ends the session as usual.
+    conn.queue_handshake_response(upgrade.response());
+    // The head's buffer goes unless the client already sent frames behind it.
+    let leftover = if buf.is_empty() { BytesMut::new() } else { buf };
+    Some((stream, conn, leftover))
+}
+
+/// A connection on the TCP-protocol port.
+pub async fn serve_tcp(worker: Rc<Worker>, mut stream: TcpStream, remote: SocketAddr) {
+    match admission::register(&worker, Proto::Tcp, remote, stream.as_raw_fd(), None) {
+        Ok(conn) => start(worker, stream, conn, BytesMut::new()),
+        Err(refusal) => {
+            let error = error_frame(Proto::Tcp, refusal.code(), refusal.reason());
+            let _ = stream.write_all(error).await;
+        }
+    }
+}
+
+/// Starts an admitted connection: writer, welcome, hooks, then the read loop as a task
+/// of its own, which cleans up when the peer goes away.
+fn start(worker: Rc<Worker>, stream: TcpStream, conn: Rc<Conn>, leftover: BytesMut) {
+    let (reader, writer) = stream.into_split();
+    conn.attach_writer(writer);
+    let config = worker.config();
+    match conn.proto {
+        Proto::Ws if config.echo => {}
+        Proto::Ws if conn.is_authenticated() => router::send_welcome(&worker, &conn),
+        Proto::Ws => admission::require_auth_in_time(&worker, &conn),
+        Proto::Tcp => {
+            if !conn.is_authenticated() {
+                admission::require_auth_in_time(&worker, &conn);
+            }
+            let id = conn.id.text();
+            let connect = stellar_protocol::tcp::frame::encode(
+                FrameType::Connect,
+                &reserved::CONNECT,
+                id.as_bytes(),
+            );
+            conn.send(connect, &worker.stats);
+        }
+    }
+    if !admission::run_hooks(&worker, &conn) {
+        drop(reader);
+        end(&worker, &conn);
+        return;
+    }
+    let decoder = match conn.proto {
+        Proto::Ws => Decoder::Ws(MessageDecoder::new(DecoderConfig {
+            max_message_size: config.max_payload,
+            ..DecoderConfig::default()
+        })),
+        Proto::Tcp => Decoder::Tcp(TcpDecoder::new(config.max_payload)),
+    };
+    let mut side = Box::new(ReadSide {
+        reader,
+        buf: leftover,
+        decoder,
+        busy: false,
+    });
+    monoio::spawn(async move {
+        read_loop(&worker, &conn, &mut side).await;
+        drop(side);
+        end(&worker, &conn);
+    });
+}
+
+fn end(worker: &Rc<Worker>, conn: &Rc<Conn>) {
+    admission::unregister(worker, conn);
+    conn.finish();
+    conn.release_half();
+}
+
+/// Decodes and routes until the peer goes away. After a close, keeps reading (and
+/// discarding) until the peer closes or the grace period shuts the socket, so our close
+/// frame is not lost to a reset.
+async fn read_loop(worker: &Rc<Worker>, conn: &Rc<Conn>, side: &mut ReadSide) {
+    let mut open = true;
+    loop {
+        while open {
+            match side.decoder.route_next(worker, conn, &mut side.buf) {
+                None => break,
+                Some(Flow::Continue) => {}
+                Some(Flow::Wait(barrier, replies)) => {
+                    barrier.wait().await;
+                    for reply in replies {
+                        conn.send(reply, &worker.stats);
+                    }
+                }
+                Some(Flow::Stop) => open = false,
+            }
+        }
+        if !open {
+            side.buf.clear();
+        }
+        // An idle connection waits on a small buffer; a full chunk is offered while the
+        // last read filled its buffer (more is likely waiting).
+        if side.buf.is_empty() && !side.busy {
+            side.buf = BytesMut::with_capacity(IDLE_READ);
+        } else {
+            side.buf.reserve(READ_CHUNK);
+        }
+        let spare = side.buf.capacity() - side.buf.len();
+        match read_append(&mut side.reader, &mut side.buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => {
+                side.busy = n == spare;
+                worker.stats.bytes_in.add(n as u64);
+                conn.last_seen.set(Instant::now());
+            }
+        }
+    }
+}
