@@ -11,6 +11,7 @@
 //! - `mesh`: the lock-free cross-core queues and their once-per-batch wake-up.
 //! - `outbound`: a message to many, framed once per protocol and shared.
 //! - `http`: health, stats, metrics, static files and HTTP actions on the same port.
+//! - `files`: `public_dir` files for `/public/` and `file`, capped and read off the loop.
 //! - [`rate_limit`]: token buckets and the run-time table of overrides.
 //! - [`stats`]: per-worker counters summed on read.
 //!
@@ -34,6 +35,7 @@ pub mod api;
 pub mod auth;
 pub mod config;
 mod connection;
+mod files;
 mod http;
 mod mesh;
 mod outbound;

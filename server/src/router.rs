@@ -439,16 +439,7 @@ fn route(worker: &Rc<Worker>, conn: &Rc<Conn>, msg: &Inbound<'_>) -> Flow {
             });
             reply(worker, conn, "details", msg.ack, Ok(details.to_string()))
         }
-        "file" => {
-            let path = data_str().unwrap_or_default();
-            let answer =
-                crate::http::read_public_file(&worker.config(), &path).map(|(content, mime)| {
-                    let text = String::from_utf8_lossy(&content);
-                    json!({"content": text, "mime": mime, "length": content.len()}).to_string()
-                });
-            let answer = answer.map_err(|_| ("not_found", format!("file `{path}` not found")));
-            reply(worker, conn, "file", msg.ack, answer)
-        }
+        "file" => crate::files::answer_verb(worker, conn, data_str().unwrap_or_default(), msg.ack),
         "ping" => {
             conn.emit_raw("pong", msg.data.unwrap_or("null"), &worker.stats);
             Flow::Continue

@@ -28,6 +28,7 @@ use crate::api::{Ctx, Shared};
 use crate::auth::{self, AuthError, AuthUser};
 use crate::config::{Config, Driver};
 use crate::connection::Conn;
+use crate::files;
 use crate::http;
 use crate::mesh::{Barrier, ClientId, MeshMsg};
 use crate::outbound::{Outbound, Proto};
@@ -118,14 +119,17 @@ pub fn run(
     let result = match driver {
         Driver::Epoll => monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
             .enable_timer()
+            .attach_thread_pool(files::pool())
             .build()
             .map(|mut rt| rt.block_on(main("epoll"))),
         Driver::Uring => monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
             .enable_timer()
+            .attach_thread_pool(files::pool())
             .build()
             .map(|mut rt| rt.block_on(main("uring"))),
         Driver::Auto => match monoio::RuntimeBuilder::<monoio::FusionDriver>::new()
             .enable_timer()
+            .attach_thread_pool(files::pool())
             .build()
         {
             Ok(monoio::FusionRuntime::Uring(mut rt)) => {
