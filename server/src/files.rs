@@ -18,7 +18,9 @@
 //! [`CHUNK`]-sized pieces are read and written one at a time, so a response holds one
 //! chunk whatever the file size. The `file` verb answers one JSON message and so holds
 //! the file once (at most `max_file_bytes`) plus its encoding; that reply is queued like
-//! any other message and counts against `max_backpressure`.
+//! any other message and counts against `max_backpressure`. The pool's threads also
+//! bound how many files are being read and encoded at once, process-wide, however many
+//! `file` requests clients send.
 //!
 //! Ordering: the verb's reply is sent when the read completes, so messages the client
 //! sends after `file` may be answered first. An ack reply carries its `_correlationId`,
@@ -198,7 +200,7 @@ pub fn answer_verb(
     monoio::spawn(async move {
         let answer = off_loop(move || verb_answer(&config, &path))
             .await
-            .unwrap_or_else(|| Err(("not_found", "file could not be read".to_owned())));
+            .unwrap_or_else(|| Err((FileError::NotFound.code(), "file not read".to_owned())));
         match (ack, answer) {
             (Some((name, correlation)), Ok(data)) => {
                 conn.reply_ack(&name, &correlation, Ok(&data), &stats)
