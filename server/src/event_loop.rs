@@ -15,6 +15,7 @@ use stellar_protocol::ws::{CloseCode, OpCode};
 use tracing::{debug, info, warn};
 
 use crate::api::Shared;
+use crate::files;
 use crate::inbox;
 use crate::outbound::Proto;
 use crate::session;
@@ -35,14 +36,17 @@ pub fn run(
     let result = match driver {
         crate::config::Driver::Epoll => monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
             .enable_timer()
+            .attach_thread_pool(files::pool())
             .build()
             .map(|mut rt| rt.block_on(main("epoll"))),
         crate::config::Driver::Uring => monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
             .enable_timer()
+            .attach_thread_pool(files::pool())
             .build()
             .map(|mut rt| rt.block_on(main("uring"))),
         crate::config::Driver::Auto => match monoio::RuntimeBuilder::<monoio::FusionDriver>::new()
             .enable_timer()
+            .attach_thread_pool(files::pool())
             .build()
         {
             Ok(monoio::FusionRuntime::Uring(mut rt)) => {

@@ -2,8 +2,8 @@
 //! the HTTP fallback for `on_ack` handlers. One request per connection, answered with
 //! `Connection: close`.
 
-use std::path::{Component, Path, PathBuf};
 use std::rc::Rc;
+use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 use monoio::io::AsyncWriteRentExt;
@@ -16,18 +16,20 @@ use crate::admission;
 use crate::api::ServerHandle;
 use crate::config::Config;
 use crate::ctx::Ctx;
+use crate::files;
 use crate::worker::Worker;
+
+/// A response head for a body of `len` bytes.
+fn head(status: u16, reason: &str, content_type: &str, len: u64) -> String {
+    format!(
+        "HTTP/1.1 {status} {reason}\r\nContent-Type: {content_type}\r\nContent-Length: {len}\r\nConnection: close\r\n\r\n"
+    )
+}
 
 /// A response head and body.
 fn response(status: u16, reason: &str, content_type: &str, body: &[u8]) -> Bytes {
     let mut out = BytesMut::with_capacity(128 + body.len());
-    out.extend_from_slice(
-        format!(
-            "HTTP/1.1 {status} {reason}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-            body.len()
-        )
-        .as_bytes(),
-    );
+    out.extend_from_slice(head(status, reason, content_type, body.len() as u64).as_bytes());
     out.extend_from_slice(body);
     out.freeze()
 }
@@ -80,17 +82,33 @@ pub async fn serve(
         }
         body.truncate(len);
     }
-    let answer = route(worker, &config, remote, &request, &body);
+    if request.method == "GET"
+        && let Some(path) = request.path.strip_prefix("/public/")
+    {
+        return serve_public(&mut stream, config, path).await;
+    }
+    let answer = route(worker, remote, &request, &body);
     let _ = stream.write_all(answer).await;
 }
 
-fn route(
-    worker: &Rc<Worker>,
-    config: &Config,
-    remote: std::net::IpAddr,
-    request: &Request,
-    body: &[u8],
-) -> Bytes {
+/// `GET /public/<path>`: 404 or 413, or the head with the file's length and then its
+/// body, streamed in chunks read off the loop.
+async fn serve_public(stream: &mut TcpStream, config: Arc<Config>, path: &str) {
+    match files::open(config, path).await {
+        Ok(file) => {
+            let head = head(200, "OK", file.mime, file.len);
+            if stream.write_all(head.into_bytes()).await.0.is_ok() {
+                let _ = file.send_body(stream).await;
+            }
+        }
+        Err(e) => {
+            let (status, reason) = e.status();
+            let _ = stream.write_all(status_only(status, reason)).await;
+        }
+    }
+}
+
+fn route(worker: &Rc<Worker>, remote: std::net::IpAddr, request: &Request, body: &[u8]) -> Bytes {
     let handle = ServerHandle(std::sync::Arc::clone(&worker.shared));
     match (request.method.as_str(), request.path.as_str()) {
         ("GET", "/health") if handle.is_shutting_down() => json_response(
@@ -109,12 +127,6 @@ fn route(
             "text/plain; version=0.0.4",
             handle.stats().to_prometheus().as_bytes(),
         ),
-        ("GET", path) if path.starts_with("/public/") => {
-            match read_public_file(config, &path["/public/".len()..]) {
-                Ok((content, mime)) => response(200, "OK", mime, &content),
-                Err(_) => status_only(404, "Not Found"),
-            }
-        }
         ("GET", "/api/ws/token") => issue_token(worker, request),
         (method @ ("GET" | "POST"), path) if path.starts_with("/api/") => action(
             worker,
@@ -236,86 +248,3 @@ fn issue_token(worker: &Rc<Worker>, request: &Request) -> Bytes {
 
 /// Lifetime of tokens from `GET /api/ws/token`: long enough to open a WebSocket.
 const TOKEN_TTL_SECS: u64 = 60;
-
-/// Why a public file cannot be served.
-#[derive(Debug, PartialEq, Eq)]
-pub enum FileError {
-    /// No `public_dir`, a path escaping it, or no such file.
-    NotFound,
-}
-
-/// Reads `path` under `public_dir`, refusing anything that could leave it: absolute
-/// paths, `..`, and symlinks resolving outside.
-pub fn read_public_file(config: &Config, path: &str) -> Result<(Vec<u8>, &'static str), FileError> {
-    let root = config.public_dir.as_ref().ok_or(FileError::NotFound)?;
-    let relative = Path::new(path.trim_start_matches('/'));
-    if relative
-        .components()
-        .any(|c| !matches!(c, Component::Normal(_)))
-    {
-        return Err(FileError::NotFound);
-    }
-    let root = root.canonicalize().map_err(|_| FileError::NotFound)?;
-    let full: PathBuf = root
-        .join(relative)
-        .canonicalize()
-        .map_err(|_| FileError::NotFound)?;
-    if !full.starts_with(&root) || !full.is_file() {
-        return Err(FileError::NotFound);
-    }
-    let content = std::fs::read(&full).map_err(|_| FileError::NotFound)?;
-    Ok((content, mime_of(&full)))
-}
-
-fn mime_of(path: &Path) -> &'static str {
-    match path.extension().and_then(|e| e.to_str()).unwrap_or("") {
-        "html" | "htm" => "text/html; charset=utf-8",
-        "js" | "mjs" => "text/javascript; charset=utf-8",
-        "css" => "text/css; charset=utf-8",
-        "json" => "application/json",
-        "txt" => "text/plain; charset=utf-8",
-        "png" => "image/png",
-        "jpg" | "jpeg" => "image/jpeg",
-        "gif" => "image/gif",
-        "svg" => "image/svg+xml",
-        "wasm" => "application/wasm",
-        _ => "application/octet-stream",
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn public_files_never_leave_the_directory() {
-        let dir = std::env::temp_dir().join(format!("stellar-public-{}", std::process::id()));
-        std::fs::create_dir_all(dir.join("sub")).unwrap();
-        std::fs::write(dir.join("sub/a.txt"), "hello").unwrap();
-        let config = Config {
-            public_dir: Some(dir.clone()),
-            ..Config::default()
-        };
-        assert_eq!(
-            read_public_file(&config, "sub/a.txt").unwrap(),
-            (b"hello".to_vec(), "text/plain; charset=utf-8")
-        );
-        for bad in [
-            "../etc/passwd",
-            "/etc/passwd",
-            "sub/../../x",
-            "sub",
-            "missing.txt",
-        ] {
-            assert_eq!(
-                read_public_file(&config, bad),
-                Err(FileError::NotFound),
-                "{bad}"
-            );
-        }
-        assert_eq!(
-            read_public_file(&Config::default(), "a.txt"),
-            Err(FileError::NotFound)
-        );
-    }
-}

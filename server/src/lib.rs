@@ -17,6 +17,7 @@
 //! - `mesh`: the lock-free cross-core queues and their once-per-batch wake-up.
 //! - `outbound`: a message to many, framed once per protocol and shared.
 //! - `http`: health, stats, metrics, static files and HTTP actions on the same port.
+//! - `files`: `public_dir` files for `/public/` and `file`, capped and read off the loop.
 //! - [`rate_limit`]: token buckets and the run-time table of overrides.
 //! - [`stats`]: per-worker counters summed on read.
 //!
@@ -46,6 +47,7 @@ pub mod config;
 mod connection;
 pub mod ctx;
 mod event_loop;
+mod files;
 mod http;
 mod inbound;
 mod inbox;

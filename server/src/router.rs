@@ -271,17 +271,7 @@ fn verb(worker: &Rc<Worker>, conn: &Rc<Conn>, msg: &Request<'_>) -> Flow {
                 Ok(details.to_string()),
             )
         }
-        "file" => {
-            let path = data_str();
-            let answer =
-                crate::http::read_public_file(&worker.config(), &path).map(|(content, mime)| {
-                    let text = String::from_utf8_lossy(&content);
-                    json!({"content": text, "mime": mime, "length": content.len()}).to_string()
-                });
-            let answer =
-                answer.map_err(|_| (ErrorCode::NotFound, format!("file `{path}` not found")));
-            reply(worker, conn, &reserved::FILE, ack, answer)
-        }
+        "file" => crate::files::answer_verb(worker, conn, data_str(), ack),
         "ping" => {
             let data = msg.data.as_deref().unwrap_or("null");
             conn.emit_raw(&reserved::PONG, data, &worker.stats);
