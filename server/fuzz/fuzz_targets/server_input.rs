@@ -30,7 +30,9 @@ fn server() -> &'static ServerHandle {
         let server = Server::builder()
             .config(config)
             .on_ack("echo", |ctx| Ok(ctx.data().clone()))
-            .on("shout", |ctx| ctx.to("r", "shout", ctx.data()))
+            .on("shout", |ctx| {
+                let _ = ctx.to("r", "shout", ctx.data());
+            })
             .start()
             .expect("server starts");
         let handle = server.handle();
