@@ -58,6 +58,17 @@ impl<'a> EventName<'a> {
         }
     }
 
+    /// Checks a name read as bytes (a TCP frame's event field) and owns it.
+    pub fn from_bytes(name: &[u8]) -> Result<EventName<'static>, InvalidEvent> {
+        let invalid = InvalidEvent { len: name.len() };
+        if !is_valid(name) {
+            return Err(invalid);
+        }
+        // Valid names are ASCII, so this cannot fail.
+        let text = std::str::from_utf8(name).map_err(|_| invalid)?;
+        Ok(EventName(Cow::Owned(text.to_owned())))
+    }
+
     /// A name known when the program is written; the rule is checked at compile time
     /// when used in a `const`.
     ///

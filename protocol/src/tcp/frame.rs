@@ -9,7 +9,7 @@
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 
 use crate::error::TcpError;
-use crate::event::{self, EventName};
+use crate::event::EventName;
 
 /// Bytes before the event name: length (4), type (1), event length (2).
 pub const HEADER_LEN: usize = 7;
@@ -119,11 +119,8 @@ impl TcpDecoder {
         let name = frame.split_to(event_len as usize);
         let event = match (kind.has_event(), name.is_empty()) {
             (false, true) => None,
-            (true, _) if event::is_valid(&name) => {
-                // Valid names are ASCII, so neither step can fail.
-                let text =
-                    String::from_utf8(name.to_vec()).map_err(|_| TcpError::InvalidEventName)?;
-                Some(EventName::new(text).map_err(|_| TcpError::InvalidEventName)?)
+            (true, _) => {
+                Some(EventName::from_bytes(&name).map_err(|_| TcpError::InvalidEventName)?)
             }
             _ => return Err(TcpError::InvalidEventName),
         };
