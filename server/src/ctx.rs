@@ -181,6 +181,6 @@ impl<'a> Ctx<'a> {
 
     /// The server handle, for anything beyond this client.
     pub fn server(&self) -> ServerHandle {
-        ServerHandle(Arc::clone(&self.worker.shared))
+        self.worker.handle()
     }
 }

@@ -13,7 +13,6 @@ use stellar_protocol::ws::handshake::Request;
 use stellar_protocol::{ErrorCode, EventName};
 
 use crate::admission;
-use crate::api::ServerHandle;
 use crate::config::Config;
 use crate::ctx::Ctx;
 use crate::files;
@@ -109,7 +108,7 @@ async fn serve_public(stream: &mut TcpStream, config: Arc<Config>, path: &str) {
 }
 
 fn route(worker: &Rc<Worker>, remote: std::net::IpAddr, request: &Request, body: &[u8]) -> Bytes {
-    let handle = ServerHandle(std::sync::Arc::clone(&worker.shared));
+    let handle = worker.handle();
     match (request.method.as_str(), request.path.as_str()) {
         ("GET", "/health") if handle.is_shutting_down() => json_response(
             503,
@@ -207,7 +206,7 @@ fn action(
                 .collect(),
         )
     };
-    let Some(handler) = worker.shared.handlers.acks.get(name) else {
+    let Some(handler) = worker.handlers().acks.get(name) else {
         let error = json!({"error": {"code": ErrorCode::UnknownAction.as_str(), "message": format!("no handler named `{name}`")}});
         return json_response(404, "Not Found", &error);
     };
@@ -226,7 +225,7 @@ fn action(
 /// (needs both the hook and `jwt_secret`).
 fn issue_token(worker: &Rc<Worker>, request: &Request) -> Bytes {
     let secret = worker.config().jwt_secret.clone();
-    let (Some(hook), Some(secret)) = (&worker.shared.handlers.auth, secret) else {
+    let (Some(hook), Some(secret)) = (&worker.handlers().auth, secret) else {
         return status_only(404, "Not Found");
     };
     match hook(request) {

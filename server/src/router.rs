@@ -237,9 +237,7 @@ fn verb(worker: &Rc<Worker>, conn: &Rc<Conn>, msg: &Request<'_>) -> Flow {
         "room-view" => {
             let room = data_str();
             let members: Vec<String> = worker
-                .shared
-                .dirs
-                .clients(Some(&room))
+                .room_members(&room)
                 .iter()
                 .map(ToString::to_string)
                 .collect();

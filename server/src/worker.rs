@@ -73,6 +73,17 @@ impl Worker {
         *self.config.borrow_mut() = config;
     }
 
+    /// A handle on the whole server, for handlers and HTTP routes.
+    pub fn handle(&self) -> crate::api::ServerHandle {
+        crate::api::ServerHandle(Arc::clone(&self.shared))
+    }
+
+    /// The members of `room` on every worker (from the shared directory: a query, never
+    /// per message).
+    pub fn room_members(&self, room: &str) -> Vec<ClientId> {
+        self.shared.dirs.clients(Some(room))
+    }
+
     pub fn handlers(&self) -> &Handlers {
         &self.shared.handlers
     }
