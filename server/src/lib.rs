@@ -6,6 +6,8 @@
 //! - [`config`]: the one [`Config`] struct, from TOML, `STELLAR_*` and flags.
 //! - `worker`: one pinned thread with its own io_uring (or epoll) loop and listeners.
 //! - `connection`: a client's identity, bounded write queue and writer task.
+//! - `write_queue`: frames waiting for a connection's writer and the batch it writes
+//!   (public, hidden, for `benches/benches/queue.rs`).
 //! - `router`: envelope to reserved verb, handler or room relay.
 //! - `rooms`: per-worker room membership and the cross-worker interest replica.
 //! - `mesh`: the lock-free cross-core queues and their once-per-batch wake-up.
@@ -42,6 +44,8 @@ mod rooms;
 mod router;
 pub mod stats;
 mod worker;
+#[doc(hidden)]
+pub mod write_queue;
 
 pub use api::{AckError, Ctx, Server, ServerBuilder, ServerHandle, StartError, Timer};
 pub use auth::AuthUser;
