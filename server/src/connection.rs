@@ -1,16 +1,13 @@
 //! One client connection: its identity, its bounded write queue and its writer task.
 //!
 //! A connection lives on one worker for its whole life. Everything that sends to it
-//! pushes finished frames into its [`WriteQueue`]; the writer task takes everything
-//! queued in one go and hands it to the kernel in one write per loop turn. Small frames
-//! waiting together are copied end to end into the queue's open buffer (what the
-//! kernel copies next anyway), so a burst to one client becomes one buffer without a
-//! refcount per frame; large frames stay shared `Bytes` (SPEC §2, encode once). The
-//! queue is bounded by `max_backpressure`: past it the slow-consumer policy closes or
-//! drops, so one slow reader never holds memory or slows the room (SPEC §3.3).
+//! pushes finished frames into its [`WriteQueue`] (`write_queue.rs`: what is copied,
+//! what stays shared, in what order it leaves); the writer task takes a batch of
+//! everything queued and hands it to the kernel in one write per loop turn. The queue
+//! is bounded by `max_backpressure`: past it the slow-consumer policy closes or drops,
+//! so one slow reader never holds memory or slows the room (SPEC §3.3).
 
 use std::cell::{Cell, RefCell};
-use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::os::fd::RawFd;
 use std::rc::Rc;
@@ -18,7 +15,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use monoio::io::{AsyncWriteRent, AsyncWriteRentExt, OwnedWriteHalf};
+use monoio::io::{AsyncWriteRent, OwnedWriteHalf};
 use monoio::net::TcpStream;
 use stellar_protocol::event::reserved;
 use stellar_protocol::tcp::FrameType;
@@ -31,15 +28,8 @@ use crate::config::SlowConsumerPolicy;
 use crate::mesh::ClientId;
 use crate::outbound::{Outbound, Proto};
 use crate::stats::WorkerStats;
+use crate::write_queue::{Batch, Next, WriteQueue};
 
-/// Largest single write the writer gathers from the queue.
-const MAX_GATHER: usize = 256 * 1024;
-/// Frames up to this size are copied into the queue's open buffer once a second one
-/// waits behind them; larger ones are always queued as shared `Bytes`. Up to here a
-/// burst is cheaper copied than shared and gathered (`benches/benches/queue.rs`).
-const COPY_MAX: usize = 256;
-/// The open buffer's first allocation; it grows by doubling.
-const TAIL_START: usize = 1024;
 /// How long a closing connection may take to finish the close handshake before its
 /// socket is shut down under it.
 pub const CLOSE_GRACE: Duration = Duration::from_secs(2);
@@ -54,76 +44,6 @@ pub enum Queued {
     Dropped,
     /// Over `max_backpressure` with the `close` policy: the connection is being closed.
     SlowConsumer,
-}
-
-/// Frames waiting for the writer.
-#[derive(Default)]
-pub struct WriteQueue {
-    /// The upgrade's HTTP response while it waits for the first write. Kept apart from
-    /// the frames: it is not a message, does not count against `max_backpressure`,
-    /// and a slow-consumer close must not discard it (the client would get a close
-    /// frame without the upgrade).
-    head: Option<Bytes>,
-    /// Large frames, and runs of small ones sealed off ahead of them.
-    frames: VecDeque<Bytes>,
-    /// Small frames copied end to end, behind everything in `frames`. Handed to the
-    /// writer whole (buffer and all), so an idle connection holds no buffer.
-    tail: BytesMut,
-    /// The last of `frames` is a small frame queued alone: shared, not copied, so a
-    /// lone frame (the common case at low rates) costs no buffer; the next small frame
-    /// moves it onto the tail.
-    lone_small: bool,
-    bytes: usize,
-    /// A close was queued: nothing more is accepted and the writer ends after it.
-    closing: bool,
-    /// The reader is gone: the writer ends once the queue is empty.
-    finished: bool,
-}
-
-impl WriteQueue {
-    /// Nothing waits to be written.
-    fn is_empty(&self) -> bool {
-        self.head.is_none() && self.frames.is_empty() && self.tail.is_empty()
-    }
-
-    /// Queues `frame` behind everything else: copied onto the tail when small, shared
-    /// when large.
-    fn push(&mut self, frame: &Bytes) {
-        self.bytes += frame.len();
-        if frame.len() > COPY_MAX {
-            self.seal_tail();
-            self.frames.push_back(frame.clone());
-        } else if !self.tail.is_empty() {
-            self.tail.extend_from_slice(frame);
-        } else if self.lone_small {
-            self.lone_small = false;
-            self.tail.reserve(TAIL_START);
-            if let Some(first) = self.frames.pop_back() {
-                self.tail.extend_from_slice(&first);
-            }
-            self.tail.extend_from_slice(frame);
-        } else {
-            self.frames.push_back(frame.clone());
-            self.lone_small = true;
-        }
-    }
-
-    /// Moves the tail, if anything is on it, to the end of `frames`.
-    fn seal_tail(&mut self) {
-        self.lone_small = false;
-        if !self.tail.is_empty() {
-            let tail = std::mem::take(&mut self.tail);
-            self.frames.push_back(tail.freeze());
-        }
-    }
-
-    /// Discards everything but the upgrade response.
-    fn clear(&mut self) {
-        self.frames.clear();
-        self.tail = BytesMut::new();
-        self.lone_small = false;
-        self.bytes = 0;
-    }
 }
 
 /// Information about a client, as handlers and middleware see it.
@@ -241,7 +161,7 @@ impl Conn {
     /// attached, so it goes out in the same write as the frames queued behind it (the
     /// welcome). It is not a message and is not counted as one.
     pub fn queue_handshake_response(&self, head: Bytes) {
-        self.queue.borrow_mut().head = Some(head);
+        self.queue.borrow_mut().set_head(head);
     }
 
     pub fn set_limits(&self, max_backpressure: usize, policy: SlowConsumerPolicy) {
@@ -257,10 +177,10 @@ impl Conn {
     /// [`Conn::send`] for a frame other connections are sent too.
     fn send_shared(self: &Rc<Self>, frame: &Bytes, stats: &WorkerStats) -> Queued {
         let mut q = self.queue.borrow_mut();
-        if q.closing || q.finished {
+        if q.is_closing() || q.is_finished() {
             return Queued::Closed;
         }
-        if q.bytes + frame.len() > self.max_backpressure.get() {
+        if q.bytes() + frame.len() > self.max_backpressure.get() {
             drop(q);
             return match self.policy.get() {
                 SlowConsumerPolicy::Drop => {
@@ -365,7 +285,7 @@ impl Conn {
     /// normal, then DISCONNECT) behind what is already queued, and stops accepting more.
     pub fn close(self: &Rc<Self>, code: CloseCode, reason: &str) {
         let mut q = self.queue.borrow_mut();
-        if q.closing {
+        if q.is_closing() {
             return;
         }
         let mut push = |frame: Bytes| q.push(&frame);
@@ -381,7 +301,7 @@ impl Conn {
                 push(tcp::frame::encode_control(FrameType::Disconnect));
             }
         }
-        q.closing = true;
+        q.close();
         drop(q);
         self.start_writer();
         let conn = Rc::clone(self);
@@ -419,62 +339,21 @@ impl Conn {
     /// The reader is gone: a running writer flushes what is queued and ends; a parked
     /// write half is dropped now.
     pub fn finish(&self) {
-        self.queue.borrow_mut().finished = true;
+        self.queue.borrow_mut().finish();
         if self.socket.borrow_mut().take().is_some() {
             self.release_half();
         }
     }
-
-    /// Moves the upgrade response, if it still waits, and queued frames into `out`,
-    /// whole frames only, up to [`MAX_GATHER`] bytes of frames (or one larger frame).
-    /// `Next::Park` when the queue is empty and open,
-    /// `Next::End` when it is empty and closed.
-    fn take_batch(&self, out: &mut Vec<Bytes>) -> Next {
-        let mut q = self.queue.borrow_mut();
-        if let Some(head) = q.head.take() {
-            out.push(head);
-        }
-        q.seal_tail();
-        if q.frames.is_empty() {
-            if !out.is_empty() {
-                return Next::Write;
-            }
-            return if q.finished || q.closing {
-                Next::End
-            } else {
-                Next::Park
-            };
-        }
-        let mut taken = 0;
-        while let Some(front) = q.frames.front() {
-            if taken > 0 && taken + front.len() > MAX_GATHER {
-                break;
-            }
-            taken += front.len();
-            if let Some(frame) = q.frames.pop_front() {
-                out.push(frame);
-            }
-        }
-        q.bytes -= taken;
-        Next::Write
-    }
-}
-
-/// What the writer does next.
-enum Next {
-    Write,
-    Park,
-    End,
 }
 
 /// The writer task: one write per batch of queued frames; parks the socket back in
 /// the connection when the queue is empty, or half-closes it once the queue is closed
 /// and drained.
 async fn write_loop(conn: Rc<Conn>, mut socket: OwnedWriteHalf<TcpStream>) {
-    let mut batch = Vec::new();
-    let mut gather = BytesMut::new();
+    let mut batch = Batch::default();
     loop {
-        match conn.take_batch(&mut batch) {
+        let next = conn.queue.borrow_mut().take_batch(&mut batch);
+        match next {
             Next::Write => {}
             Next::Park => {
                 *conn.socket.borrow_mut() = Some(socket);
@@ -482,22 +361,13 @@ async fn write_loop(conn: Rc<Conn>, mut socket: OwnedWriteHalf<TcpStream>) {
             }
             Next::End => break,
         }
-        let buf = match batch.len() {
-            1 => batch.pop().unwrap_or_default(),
-            _ => {
-                for frame in batch.drain(..) {
-                    gather.extend_from_slice(&frame);
-                }
-                gather.split().freeze()
-            }
-        };
-        let len = buf.len() as u64;
-        let (result, _) = socket.write_all(buf).await;
-        if result.is_err() {
+        let result;
+        (result, batch) = batch.write_to(&mut socket).await;
+        let Ok(len) = result else {
             conn.kill();
             break;
-        }
-        conn.stats.bytes_out.add(len);
+        };
+        conn.stats.bytes_out.add(len as u64);
         conn.stats.socket_writes.add(1);
     }
     let _ = socket.shutdown().await;

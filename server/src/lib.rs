@@ -14,6 +14,8 @@
 //! - `inbound`: WebSocket messages and TCP frames brought to one shape.
 //! - `router`: an inbound message to reserved verb, handler or room relay.
 //! - `rooms`: [`Membership`](rooms::Membership), the one owner of who is in which room.
+//! - `write_queue`: frames waiting for a connection's writer and the batch it writes
+//!   (public, hidden, for `benches/benches/queue.rs`).
 //! - `mesh`: the lock-free cross-core queues and their once-per-batch wake-up.
 //! - `outbound`: a message to many, framed once per protocol and shared.
 //! - `http`: health, stats, metrics, static files and HTTP actions on the same port.
@@ -59,6 +61,8 @@ mod router;
 mod session;
 pub mod stats;
 mod worker;
+#[doc(hidden)]
+pub mod write_queue;
 
 pub use api::{AckError, SendError, Server, ServerBuilder, ServerHandle, StartError, Timer};
 pub use auth::AuthUser;

@@ -237,25 +237,43 @@ mod tests {
         assert!("x-1".parse::<ClientId>().is_err());
     }
 
+    /// Counts the wake-ups the inbox gives the worker.
+    #[derive(Default)]
+    struct CountingWaker(AtomicUsize);
+
+    impl std::task::Wake for CountingWaker {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
     #[test]
     fn a_batch_from_another_thread_arrives_whole_with_one_wake() {
         let inbox = Arc::new(Inbox::default());
-        let sender = Arc::clone(&inbox);
-        std::thread::spawn(move || {
-            for _ in 0..100 {
-                sender.push(MeshMsg::Shutdown {
-                    graceful: true,
-                    timeout: std::time::Duration::ZERO,
-                });
-            }
-        })
-        .join()
-        .unwrap();
-        let mut rt = monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
-            .build()
-            .unwrap();
+        let wakes = Arc::new(CountingWaker::default());
+        let waker = std::task::Waker::from(Arc::clone(&wakes));
+        let mut cx = std::task::Context::from_waker(&waker);
         let mut batch = Vec::new();
-        rt.block_on(inbox.recv_batch(&mut batch));
+        let ready = {
+            let mut recv = std::pin::pin!(inbox.recv_batch(&mut batch));
+            // The worker waits on an empty inbox: its waker is registered.
+            assert!(recv.as_mut().poll(&mut cx).is_pending());
+            let sender = Arc::clone(&inbox);
+            std::thread::spawn(move || {
+                for _ in 0..100 {
+                    sender.push(MeshMsg::Shutdown {
+                        graceful: true,
+                        timeout: std::time::Duration::ZERO,
+                    });
+                }
+            })
+            .join()
+            .unwrap();
+            assert_eq!(wakes.0.load(Ordering::SeqCst), 1, "one wake for 100 pushes");
+            recv.as_mut().poll(&mut cx).is_ready()
+        };
+        assert!(ready);
         assert_eq!(batch.len(), 100);
+        assert_eq!(wakes.0.load(Ordering::SeqCst), 1);
     }
 }

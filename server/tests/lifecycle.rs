@@ -89,7 +89,17 @@ fn silent_client_is_dropped_after_heartbeat_timeout() {
         assert!(pings > 0, "an idle client is pinged");
         lively
     });
-    std::thread::sleep(Duration::from_millis(800));
+    // Reading would make tungstenite answer the server's pings and keep the silent
+    // client alive, so wait, without reading, until its close frame is on the socket.
+    silent
+        .ws
+        .get_mut()
+        .set_read_timeout(Some(Duration::from_millis(50)))
+        .unwrap();
+    eventually("the silent client to be sent a close", || {
+        has_close_frame(silent.ws.get_ref())
+    });
+    silent.ws.get_mut().set_read_timeout(Some(TIMEOUT)).unwrap();
     let (code, reason) = silent.expect_close();
     assert_eq!(
         (code, reason.as_str()),
@@ -99,6 +109,33 @@ fn silent_client_is_dropped_after_heartbeat_timeout() {
     lively.ws.get_mut().set_read_timeout(Some(TIMEOUT)).unwrap();
     lively.send(json!({"event": "ping"}));
     lively.recv_event("pong");
+}
+
+/// Whether the server frames waiting unread on `stream` include a close, peeked so
+/// that nothing is consumed (and no ping answered). Server frames are unmasked; a
+/// heartbeat's pings and close are short, but longer lengths are skipped correctly.
+fn has_close_frame(stream: &std::net::TcpStream) -> bool {
+    let mut buf = [0u8; 4096];
+    let Ok(n) = stream.peek(&mut buf) else {
+        return false;
+    };
+    let buf = &buf[..n];
+    let mut at = 0;
+    while let (Some(&b0), Some(&b1)) = (buf.get(at), buf.get(at + 1)) {
+        if b0 & 0x0F == 0x8 {
+            return true;
+        }
+        let (len, header) = match b1 & 0x7F {
+            126 => match buf.get(at + 2..at + 4) {
+                Some(l) => (u16::from_be_bytes([l[0], l[1]]) as usize, 4),
+                None => return false,
+            },
+            127 => return false,
+            len => (len as usize, 2),
+        };
+        at += header + len;
+    }
+    false
 }
 
 #[test]
@@ -232,8 +269,16 @@ Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n
         "no echo handler in the library by default"
     );
     // Its TCP client reads the id from the CONNECT frame's payload as text.
+    // The id is `<worker>-<seq>`, both decimal, on a worker that exists, and it is the
+    // id the server lists for that client.
     let tcp = s.tcp();
-    assert!(tcp.id.parse::<String>().is_ok() && tcp.id.contains('-'));
+    let (worker, seq) = tcp.id.split_once('-').expect("id is <worker>-<seq>");
+    let is_decimal = |t: &str| !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit());
+    assert!(is_decimal(worker) && is_decimal(seq), "id {:?}", tcp.id);
+    assert_eq!(worker, "0", "one worker");
+    eventually("the server to list the TCP client under its id", || {
+        s.handle.clients(None).contains(&tcp.id)
+    });
 }
 
 /// Found in review: the upgrade response waited in the write queue, and a

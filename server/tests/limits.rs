@@ -114,7 +114,18 @@ fn per_event_and_per_client_limits_apply_in_priority_order() {
     let mut vip = s.ws();
     s.handle
         .set_client_rate_limit(&vip.id, 4, Duration::from_secs(60));
-    std::thread::sleep(Duration::from_millis(100));
+    // Overrides reach the worker as whole snapshots of the table, each holding every
+    // override set before it: once a probe's later override is seen in force there,
+    // vip's is too. A probe allowed a third ping (the event limit allows two) shows it.
+    eventually("the client override to reach the worker", || {
+        let mut probe = s.ws();
+        s.handle
+            .set_client_rate_limit(&probe.id, 3, Duration::from_secs(60));
+        (0..3).all(|_| {
+            probe.send(json!({"event": "ping"}));
+            probe.recv_json()["event"] == "pong"
+        })
+    });
     refused_after(&mut vip, 4);
     s.handle.remove_event_rate_limit("ping");
     s.handle.remove_client_rate_limit(&vip.id);
