@@ -13,6 +13,7 @@
 //! - `http`: health, stats, metrics, static files and HTTP actions on the same port.
 //! - [`rate_limit`]: token buckets and the run-time table of overrides.
 //! - [`stats`]: per-worker counters summed on read.
+//! - `timers`: the one timer thread behind `every`, a heap of deadlines.
 //!
 //! ```no_run
 //! use stellar_server::{Config, Server, AckError};
@@ -41,6 +42,7 @@ pub mod rate_limit;
 mod rooms;
 mod router;
 pub mod stats;
+mod timers;
 mod worker;
 
 pub use api::{AckError, Ctx, Server, ServerBuilder, ServerHandle, StartError, Timer};
