@@ -29,6 +29,8 @@ use crate::outbound::Outbound;
 use crate::rate_limit::{Limit, RateLimits};
 use crate::rooms::Directories;
 use crate::stats::{Stats, WorkerStats};
+pub use crate::timers::Timer;
+use crate::timers::Timers;
 
 /// A failed request: answered as `{"error":{"code","message"}}` (HTTP 422).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -98,6 +100,8 @@ pub enum StartError {
     },
     #[error("invalid listen address: {0}")]
     Address(String),
+    #[error("starting the timer thread: {0}")]
+    Timers(std::io::Error),
 }
 
 /// Builds a server: configuration and handlers, then [`ServerBuilder::start`].
@@ -260,7 +264,12 @@ impl ServerBuilder {
             rate_limits: RwLock::default(),
             per_ip: Mutex::default(),
             threads: Mutex::new(Vec::new()),
+            timers: Timers::new(),
         });
+        shared
+            .timers
+            .spawn(Arc::downgrade(&shared))
+            .map_err(StartError::Timers)?;
         let cores = core_affinity::get_core_ids().unwrap_or_default();
         let mut threads = Vec::new();
         for (index, (ws, tcp)) in ws.into_iter().zip(tcp).enumerate() {
@@ -341,6 +350,8 @@ pub struct Shared {
     started: Instant,
     shutting_down: AtomicBool,
     threads: Mutex<Vec<JoinHandle<()>>>,
+    /// The `every` timers: one thread for all of them, stopped with the server.
+    timers: Timers,
     /// The current overrides; workers hold a copy, replaced through the mesh.
     rate_limits: RwLock<Arc<RateLimits>>,
     /// Open connections per remote address, against `max_connections_per_ip`
@@ -605,25 +616,13 @@ impl ServerHandle {
         self.each_worker(|| MeshMsg::RateLimits(Arc::clone(&table)));
     }
 
-    /// Runs `f` every `period` on a timer thread until the returned [`Timer`] is dropped.
+    /// Runs `f` every `period` on the server's timer thread until the returned [`Timer`]
+    /// is dropped or the server shuts down. Ticks follow the grid `start + n·period`
+    /// without drift; ticks missed while a callback overran are skipped, not fired in a
+    /// burst. A zero period is clamped to 1 ms. All timers share one thread, so a slow
+    /// callback delays the others. See the `timers` module for the exact guarantees.
     pub fn every(&self, period: Duration, f: impl Fn(&ServerHandle) + Send + 'static) -> Timer {
-        let cancelled = Arc::new(AtomicBool::new(false));
-        let flag = Arc::clone(&cancelled);
-        let handle = self.clone();
-        std::thread::spawn(move || {
-            let mut next = Instant::now() + period;
-            while !flag.load(Ordering::Acquire) && !handle.0.is_shutting_down() {
-                std::thread::sleep(
-                    next.saturating_duration_since(Instant::now())
-                        .min(Duration::from_millis(50)),
-                );
-                if Instant::now() >= next && !flag.load(Ordering::Acquire) {
-                    f(&handle);
-                    next += period;
-                }
-            }
-        });
-        Timer { cancelled }
+        self.0.timers.add(period, Box::new(f))
     }
 
     /// Stops at once: sockets are shut without a close handshake.
@@ -654,6 +653,7 @@ impl ServerHandle {
             return;
         }
         info!(signal, graceful, "shutting down");
+        self.0.timers.stop();
         self.each_worker(|| MeshMsg::Shutdown { graceful, timeout });
     }
 
@@ -668,6 +668,7 @@ impl ServerHandle {
         for t in threads {
             let _ = t.join();
         }
+        self.0.timers.join();
     }
 
     /// Whether a shutdown has begun (`/health` answers 503 from then on).
@@ -679,16 +680,5 @@ impl ServerHandle {
         for w in 0..self.0.mesh.workers() {
             self.0.mesh.send(w, msg());
         }
-    }
-}
-
-/// Cancels an [`ServerHandle::every`] timer when dropped.
-pub struct Timer {
-    cancelled: Arc<AtomicBool>,
-}
-
-impl Drop for Timer {
-    fn drop(&mut self) {
-        self.cancelled.store(true, Ordering::Release);
     }
 }

@@ -22,6 +22,7 @@
 //! - `files`: `public_dir` files for `/public/` and `file`, capped and read off the loop.
 //! - [`rate_limit`]: token buckets and the run-time table of overrides.
 //! - [`stats`]: per-worker counters summed on read.
+//! - `timers`: the one timer thread behind `every`, a heap of deadlines.
 //!
 //! ```no_run
 //! use stellar_server::{Config, Server, AckError};
@@ -60,6 +61,7 @@ mod rooms;
 mod router;
 mod session;
 pub mod stats;
+mod timers;
 mod worker;
 #[doc(hidden)]
 pub mod write_queue;
