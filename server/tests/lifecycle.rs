@@ -26,6 +26,16 @@ fn slow_consumer_is_closed_while_the_room_keeps_receiving() {
     // The good member reads as it goes and reports progress, so the publisher never
     // runs more than one batch (~0.5 MiB, under the 1 MiB max_backpressure) ahead of
     // it; the slow member never reads, so 20 MiB pile up for it.
+    // The slow member starts reading once the server has given up on it: its close
+    // frame waits behind what was already in flight, and is delivered if it reads
+    // within the close grace period (2 s), however long the flood takes to publish.
+    let handle = s.handle.clone();
+    let slow_reader = std::thread::spawn(move || {
+        eventually("the slow member to be closed", || {
+            handle.stats().slow_consumer_closes == 1
+        });
+        slow.expect_close()
+    });
     let (progress, acked) = std::sync::mpsc::channel();
     let reader = std::thread::spawn(move || {
         for seq in 0..total {
@@ -49,7 +59,7 @@ fn slow_consumer_is_closed_while_the_room_keeps_receiving() {
     let mut good = reader
         .join()
         .expect("the good member got every message in order");
-    let (code, reason) = slow.expect_close();
+    let (code, reason) = slow_reader.join().expect("the slow member got its close");
     assert_eq!(
         (code, reason.as_str()),
         (CloseCode::Policy, "slow consumer")
