@@ -1,10 +1,13 @@
 //! The one configuration struct (SPEC §5) and how TOML, `STELLAR_*` variables and flags
 //! land in it, in rising priority.
 //!
-//! [`Config`] holds every option with its default; [`Args`] is the same list as optional
-//! command-line flags (each also read from `STELLAR_<NAME>`). Layers are merged as TOML
-//! tables, so an option is named the same in the file, the environment and the flags,
-//! and `stellar --help` prints the defaults straight from `Config::default()`.
+//! Every option is written once, in the `options!` list below (name, type, default, doc,
+//! attributes), which generates [`Config`] with its `Default`, and [`Args`], the same
+//! list as optional command-line flags (each also read from `STELLAR_<NAME>`), with the
+//! doc as each flag's help. Layers are merged as TOML tables, so an option is named the
+//! same in the file, the environment and the flags, and `stellar --help` prints the
+//! defaults straight from `Config::default()`. Options whose feature is not built yet
+//! are in the list (so the file and the flags know them) and refused when set (SPEC §5).
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -31,120 +34,224 @@ pub enum SlowConsumerPolicy {
     Drop,
 }
 
-/// Every option of the server, with its default. Durations are written `30s`, `500ms`,
-/// `5m` or as plain seconds.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct Config {
-    /// Address to listen on. Default `0.0.0.0`.
-    pub host: String,
-    /// WebSocket and HTTP port. Default 3000; 0 picks a free port.
-    pub port: u16,
-    /// Binary TCP protocol port. Default: `port + 1` (or a free port when `port` is 0).
-    pub tcp_port: Option<u16>,
-    /// Worker threads, one per core. Default 0 = every core.
-    pub workers: usize,
-    /// I/O driver. Default `auto`.
-    pub driver: Driver,
-    /// How often idle clients are pinged. Default 30 s.
-    #[serde(with = "duration")]
-    pub heartbeat_interval: Duration,
-    /// A client silent this long is dropped. Default 60 s.
-    #[serde(with = "duration")]
-    pub heartbeat_timeout: Duration,
-    /// Server-wide connection cap; past it new clients get 1008 "Server full". Default 100 000.
-    pub max_connections: usize,
-    /// Connections from one IP address. Default 1000.
-    pub max_connections_per_ip: usize,
-    /// Rooms the server holds. Default 100 000.
-    pub max_rooms: usize,
-    /// Rooms one client may be in. Default 50.
-    pub max_rooms_per_client: usize,
-    /// Largest inbound message (WebSocket, all fragments) or TCP frame body, in bytes;
-    /// larger ones close with 1009. Default 1 MiB.
-    pub max_payload: usize,
-    /// Bytes queued to one connection before the slow-consumer policy applies. Default 1 MiB.
-    pub max_backpressure: usize,
-    /// Slow-consumer policy. Default `close`.
-    pub slow_consumer: SlowConsumerPolicy,
-    /// Messages per client per `rate_limit_window`. Default 100.
-    pub rate_limit: u32,
-    /// Rate-limit window. Default 1 s.
-    #[serde(with = "duration")]
-    pub rate_limit_window: Duration,
-    /// Time allowed to finish the handshake (and `auth`, when required). Default 10 s.
-    #[serde(with = "duration")]
-    pub connect_timeout: Duration,
-    /// Graceful shutdown drains this long before forcing. Default 10 s.
-    #[serde(with = "duration")]
-    pub shutdown_timeout: Duration,
-    /// permessage-deflate. Default off.
-    pub compression: bool,
-    /// Accepted `Origin`s; empty = any. Default any.
-    pub allowed_origins: Vec<String>,
-    /// Directory served at `/public/` and by the `file` verb. Default none.
-    pub public_dir: Option<PathBuf>,
-    /// Largest file the `file` verb and `/public/` serve, in bytes; larger ones are
-    /// refused (`file_too_large`, HTTP 413) rather than read. Default 16 MiB.
-    pub max_file_bytes: u64,
-    /// Largest HTTP request head in bytes. Default 8 KiB.
-    pub max_header_bytes: usize,
-    /// Most HTTP header lines. Default 64.
-    pub max_headers: usize,
-    /// Redis URL for multi-node scale-out. Default none (single node).
-    pub redis_url: Option<String>,
-    /// Messages of history kept per room. Default 0 (off).
-    pub history_size: usize,
-    /// How long history is kept. Default 5 min.
-    #[serde(with = "duration")]
-    pub history_ttl: Duration,
-    /// TLS certificate (PEM). Default none.
-    pub tls_cert: Option<PathBuf>,
-    /// TLS key (PEM). Default none.
-    pub tls_key: Option<PathBuf>,
-    /// HS256 secret for JWT auth. Default none (auth off).
-    pub jwt_secret: Option<String>,
-    /// Conformance-test mode: every WebSocket connection echoes each message verbatim,
-    /// with no `welcome` and no envelope (`scripts/autobahn server`). Default off.
-    pub echo: bool,
+/// `STELLAR_` then `name` in upper case, computed at compile time: the environment
+/// variable of an option (`max_payload` → `STELLAR_MAX_PAYLOAD`). `N` must be
+/// `name.len() + 8`; anything else fails the build.
+const fn env_var<const N: usize>(name: &str) -> [u8; N] {
+    let prefix = b"STELLAR_";
+    let name = name.as_bytes();
+    assert!(N == prefix.len() + name.len(), "env_var!: wrong length");
+    let mut out = [0; N];
+    let mut i = 0;
+    while i < N {
+        out[i] = if i < prefix.len() {
+            prefix[i]
+        } else {
+            name[i - prefix.len()].to_ascii_uppercase()
+        };
+        i += 1;
+    }
+    out
 }
 
-impl Default for Config {
-    fn default() -> Self {
-        Self {
-            host: "0.0.0.0".into(),
-            port: 3000,
-            tcp_port: None,
-            workers: 0,
-            driver: Driver::Auto,
-            heartbeat_interval: Duration::from_secs(30),
-            heartbeat_timeout: Duration::from_secs(60),
-            max_connections: 100_000,
-            max_connections_per_ip: 1000,
-            max_rooms: 100_000,
-            max_rooms_per_client: 50,
-            max_payload: 1 << 20,
-            max_backpressure: 1 << 20,
-            slow_consumer: SlowConsumerPolicy::Close,
-            rate_limit: 100,
-            rate_limit_window: Duration::from_secs(1),
-            connect_timeout: Duration::from_secs(10),
-            shutdown_timeout: Duration::from_secs(10),
-            compression: false,
-            allowed_origins: Vec::new(),
-            public_dir: None,
-            max_file_bytes: 16 << 20,
-            max_header_bytes: 8 * 1024,
-            max_headers: 64,
-            redis_url: None,
-            history_size: 0,
-            history_ttl: Duration::from_secs(300),
-            tls_cert: None,
-            tls_key: None,
-            jwt_secret: None,
-            echo: false,
+/// The `STELLAR_<NAME>` variable of option `$name`, as a `&'static str`.
+macro_rules! env_var {
+    ($name:ident) => {{
+        const BYTES: [u8; 8 + stringify!($name).len()] = env_var(stringify!($name));
+        const NAME: &str = match std::str::from_utf8(&BYTES) {
+            Ok(name) => name,
+            Err(_) => panic!("option names are ASCII"),
+        };
+        NAME
+    }};
+}
+
+/// The rustdoc line stating an option's default: its `shown` text, else its expression.
+macro_rules! default_doc {
+    ($default:expr) => {
+        concat!("Default: `", stringify!($default), "`.")
+    };
+    ($default:expr, $shown:literal) => {
+        concat!("Default: ", $shown, ".")
+    };
+}
+
+/// The one list of options. Each entry, written once, is
+///
+/// ```text
+/// /// doc (rustdoc of the `Config` field and the option's `--help` text)
+/// name: Type = default, flag FlagType
+///     [, serde(..)]      attributes of the `Config` field (durations as strings)
+///     [, arg(..)]        extra clap attributes of the flag (`short`, delimiters)
+///     [, shown ".."]     the default as `--help` shows it, when the value reads badly
+///     [, refused ".."]   the feature is not built: any other value than the default
+///                        is refused at start, naming what is missing;
+/// ```
+///
+/// and becomes a field of [`Config`] (with its default in `Default`) and an optional
+/// `--name` flag of [`Args`] that also reads `STELLAR_NAME`. `FlagType` is what the
+/// flag parses: the field type, `T` for an `Option<T>` field, `String` for a duration.
+macro_rules! options {
+    ($(
+        $(#[doc = $doc:literal])+
+        $name:ident: $ty:ty = $default:expr, flag $flag:ty
+        $(, serde($($serde:tt)+))?
+        $(, arg($($arg:tt)+))?
+        $(, shown $shown:literal)?
+        $(, refused $why:literal)?;
+    )+) => {
+        /// Every option of the server, with its default. Durations are written `30s`,
+        /// `500ms`, `5m` or as plain seconds.
+        #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+        #[serde(default, deny_unknown_fields)]
+        pub struct Config {
+            $(
+                $(#[doc = $doc])+
+                #[doc = ""]
+                #[doc = default_doc!($default $(, $shown)?)]
+                $(#[serde($($serde)+)])?
+                pub $name: $ty,
+            )+
         }
-    }
+
+        impl Default for Config {
+            fn default() -> Self {
+                Self { $($name: $default,)+ }
+            }
+        }
+
+        /// The command line: every option of [`Config`] as a flag that also reads
+        /// `STELLAR_<NAME>`. Unset flags leave the lower layers alone.
+        #[derive(Debug, Default, clap::Parser, Serialize)]
+        #[command(name = "stellar", version, about = "Stellar real-time messaging server")]
+        pub struct Args {
+            /// TOML configuration file.
+            #[arg(long, env = "STELLAR_CONFIG")]
+            #[serde(skip)]
+            pub config: Option<PathBuf>,
+            $(
+                $(#[doc = $doc])+
+                #[arg(long, env = env_var!($name) $(, $($arg)+)?)]
+                #[serde(skip_serializing_if = "Option::is_none")]
+                pub $name: Option<$flag>,
+            )+
+        }
+
+        /// `--help` shows these defaults as written here rather than as their value.
+        const SHOWN_DEFAULTS: &[(&str, &str)] = &[$($((stringify!($name), $shown),)?)+];
+
+        impl Config {
+            /// Options whose feature is not built yet, with what is missing: set to
+            /// anything but their default, they are refused rather than ignored.
+            pub const UNSUPPORTED: &[(&str, &str)] = &[$($((stringify!($name), $why),)?)+];
+
+            /// The first option of [`Config::UNSUPPORTED`] set to another value than
+            /// its default.
+            fn unsupported_in_use(&self) -> Option<ConfigError> {
+                let default = Self::default();
+                $($(
+                    if self.$name != default.$name {
+                        return Some(ConfigError::Unsupported {
+                            option: stringify!($name),
+                            missing: $why,
+                        });
+                    }
+                )?)+
+                None
+            }
+        }
+    };
+}
+
+options! {
+    /// Address to listen on (IPv4 or IPv6).
+    host: String = String::from("0.0.0.0"), flag String;
+    /// WebSocket and HTTP port; 0 picks a free port.
+    port: u16 = 3000, flag u16, arg(short);
+    /// Binary TCP protocol port; unset, `port + 1` (a free port when `port` is 0).
+    tcp_port: Option<u16> = None, flag u16, shown "port + 1";
+    /// Worker threads, each pinned to a core; 0 = one per core.
+    workers: usize = 0, flag usize, arg(short), shown "0 (every core)";
+    /// I/O driver: `auto` (io_uring where the kernel allows it, else epoll), `uring`, `epoll`.
+    driver: Driver = Driver::Auto, flag Driver;
+    /// How often idle clients are pinged (often enough for NATs and proxies, which drop
+    /// idle flows after a minute or more).
+    heartbeat_interval: Duration = Duration::from_secs(30), flag String,
+        serde(with = "duration");
+    /// A client silent this long is dropped (two missed pings); at least `heartbeat_interval`.
+    heartbeat_timeout: Duration = Duration::from_secs(60), flag String,
+        serde(with = "duration");
+    /// Server-wide connection cap; past it new clients get 1008 "Server full".
+    max_connections: usize = 100_000, flag usize;
+    /// Connections from one IP address; past it 1008 "Too many connections".
+    max_connections_per_ip: usize = 1000, flag usize;
+    /// Rooms the server holds, a guard against memory exhaustion by room names.
+    max_rooms: usize = 100_000, flag usize;
+    /// Rooms one client may be in.
+    max_rooms_per_client: usize = 50, flag usize;
+    /// Largest inbound message (WebSocket, all fragments) or TCP frame body, in bytes;
+    /// larger ones close with 1009. Bounds what one message can make the server buffer.
+    max_payload: usize = 1 << 20, flag usize;
+    /// Bytes queued to one connection before the slow-consumer policy applies; with
+    /// `max_payload`, the bound on a connection's send memory.
+    max_backpressure: usize = 1 << 20, flag usize;
+    /// Slow-consumer policy: `close` (1008 "slow consumer") or `drop` (the message, counted).
+    slow_consumer: SlowConsumerPolicy = SlowConsumerPolicy::Close, flag SlowConsumerPolicy;
+    /// Messages per client per `rate_limit_window` (token bucket); 0 = off.
+    rate_limit: u32 = 100, flag u32;
+    /// Rate-limit window.
+    rate_limit_window: Duration = Duration::from_secs(1), flag String,
+        serde(with = "duration");
+    /// Time allowed to finish the handshake (and `auth`, when required).
+    connect_timeout: Duration = Duration::from_secs(10), flag String,
+        serde(with = "duration");
+    /// Graceful shutdown drains this long before forcing.
+    shutdown_timeout: Duration = Duration::from_secs(10), flag String,
+        serde(with = "duration");
+    /// permessage-deflate (RFC 7692).
+    compression: bool = false, flag bool,
+        refused "permessage-deflate is not built into this server";
+    /// Accepted `Origin`s, comma-separated; empty = any.
+    allowed_origins: Vec<String> = Vec::new(), flag Vec<String>,
+        arg(value_delimiter = ','), shown "any";
+    /// Directory served at `/public/` and by the `file` verb.
+    public_dir: Option<PathBuf> = None, flag PathBuf;
+    /// Largest file the `file` verb and `/public/` serve, in bytes; larger ones are
+    /// refused (`file_too_large`, HTTP 413) rather than read.
+    max_file_bytes: u64 = 16 << 20, flag u64;
+    /// Largest HTTP request head, in bytes (431 past it).
+    max_header_bytes: usize = 8 * 1024, flag usize;
+    /// Most HTTP header lines (431 past it).
+    max_headers: usize = 64, flag usize;
+    /// Redis URL for multi-node scale-out; unset = a single node.
+    redis_url: Option<String> = None, flag String,
+        refused "Redis scale-out is not built into this server";
+    /// Messages of history kept per room, for recovery on reconnect; 0 = off.
+    history_size: usize = 0, flag usize,
+        refused "room history is not built into this server";
+    /// How long history is kept.
+    history_ttl: Duration = Duration::from_secs(300), flag String,
+        serde(with = "duration"),
+        refused "room history is not built into this server";
+    /// TLS certificate chain (PEM), for wss and TLS over the TCP protocol.
+    tls_cert: Option<PathBuf> = None, flag PathBuf,
+        refused "TLS is not built into this server";
+    /// TLS private key (PEM).
+    tls_key: Option<PathBuf> = None, flag PathBuf,
+        refused "TLS is not built into this server";
+    /// HS256 secret for JWT auth; unset = auth off.
+    jwt_secret: Option<String> = None, flag String, arg(hide_env_values = true);
+    /// Serve the demo page at `/demo`.
+    demo: bool = false, flag bool,
+        refused "the demo page is not built into this server";
+    /// Room patterns (`name` or `prefix:*`, comma-separated) whose members get
+    /// `presence-join` / `presence-leave` events.
+    presence_rooms: Vec<String> = Vec::new(), flag Vec<String>,
+        arg(value_delimiter = ','), shown "none",
+        refused "presence events are not built into this server";
+    /// Conformance-test mode: every WebSocket connection echoes each message verbatim,
+    /// with no `welcome` and no envelope (`scripts/autobahn server`).
+    echo: bool = false, flag bool;
 }
 
 /// Why a configuration could not be loaded.
@@ -157,6 +264,13 @@ pub enum ConfigError {
     },
     #[error("invalid configuration: {0}")]
     Invalid(String),
+    /// An option whose feature is not built yet was set: refused rather than accepted
+    /// and ignored (SPEC §5). Remove the option, or leave it at its default.
+    #[error("`{option}` is not supported yet: {missing}; remove the option")]
+    Unsupported {
+        option: &'static str,
+        missing: &'static str,
+    },
 }
 
 impl Config {
@@ -189,8 +303,11 @@ impl Config {
         Ok(merged)
     }
 
-    /// Rejects values that cannot work.
+    /// Rejects values that cannot work, and options whose feature is not built.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        if let Some(unsupported) = self.unsupported_in_use() {
+            return Err(unsupported);
+        }
         let positive = [
             ("max_payload", self.max_payload),
             ("max_backpressure", self.max_backpressure),
@@ -212,142 +329,42 @@ impl Config {
     }
 }
 
-/// The command line: every option of [`Config`] as a flag that also reads
-/// `STELLAR_<NAME>`. Unset flags leave the lower layers alone.
-#[derive(Debug, Default, clap::Parser, Serialize)]
-#[command(
-    name = "stellar",
-    version,
-    about = "Stellar real-time messaging server"
-)]
-pub struct Args {
-    /// TOML configuration file.
-    #[arg(long, env = "STELLAR_CONFIG")]
-    #[serde(skip)]
-    pub config: Option<PathBuf>,
-    #[arg(long, env = "STELLAR_HOST")]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub host: Option<String>,
-    #[arg(long, short, env = "STELLAR_PORT")]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub port: Option<u16>,
-    #[arg(long, env = "STELLAR_TCP_PORT")]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub tcp_port: Option<u16>,
-    #[arg(long, short, env = "STELLAR_WORKERS")]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub workers: Option<usize>,
-    #[arg(long, env = "STELLAR_DRIVER")]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub driver: Option<Driver>,
-    #[arg(long, env = "STELLAR_HEARTBEAT_INTERVAL")]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub heartbeat_interval: Option<String>,
-    #[arg(long, env = "STELLAR_HEARTBEAT_TIMEOUT")]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub heartbeat_timeout: Option<String>,
-    #[arg(long, env = "STELLAR_MAX_CONNECTIONS")]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub max_connections: Option<usize>,
-    #[arg(long, env = "STELLAR_MAX_CONNECTIONS_PER_IP")]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub max_connections_per_ip: Option<usize>,
-    #[arg(long, env = "STELLAR_MAX_ROOMS")]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub max_rooms: Option<usize>,
-    #[arg(long, env = "STELLAR_MAX_ROOMS_PER_CLIENT")]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub max_rooms_per_client: Option<usize>,
-    #[arg(long, env = "STELLAR_MAX_PAYLOAD")]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub max_payload: Option<usize>,
-    #[arg(long, env = "STELLAR_MAX_BACKPRESSURE")]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub max_backpressure: Option<usize>,
-    #[arg(long, env = "STELLAR_SLOW_CONSUMER")]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub slow_consumer: Option<SlowConsumerPolicy>,
-    #[arg(long, env = "STELLAR_RATE_LIMIT")]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub rate_limit: Option<u32>,
-    #[arg(long, env = "STELLAR_RATE_LIMIT_WINDOW")]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub rate_limit_window: Option<String>,
-    #[arg(long, env = "STELLAR_CONNECT_TIMEOUT")]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub connect_timeout: Option<String>,
-    #[arg(long, env = "STELLAR_SHUTDOWN_TIMEOUT")]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub shutdown_timeout: Option<String>,
-    #[arg(long, env = "STELLAR_COMPRESSION")]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub compression: Option<bool>,
-    #[arg(long, env = "STELLAR_ALLOWED_ORIGINS", value_delimiter = ',')]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub allowed_origins: Option<Vec<String>>,
-    #[arg(long, env = "STELLAR_PUBLIC_DIR")]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub public_dir: Option<PathBuf>,
-    #[arg(long, env = "STELLAR_MAX_FILE_BYTES")]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub max_file_bytes: Option<u64>,
-    #[arg(long, env = "STELLAR_MAX_HEADER_BYTES")]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub max_header_bytes: Option<usize>,
-    #[arg(long, env = "STELLAR_MAX_HEADERS")]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub max_headers: Option<usize>,
-    #[arg(long, env = "STELLAR_REDIS_URL")]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub redis_url: Option<String>,
-    #[arg(long, env = "STELLAR_HISTORY_SIZE")]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub history_size: Option<usize>,
-    #[arg(long, env = "STELLAR_HISTORY_TTL")]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub history_ttl: Option<String>,
-    #[arg(long, env = "STELLAR_TLS_CERT")]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub tls_cert: Option<PathBuf>,
-    #[arg(long, env = "STELLAR_TLS_KEY")]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub tls_key: Option<PathBuf>,
-    #[arg(long, env = "STELLAR_JWT_SECRET", hide_env_values = true)]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub jwt_secret: Option<String>,
-    /// Echo every WebSocket message verbatim (conformance testing only).
-    #[arg(long, env = "STELLAR_ECHO")]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub echo: Option<bool>,
-}
-
 impl Args {
     /// The clap command with each option's help ending in its default, read from
-    /// `Config::default()` so the two can never disagree.
+    /// `Config::default()` so the two can never disagree, and with a note on options
+    /// that are refused because their feature is not built.
     pub fn command_with_defaults() -> clap::Command {
         let defaults = toml::Table::try_from(Config::default()).unwrap_or_default();
         let mut cmd = <Self as clap::CommandFactory>::command();
         let ids: Vec<String> = cmd
             .get_arguments()
             .map(|a| a.get_id().to_string())
+            .filter(|id| !matches!(id.as_str(), "help" | "version" | "config"))
             .collect();
         for id in ids {
-            let shown = match defaults.get(&id) {
-                Some(toml::Value::String(s)) => s.clone(),
-                Some(toml::Value::Array(a)) if a.is_empty() => "any".into(),
-                Some(v) => v.to_string(),
-                None if id == "tcp_port" => "port + 1".into(),
-                None if matches!(id.as_str(), "help" | "version" | "config") => continue,
-                None => "none".into(),
+            let shown = match SHOWN_DEFAULTS.iter().find(|(name, _)| *name == id) {
+                Some((_, shown)) => (*shown).to_owned(),
+                None => match defaults.get(&id) {
+                    Some(toml::Value::String(s)) => s.clone(),
+                    Some(toml::Value::Array(a)) if a.is_empty() => "none".into(),
+                    Some(v) => v.to_string(),
+                    None => "none".into(),
+                },
             };
-            let shown = if id == "workers" {
-                "0 (every core)".into()
-            } else {
-                shown
-            };
+            let refused = Config::UNSUPPORTED
+                .iter()
+                .find(|(name, _)| *name == id)
+                .map(|(_, missing)| format!(". Not supported yet ({missing}): refused if set"))
+                .unwrap_or_default();
+            let suffix = format!("{refused} [default: {shown}]");
             cmd = cmd.mut_arg(id, |a| {
                 let help = a.get_help().map(ToString::to_string).unwrap_or_default();
-                a.help(format!("{help} [default: {shown}]"))
+                let long = a.get_long_help().map(ToString::to_string);
+                let a = a.help(format!("{help}{suffix}"));
+                match long {
+                    Some(long) => a.long_help(format!("{long}{suffix}")),
+                    None => a,
+                }
             });
         }
         cmd
@@ -463,6 +480,62 @@ mod tests {
     fn unknown_option_in_file_is_an_error() {
         let partial: toml::Table = toml::from_str("portt = 1").unwrap();
         assert!(Config::default().merged(partial).is_err());
+    }
+
+    #[test]
+    fn every_flag_reads_its_stellar_variable() {
+        let cmd = <Args as clap::CommandFactory>::command();
+        for arg in cmd.get_arguments() {
+            let id = arg.get_id().as_str();
+            if matches!(id, "help" | "version") {
+                continue;
+            }
+            let expected = format!("STELLAR_{}", id.to_uppercase());
+            let env = arg.get_env().and_then(|e| e.to_str());
+            assert_eq!(env, Some(expected.as_str()), "--{id}");
+        }
+    }
+
+    #[test]
+    fn unsupported_options_are_refused_by_name() {
+        let cases = [
+            ("tls_cert", "tls_cert = \"cert.pem\""),
+            ("tls_key", "tls_key = \"key.pem\""),
+            ("compression", "compression = true"),
+            ("redis_url", "redis_url = \"redis://127.0.0.1\""),
+            ("history_size", "history_size = 100"),
+            ("history_ttl", "history_ttl = \"1m\""),
+            ("demo", "demo = true"),
+            ("presence_rooms", "presence_rooms = [\"lobby\"]"),
+        ];
+        let listed: Vec<&str> = Config::UNSUPPORTED.iter().map(|(name, _)| *name).collect();
+        let mut expected: Vec<&str> = cases.iter().map(|(name, _)| *name).collect();
+        expected.sort_unstable();
+        let mut listed_sorted = listed.clone();
+        listed_sorted.sort_unstable();
+        assert_eq!(listed_sorted, expected);
+        for (option, line) in cases {
+            let partial: toml::Table = toml::from_str(line).unwrap();
+            match Config::default().merged(partial) {
+                Err(e @ ConfigError::Unsupported { option: named, .. }) => {
+                    assert_eq!(named, option);
+                    let message = e.to_string();
+                    assert!(message.starts_with(&format!("`{option}` is not supported yet: ")));
+                    assert!(message.ends_with("; remove the option"), "{message}");
+                }
+                other => panic!("{line}: expected a refusal, got {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn unsupported_options_left_at_their_default_are_accepted() {
+        let partial: toml::Table = toml::from_str(
+            "compression = false\nhistory_size = 0\nhistory_ttl = \"5m\"\n\
+             demo = false\npresence_rooms = []\n",
+        )
+        .unwrap();
+        assert!(Config::default().merged(partial).is_ok());
     }
 
     #[test]

@@ -17,6 +17,12 @@
 //! callback starts. A call that had already started when `drop` began runs to its end
 //! (`drop` does not wait for it, so dropping a timer from inside its own callback, or
 //! while holding a lock the callback takes, cannot deadlock).
+//!
+//! Limits: a zero period is clamped to [`MIN_PERIOD`] (1 ms) so it cannot spin the
+//! thread; a callback that panics is logged and its timer cancelled (as the thread per
+//! timer of before would have died); on `stop`/`shutdown` no callback starts any more,
+//! the thread exits after the one running (if any) returns, and every callback is
+//! dropped, releasing what it captured (often a `ServerHandle`).
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
