@@ -5,11 +5,9 @@
 //! owns the client. The handle works from any thread: it only pushes finished messages
 //! into the workers' inboxes and reads their counters and directories.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -28,51 +26,11 @@ use crate::mesh::{ClientId, Mesh, MeshMsg};
 use crate::outbound::Outbound;
 use crate::rate_limit::{Limit, RateLimits};
 use crate::rooms::Directories;
+pub use crate::shared::AckError;
+use crate::shared::{Handlers, Shared};
 use crate::stats::{Stats, WorkerStats};
 pub use crate::timers::Timer;
 use crate::timers::Timers;
-
-/// A failed request: answered as `{"error":{"code","message"}}` (HTTP 422).
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{code}: {message}")]
-pub struct AckError {
-    pub code: String,
-    pub message: String,
-}
-
-impl AckError {
-    pub fn new(code: impl Into<String>, message: impl Into<String>) -> Self {
-        Self {
-            code: code.into(),
-            message: message.into(),
-        }
-    }
-}
-
-type EventFn = dyn Fn(&Ctx<'_>) + Send + Sync;
-type AckFn = dyn Fn(&Ctx<'_>) -> Result<Value, AckError> + Send + Sync;
-type MiddlewareFn = dyn Fn(&ClientInfo) -> Result<(), String> + Send + Sync;
-type RoomEventFn = dyn Fn(&ClientInfo, &str, &str) -> bool + Send + Sync;
-type ShutdownFn = dyn Fn(&str, bool) + Send + Sync;
-type RateLimitFn = dyn Fn(&ClientInfo, &str) -> bool + Send + Sync;
-type AuthFn = dyn Fn(&Request) -> Result<AuthUser, String> + Send + Sync;
-type AuthorizeJoinFn = dyn Fn(&ClientInfo, Option<&AuthUser>, &str) -> bool + Send + Sync;
-
-/// Every registered handler, shared read-only by the workers.
-#[derive(Default)]
-pub struct Handlers {
-    pub(crate) events: HashMap<String, Vec<Arc<EventFn>>>,
-    pub(crate) all: Vec<Arc<EventFn>>,
-    pub(crate) connection: Vec<Arc<EventFn>>,
-    pub(crate) disconnect: Vec<Arc<EventFn>>,
-    pub(crate) acks: HashMap<String, Arc<AckFn>>,
-    pub(crate) middleware: Vec<Arc<MiddlewareFn>>,
-    pub(crate) room_event: Option<Arc<RoomEventFn>>,
-    pub(crate) shutdown: Vec<Arc<ShutdownFn>>,
-    pub(crate) rate_limit_exceeded: Option<Arc<RateLimitFn>>,
-    pub(crate) auth: Option<Arc<AuthFn>>,
-    pub(crate) authorize_join: Option<Arc<AuthorizeJoinFn>>,
-}
 
 /// Why a message could not be sent (nothing was sent).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -333,97 +291,6 @@ fn bind_reuseport(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
     let listener = unsafe { std::net::TcpListener::from_raw_fd(fd.into_raw_fd()) };
     listener.set_nonblocking(true)?;
     Ok(listener)
-}
-
-/// State shared by the workers and every handle.
-pub struct Shared {
-    config: RwLock<Arc<Config>>,
-    pub(crate) handlers: Handlers,
-    pub(crate) mesh: Arc<Mesh>,
-    pub(crate) dirs: Arc<Directories>,
-    stats: Vec<Arc<WorkerStats>>,
-    /// Connections admitted, against `max_connections` (changes on connect and close
-    /// only, never per message).
-    admitted: AtomicUsize,
-    port: u16,
-    tcp_port: u16,
-    started: Instant,
-    shutting_down: AtomicBool,
-    threads: Mutex<Vec<JoinHandle<()>>>,
-    /// The `every` timers: one thread for all of them, stopped with the server.
-    timers: Timers,
-    /// The current overrides; workers hold a copy, replaced through the mesh.
-    rate_limits: RwLock<Arc<RateLimits>>,
-    /// Open connections per remote address, against `max_connections_per_ip`
-    /// (touched on connect and close only).
-    per_ip: Mutex<HashMap<std::net::IpAddr, usize>>,
-}
-
-impl Shared {
-    pub fn config(&self) -> Arc<Config> {
-        Arc::clone(
-            &self
-                .config
-                .read()
-                .unwrap_or_else(std::sync::PoisonError::into_inner),
-        )
-    }
-
-    pub(crate) fn worker_stats_arc(&self, worker: usize) -> &Arc<WorkerStats> {
-        &self.stats[worker]
-    }
-
-    pub(crate) fn try_admit(&self, max: usize) -> bool {
-        self.admitted
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                (n < max).then_some(n + 1)
-            })
-            .is_ok()
-    }
-
-    pub(crate) fn release_admission(&self) {
-        self.admitted.fetch_sub(1, Ordering::AcqRel);
-    }
-
-    pub(crate) fn rate_limits(&self) -> Arc<RateLimits> {
-        Arc::clone(
-            &self
-                .rate_limits
-                .read()
-                .unwrap_or_else(std::sync::PoisonError::into_inner),
-        )
-    }
-
-    /// Counts a connection from `ip`; false when `max` are open already.
-    pub(crate) fn admit_ip(&self, ip: std::net::IpAddr, max: usize) -> bool {
-        let mut per_ip = self
-            .per_ip
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let open = per_ip.entry(ip).or_default();
-        if *open >= max {
-            return false;
-        }
-        *open += 1;
-        true
-    }
-
-    pub(crate) fn release_ip(&self, ip: std::net::IpAddr) {
-        let mut per_ip = self
-            .per_ip
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some(open) = per_ip.get_mut(&ip) {
-            *open -= 1;
-            if *open == 0 {
-                per_ip.remove(&ip);
-            }
-        }
-    }
-
-    pub(crate) fn is_shutting_down(&self) -> bool {
-        self.shutting_down.load(Ordering::Acquire)
-    }
 }
 
 /// A running server. Dropping it does not stop it; call [`ServerHandle::shutdown`] or

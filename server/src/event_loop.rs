@@ -14,11 +14,11 @@ use stellar_protocol::ws::frame::encode_server;
 use stellar_protocol::ws::{CloseCode, OpCode};
 use tracing::{debug, info, warn};
 
-use crate::api::Shared;
 use crate::files;
 use crate::inbox;
 use crate::outbound::Proto;
 use crate::session;
+use crate::shared::Shared;
 use crate::worker::Worker;
 
 /// Starts worker `index` on the current thread and runs it until shutdown.

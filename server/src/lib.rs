@@ -10,6 +10,7 @@
 //! - `session`: one connection's life: handshake, admission, read loop, cleanup.
 //! - `admission`: connection caps, authentication, room grants, connect hooks.
 //! - `inbox`: the loop applying cross-core work from the mesh.
+//! - `shared`: the handlers and server-wide state the workers and handles share.
 //! - `connection`: a client's identity, bounded write queue and writer task.
 //! - `inbound`: WebSocket messages and TCP frames brought to one shape.
 //! - `router`: an inbound message to reserved verb, handler or room relay.
@@ -60,6 +61,7 @@ pub mod rate_limit;
 mod rooms;
 mod router;
 mod session;
+mod shared;
 pub mod stats;
 mod timers;
 mod worker;

@@ -33,7 +33,8 @@ use std::time::{Duration, Instant};
 
 use tracing::error;
 
-use crate::api::{ServerHandle, Shared};
+use crate::api::ServerHandle;
+use crate::shared::Shared;
 
 /// The shortest period a timer runs at: a zero period is clamped to it, so that a timer
 /// asked to run "continuously" takes one callback per millisecond instead of spinning

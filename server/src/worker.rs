@@ -12,13 +12,13 @@ use std::collections::HashMap;
 use std::rc::Rc;
 use std::sync::Arc;
 
-use crate::api::{Handlers, Shared};
 use crate::config::Config;
 use crate::connection::Conn;
 use crate::mesh::{Barrier, ClientId, MeshMsg};
 use crate::outbound::Outbound;
 use crate::rate_limit::Limiter;
 use crate::rooms::{JoinError, Membership, RoomLimits, RoomName};
+use crate::shared::{Handlers, Shared};
 use crate::stats::WorkerStats;
 
 /// A worker's state, shared by its tasks.
