@@ -87,7 +87,7 @@ impl<'a> Envelope<'a> {
 
 /// A string field: borrowed when it has no escapes, unescaped into an owned string
 /// otherwise; `null` counts as absent.
-fn string_field<'a>(
+pub(crate) fn string_field<'a>(
     raw: Option<sonic_rs::LazyValue<'a>>,
     name: &'static str,
 ) -> Result<Option<Cow<'a, str>>, EnvelopeError> {

@@ -8,6 +8,7 @@
 
 use std::borrow::Cow;
 
+use crate::envelope::string_field;
 use crate::error::EnvelopeError;
 
 /// A JSON frame's payload, read.
@@ -44,7 +45,11 @@ impl<'a> JsonPayload<'a> {
             }
         }
         let routed = match (members, room, data) {
-            (2, Some(room), Some(data)) => room_name(&room).map(|r| (r, data)),
+            // A room that is not a string makes the payload plain data, not an error.
+            (2, Some(room), Some(data)) => string_field(Some(room), "room")
+                .ok()
+                .flatten()
+                .map(|r| (r, data)),
             _ => None,
         };
         Ok(match routed {
@@ -90,9 +95,7 @@ impl<'a> AckPayload<'a> {
                 _ => {}
             }
         }
-        let correlation_id = correlation_id
-            .as_ref()
-            .and_then(room_name)
+        let correlation_id = string_field(correlation_id, "_correlationId")?
             .ok_or(EnvelopeError::FieldNotString("_correlationId"))?;
         let data = data.and_then(|d| match d.as_raw_cow() {
             Cow::Borrowed(raw) if raw != "null" => Some(raw),
@@ -102,18 +105,6 @@ impl<'a> AckPayload<'a> {
             data,
             correlation_id,
         })
-    }
-}
-
-/// The member's value when it is a string, unescaped.
-fn room_name<'a>(raw: &sonic_rs::LazyValue<'a>) -> Option<Cow<'a, str>> {
-    let text = raw.as_raw_cow();
-    if !text.starts_with('"') {
-        return None;
-    }
-    match text {
-        Cow::Borrowed(t) if !t.contains('\\') => t.get(1..t.len() - 1).map(Cow::Borrowed),
-        other => sonic_rs::from_str::<String>(&other).ok().map(Cow::Owned),
     }
 }
 
