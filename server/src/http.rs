@@ -163,7 +163,7 @@ fn action(
             return json_response(400, "Bad Request", &error);
         }
     };
-    if !worker.limiter.allow_http(&worker.config(), remote, name) {
+    if !worker.allow_http(remote, name) {
         worker.stats.rate_limited.add(1);
         let error = json!({"error": {"code": ErrorCode::RateLimited.as_str(), "message": format!("rate limit exceeded for `{name}`")}});
         return json_response(429, "Too Many Requests", &error);

@@ -48,7 +48,7 @@ fn apply(worker: &Worker, msg: MeshMsg) {
             }
         }
         MeshMsg::Config(config) => worker.set_config(config),
-        MeshMsg::RateLimits(table) => worker.limiter.set_table(table),
+        MeshMsg::RateLimits(table) => worker.set_rate_limits(table),
         MeshMsg::Shutdown { .. } => {}
     }
 }

@@ -63,7 +63,7 @@ impl Decoder {
     ) -> Option<Flow> {
         match self {
             Self::Ws(decoder) => match decoder.decode(buf) {
-                Ok(Some(msg)) if worker.config().echo => Some(echo(worker, conn, msg)),
+                Ok(Some(msg)) if worker.is_echo() => Some(echo(worker, conn, msg)),
                 Ok(Some(msg)) => Some(route(worker, conn, inbound::from_ws(&msg))),
                 Ok(None) => None,
                 Err(e) => {
@@ -181,11 +181,7 @@ fn unauthenticated(worker: &Worker, conn: &Rc<Conn>, event: &EventName<'_>) -> O
 /// `on_rate_limit_exceeded` hook returning false keeps it, and the message is refused
 /// with an `error` event `rate_limited`).
 fn over_limit(worker: &Rc<Worker>, conn: &Rc<Conn>, event: &str) -> Option<Flow> {
-    let config = worker.config();
-    if worker
-        .limiter
-        .allow(&config, &conn.buckets, || conn.id.text(), event)
-    {
+    if worker.allow(conn, event) {
         return None;
     }
     worker.stats.rate_limited.add(1);

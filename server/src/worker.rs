@@ -30,7 +30,7 @@ pub struct Worker {
     /// Every admitted connection, by sequence number.
     conns: RefCell<HashMap<u64, Rc<Conn>>>,
     rooms: RefCell<Membership>,
-    pub(crate) limiter: Limiter,
+    limiter: Limiter,
     next_seq: Cell<u64>,
     shutting_down: Cell<bool>,
     /// Handler metadata (`Ctx::set`) of the clients that have any, by client sequence
@@ -82,6 +82,29 @@ impl Worker {
     /// per message).
     pub fn room_members(&self, room: &str) -> Vec<ClientId> {
         self.shared.dirs.clients(Some(room))
+    }
+
+    /// Whether `conn` may send one more `event` under the rate limits. Reads the
+    /// configuration in place: this runs for every message.
+    pub fn allow(&self, conn: &Conn, event: &str) -> bool {
+        let config = self.config.borrow();
+        self.limiter
+            .allow(&config, &conn.buckets, || conn.id.text(), event)
+    }
+
+    /// Whether the HTTP caller at `ip` may call action `name` once more.
+    pub fn allow_http(&self, ip: std::net::IpAddr, name: &str) -> bool {
+        self.limiter.allow_http(&self.config.borrow(), ip, name)
+    }
+
+    /// The rate-limit overrides changed at run time.
+    pub fn set_rate_limits(&self, table: Arc<crate::rate_limit::RateLimits>) {
+        self.limiter.set_table(table);
+    }
+
+    /// Conformance-test mode (`echo`), read in place for every message.
+    pub fn is_echo(&self) -> bool {
+        self.config.borrow().echo
     }
 
     pub fn handlers(&self) -> &Handlers {
