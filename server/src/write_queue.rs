@@ -16,8 +16,8 @@
 //! - Bytes leave in the order they were pushed, the upgrade head ahead of all of them;
 //!   the concatenation of every batch taken equals the concatenation of every frame
 //!   pushed.
-//! - A batch holds whole frames only, at most [`MAX_GATHER`] bytes of them unless it is
-//!   a single larger frame.
+//! - A batch holds whole frames only, at most [`MAX_GATHER`] bytes with the upgrade head
+//!   unless it is a single larger frame.
 //! - Once [`WriteQueue::close`] is called nothing more is queued, so the close frame is
 //!   the last thing written; `closing` and `finished` (the reader is gone) both make the
 //!   writer end, instead of parking, once the queue is drained.
@@ -147,11 +147,14 @@ impl WriteQueue {
     }
 
     /// Moves the upgrade response, if it still waits, and queued frames into `out`,
-    /// whole frames only, up to [`MAX_GATHER`] bytes of frames (or one larger frame).
+    /// whole frames only, up to [`MAX_GATHER`] bytes in all (or one larger frame).
     /// [`Next::Park`] when the queue is empty and open, [`Next::End`] when it is empty
     /// and closing or finished.
     pub fn take_batch(&mut self, out: &mut Batch) -> Next {
+        // The head shares the batch's size bound with the frames behind it.
+        let mut gathered = 0;
         if let Some(head) = self.head.take() {
+            gathered = head.len();
             out.frames.push(head);
         }
         self.seal_tail();
@@ -167,9 +170,10 @@ impl WriteQueue {
         }
         let mut taken = 0;
         while let Some(front) = self.frames.front() {
-            if taken > 0 && taken + front.len() > MAX_GATHER {
+            if gathered > 0 && gathered + front.len() > MAX_GATHER {
                 break;
             }
+            gathered += front.len();
             taken += front.len();
             if let Some(frame) = self.frames.pop_front() {
                 out.frames.push(frame);
@@ -406,6 +410,21 @@ mod tests {
         assert_eq!(next, Next::Write);
         assert_eq!(&frames[0][..], b"HTTP/1.1 101\r\n\r\n");
         assert_eq!(frames[1].len(), 1000);
+        assert_eq!(q.bytes(), 0);
+    }
+
+    /// Found by the property test in CI: the head was not counted against the batch's
+    /// bound, so head + frames could pass `MAX_GATHER`.
+    #[test]
+    fn the_head_counts_against_the_batch_bound() {
+        let mut q = WriteQueue::default();
+        q.set_head(frame(271, 0xAA));
+        q.push(&frame(300, 1));
+        q.push(&frame(MAX_GATHER - 300, 2));
+        let (_, first) = take(&mut q);
+        assert_eq!(first.len(), 2, "head and the first frame");
+        let (_, second) = take(&mut q);
+        assert_eq!(second.len(), 1, "the frame that would pass the bound waits");
         assert_eq!(q.bytes(), 0);
     }
 
