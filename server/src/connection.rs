@@ -4,8 +4,10 @@
 //! pushes finished frames into its [`WriteQueue`] (`write_queue.rs`: what is copied,
 //! what stays shared, in what order it leaves); the writer task takes a batch of
 //! everything queued and hands it to the kernel in one write per loop turn. The queue
-//! is bounded by `max_backpressure`: past it the slow-consumer policy closes or drops,
-//! so one slow reader never holds memory or slows the room (SPEC §3.3).
+//! is bounded by `max_backpressure`: a frame is accepted while what is queued or being
+//! written is under it, so one message of any legal size goes out, and past it the
+//! slow-consumer policy closes or drops, so one slow reader never holds more than
+//! `max_backpressure` plus one frame, nor slows the room (SPEC §3.3).
 
 use std::cell::{Cell, RefCell};
 use std::net::SocketAddr;
@@ -180,7 +182,7 @@ impl Conn {
         if q.is_closing() || q.is_finished() {
             return Queued::Closed;
         }
-        if q.bytes() + frame.len() > self.max_backpressure.get() {
+        if q.backlog() >= self.max_backpressure.get() {
             drop(q);
             return match self.policy.get() {
                 SlowConsumerPolicy::Drop => {
@@ -363,6 +365,7 @@ async fn write_loop(conn: Rc<Conn>, mut socket: OwnedWriteHalf<TcpStream>) {
         }
         let result;
         (result, batch) = batch.write_to(&mut socket).await;
+        conn.queue.borrow_mut().written();
         let Ok(len) = result else {
             conn.kill();
             break;

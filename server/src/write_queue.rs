@@ -12,7 +12,8 @@
 //! Invariants, checked by the property tests at the end of this file:
 //! - [`WriteQueue::bytes`] is the sum of the lengths of the queued frames (the upgrade
 //!   head not included: it is not a message and does not count against
-//!   `max_backpressure`).
+//!   `max_backpressure`); [`WriteQueue::backlog`] adds the frames of the batch being
+//!   written, until [`WriteQueue::written`] says the write is done.
 //! - Bytes leave in the order they were pushed, the upgrade head ahead of all of them;
 //!   the concatenation of every batch taken equals the concatenation of every frame
 //!   pushed.
@@ -71,8 +72,10 @@ pub struct WriteQueue {
     /// lone frame (the common case at low rates) costs no buffer; the next small frame
     /// moves it onto the tail.
     lone_small: bool,
-    /// Bytes of frames in `frames` and `tail`: what `max_backpressure` bounds.
+    /// Bytes of frames in `frames` and `tail`.
     bytes: usize,
+    /// Bytes of frames handed to the writer and not yet written.
+    in_flight: usize,
     /// A close was queued: nothing more is accepted and the writer ends after it.
     closing: bool,
     /// The reader is gone: the writer ends once the queue is empty.
@@ -88,6 +91,19 @@ impl WriteQueue {
     /// Bytes of queued frames (the upgrade head not included).
     pub fn bytes(&self) -> usize {
         self.bytes
+    }
+
+    /// Bytes of frames queued or being written: what `max_backpressure` bounds. A
+    /// frame is accepted while this is under the limit (uWS's rule), so one frame of
+    /// any size goes out on an idle connection, and a connection holds at most
+    /// `max_backpressure` plus one frame.
+    pub fn backlog(&self) -> usize {
+        self.bytes + self.in_flight
+    }
+
+    /// The batch last taken is written (or failed): its frames no longer count.
+    pub fn written(&mut self) {
+        self.in_flight = 0;
     }
 
     /// A close is queued; nothing more may be.
@@ -180,6 +196,7 @@ impl WriteQueue {
             }
         }
         self.bytes -= taken;
+        self.in_flight += taken;
         Next::Write
     }
 
@@ -426,6 +443,18 @@ mod tests {
         let (_, second) = take(&mut q);
         assert_eq!(second.len(), 1, "the frame that would pass the bound waits");
         assert_eq!(q.bytes(), 0);
+    }
+
+    #[test]
+    fn the_backlog_counts_the_batch_being_written_until_it_is_written() {
+        let mut q = WriteQueue::default();
+        q.push(&frame(1000, 1));
+        let mut batch = Batch::default();
+        assert_eq!(q.take_batch(&mut batch), Next::Write);
+        q.push(&frame(10, 2));
+        assert_eq!((q.bytes(), q.backlog()), (10, 1010));
+        q.written();
+        assert_eq!((q.bytes(), q.backlog()), (10, 10));
     }
 
     #[test]

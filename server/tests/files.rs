@@ -54,9 +54,9 @@ fn sparse_file(dir: &std::path::Path, name: &str, len: u64) {
 fn server(dir: PathBuf, driver: Driver, max_file_bytes: u64) -> TestServer {
     TestServer::with(Config {
         public_dir: Some(dir),
+        // `max_backpressure` stays at its default (1 MiB): the `file` verb's reply, one
+        // message far larger than it, still goes out on an idle connection.
         max_file_bytes,
-        // The `file` verb's reply is one message, queued like any other.
-        max_backpressure: 32 * MIB as usize,
         ..config(1, driver)
     })
 }

@@ -267,3 +267,44 @@ fn http_actions_answer_200_400_404_422_and_429() {
         "the 5th call is over 4 per minute"
     );
 }
+
+/// One message of any legal size goes out on a connection whose queue is under
+/// `max_backpressure` (SPEC §3.3): a 1 MiB echo on the defaults (`max_payload` and
+/// `max_backpressure` both 1 MiB) is echoed, not closed as a slow consumer, and so is a
+/// room event of that size to every member.
+#[test]
+fn one_message_as_large_as_max_payload_is_delivered_on_the_defaults() {
+    let echo = Config {
+        echo: true,
+        ..config(1, Driver::Auto)
+    };
+    let defaults = Config::default();
+    assert_eq!(
+        (echo.max_payload, echo.max_backpressure),
+        (defaults.max_payload, defaults.max_backpressure)
+    );
+    let s = TestServer::with(echo);
+    let mut c = Client::upgrade(s.handle.port());
+    // The largest text message max_payload allows: its frame (payload + 10-byte
+    // header) is larger than max_backpressure.
+    let text = "e".repeat(defaults.max_payload);
+    c.ws.send(tungstenite::Message::text(text.clone())).unwrap();
+    match c.recv() {
+        tungstenite::Message::Text(got) => assert!(got.as_str() == text, "echoed intact"),
+        other => panic!("expected the echo, got {other:?}"),
+    }
+    assert_eq!(s.handle.stats().slow_consumer_closes, 0);
+
+    let s = TestServer::with(config(1, Driver::Auto));
+    let (mut publisher, mut member) = (s.ws(), s.ws());
+    publisher.join("big");
+    member.join("big");
+    let payload = "r".repeat(defaults.max_payload - 100);
+    publisher.send(json!({"event": "big", "room": "big", "data": payload}));
+    assert_eq!(
+        member.recv_event("big")["data"].as_str(),
+        Some(&payload[..])
+    );
+    still_served(&mut member);
+    assert_eq!(s.handle.stats().slow_consumer_closes, 0);
+}
