@@ -31,6 +31,7 @@ use crate::shared::{Handlers, Shared};
 use crate::stats::{Stats, WorkerStats};
 pub use crate::timers::Timer;
 use crate::timers::Timers;
+use crate::tls::Tls;
 
 /// Why a message could not be sent (nothing was sent).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -60,6 +61,17 @@ pub enum StartError {
     Address(String),
     #[error("starting the timer thread: {0}")]
     Timers(std::io::Error),
+    #[error("TLS: {0}")]
+    Tls(#[from] crate::tls::TlsError),
+}
+
+/// Why [`ServerHandle::reload_tls`] kept the old certificate.
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadTlsError {
+    #[error("TLS is off (no `tls_cert` and `tls_key`)")]
+    Off,
+    #[error(transparent)]
+    Load(#[from] crate::tls::TlsError),
 }
 
 /// Builds a server: configuration and handlers, then [`ServerBuilder::start`].
@@ -190,6 +202,10 @@ impl ServerBuilder {
             return Err(invalid);
         }
         self.config.validate()?;
+        let tls = Tls::from_paths(
+            self.config.tls_cert.as_deref(),
+            self.config.tls_key.as_deref(),
+        )?;
         let workers = self.config.worker_count();
         let ip: std::net::IpAddr = self
             .config
@@ -223,6 +239,7 @@ impl ServerBuilder {
             per_ip: Mutex::default(),
             threads: Mutex::new(Vec::new()),
             timers: Timers::new(),
+            tls,
         });
         shared
             .timers
@@ -401,6 +418,16 @@ impl ServerHandle {
     /// Every room with at least one member.
     pub fn rooms(&self) -> Vec<String> {
         self.0.dirs.rooms().into_iter().map(|(r, _)| r).collect()
+    }
+
+    /// Loads `tls_cert` and `tls_key` again (the `stellar` binary does on SIGHUP): new
+    /// handshakes get the new certificate, established connections keep theirs, and a
+    /// file that does not load leaves the old one in place.
+    pub fn reload_tls(&self) -> Result<(), ReloadTlsError> {
+        let tls = self.0.tls.as_ref().ok_or(ReloadTlsError::Off)?;
+        tls.reload()?;
+        tracing::info!("TLS certificate reloaded");
+        Ok(())
     }
 
     pub fn stats(&self) -> Stats {

@@ -233,12 +233,11 @@ options! {
     history_ttl: Duration = Duration::from_secs(300), flag String,
         serde(with = "duration"),
         refused "room history is not built into this server";
-    /// TLS certificate chain (PEM), for wss and TLS over the TCP protocol.
-    tls_cert: Option<PathBuf> = None, flag PathBuf,
-        refused "TLS is not built into this server";
-    /// TLS private key (PEM).
-    tls_key: Option<PathBuf> = None, flag PathBuf,
-        refused "TLS is not built into this server";
+    /// TLS certificate chain (PEM): with `tls_key`, both ports speak TLS only (wss and
+    /// HTTPS on `port`, TLS on `tcp_port`); reloaded on SIGHUP.
+    tls_cert: Option<PathBuf> = None, flag PathBuf;
+    /// TLS private key (PEM: PKCS#8, PKCS#1 or SEC1).
+    tls_key: Option<PathBuf> = None, flag PathBuf;
     /// HS256 secret for JWT auth; unset = auth off.
     jwt_secret: Option<String> = None, flag String, arg(hide_env_values = true);
     /// Serve the demo page at `/demo`.
@@ -499,8 +498,6 @@ mod tests {
     #[test]
     fn unsupported_options_are_refused_by_name() {
         let cases = [
-            ("tls_cert", "tls_cert = \"cert.pem\""),
-            ("tls_key", "tls_key = \"key.pem\""),
             ("compression", "compression = true"),
             ("redis_url", "redis_url = \"redis://127.0.0.1\""),
             ("history_size", "history_size = 100"),

@@ -16,9 +16,9 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::tls::Socket;
 use bytes::{Bytes, BytesMut};
 use monoio::io::{AsyncWriteRent, OwnedWriteHalf};
-use monoio::net::TcpStream;
 use stellar_protocol::event::reserved;
 use stellar_protocol::tcp::FrameType;
 use stellar_protocol::ws::frame::encode_server;
@@ -77,7 +77,7 @@ pub struct Conn {
     /// The write half while no writer task runs. A writer task is spawned when frames
     /// are queued and parks the half here again once the queue is empty, so an idle
     /// connection costs no task.
-    socket: RefCell<Option<OwnedWriteHalf<TcpStream>>>,
+    socket: RefCell<Option<OwnedWriteHalf<Socket>>>,
     stats: Arc<WorkerStats>,
     /// Rate-limit buckets, touched only by the owning worker; allocated at the first
     /// message, so an idle connection carries only a pointer.
@@ -144,7 +144,7 @@ impl Conn {
     }
 
     /// Hands the write half over; frames queued from now on are written.
-    pub fn attach_writer(self: &Rc<Self>, socket: OwnedWriteHalf<TcpStream>) {
+    pub fn attach_writer(self: &Rc<Self>, socket: OwnedWriteHalf<Socket>) {
         *self.socket.borrow_mut() = Some(socket);
         self.start_writer();
     }
@@ -351,7 +351,7 @@ impl Conn {
 /// The writer task: one write per batch of queued frames; parks the socket back in
 /// the connection when the queue is empty, or half-closes it once the queue is closed
 /// and drained.
-async fn write_loop(conn: Rc<Conn>, mut socket: OwnedWriteHalf<TcpStream>) {
+async fn write_loop(conn: Rc<Conn>, mut socket: OwnedWriteHalf<Socket>) {
     let mut batch = Batch::default();
     loop {
         let next = conn.queue.borrow_mut().take_batch(&mut batch);

@@ -34,9 +34,9 @@ use std::path::{Component, Path, PathBuf};
 use std::rc::Rc;
 use std::sync::{Arc, OnceLock};
 
+use crate::tls::Socket;
 use monoio::blocking::{DefaultThreadPool, ThreadPool};
 use monoio::io::AsyncWriteRentExt;
-use monoio::net::TcpStream;
 use serde_json::json;
 use stellar_protocol::event::reserved;
 use stellar_protocol::{ErrorCode, EventName};
@@ -161,7 +161,7 @@ impl PublicFile {
     /// time. Stops at the first failed write, or when the file has shrunk since it was
     /// opened: the promised length cannot be kept, and the caller's close tells the
     /// client the body is short.
-    pub async fn send_body(self, stream: &mut TcpStream) -> std::io::Result<()> {
+    pub async fn send_body(self, stream: &mut Socket) -> std::io::Result<()> {
         let len = self.len;
         let file = Arc::new(self.file);
         let mut buf = Vec::with_capacity(CHUNK);

@@ -5,9 +5,9 @@
 use std::rc::Rc;
 use std::sync::Arc;
 
+use crate::tls::Socket;
 use bytes::{Bytes, BytesMut};
 use monoio::io::AsyncWriteRentExt;
-use monoio::net::TcpStream;
 use serde_json::{Value, json};
 use stellar_protocol::ws::handshake::Request;
 use stellar_protocol::{ErrorCode, EventName};
@@ -59,7 +59,7 @@ pub fn unauthorized(reason: &str) -> Bytes {
 /// Answers one HTTP request. `body` holds whatever followed the head in the first reads.
 pub async fn serve(
     worker: &Rc<Worker>,
-    mut stream: TcpStream,
+    mut stream: Socket,
     remote: std::net::IpAddr,
     request: Request,
     mut body: BytesMut,
@@ -92,7 +92,7 @@ pub async fn serve(
 
 /// `GET /public/<path>`: 404 or 413, or the head with the file's length and then its
 /// body, streamed in chunks read off the loop.
-async fn serve_public(stream: &mut TcpStream, config: Arc<Config>, path: &str) {
+async fn serve_public(stream: &mut Socket, config: Arc<Config>, path: &str) {
     match files::open(config, path).await {
         Ok(file) => {
             let head = head(200, "OK", file.mime, file.len);

@@ -64,11 +64,14 @@ mod session;
 mod shared;
 pub mod stats;
 mod timers;
+pub mod tls;
 mod worker;
 #[doc(hidden)]
 pub mod write_queue;
 
-pub use api::{AckError, SendError, Server, ServerBuilder, ServerHandle, StartError, Timer};
+pub use api::{
+    AckError, ReloadTlsError, SendError, Server, ServerBuilder, ServerHandle, StartError, Timer,
+};
 pub use auth::AuthUser;
 pub use config::{Config, Driver, SlowConsumerPolicy};
 pub use connection::ClientInfo;

@@ -1,15 +1,16 @@
 //! The `stellar` binary: parses the configuration and runs the server until SIGINT or
-//! SIGTERM, then shuts down gracefully within `shutdown_timeout`.
+//! SIGTERM, then shuts down gracefully within `shutdown_timeout`. SIGHUP reloads the
+//! TLS certificate and key.
 //!
 //! Besides the reserved verbs it registers `echo` (event and ack), so the bench client's
 //! echo and ack scenarios have something to call.
 
-use std::sync::mpsc;
-
 use clap::FromArgMatches;
 use serde_json::Value;
-use stellar_server::Server;
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+use signal_hook::iterator::Signals;
 use stellar_server::config::Args;
+use stellar_server::{ReloadTlsError, Server};
 use tracing_subscriber::EnvFilter;
 
 /// mimalloc, unless built with `--features system-alloc` (for heap profilers such as
@@ -42,8 +43,7 @@ fn main() -> std::process::ExitCode {
     let shutdown_timeout = config.shutdown_timeout;
     // Signals are caught from before the server starts: one that arrives while it starts
     // shuts it down gracefully as soon as it is up.
-    let (tx, rx) = mpsc::channel();
-    let signals = ctrlc_channel(tx);
+    let signals = Signals::new([SIGINT, SIGTERM, SIGHUP]);
     let server = Server::builder()
         .config(config)
         .on("echo", |ctx| {
@@ -59,8 +59,27 @@ fn main() -> std::process::ExitCode {
         }
     };
     let handle = server.handle();
-    if signals.is_ok() && rx.recv().is_ok() {
-        handle.shutdown_with_signal(shutdown_timeout, "SIGTERM");
+    match signals {
+        Ok(mut signals) => {
+            for signal in signals.forever() {
+                if signal == SIGHUP {
+                    match handle.reload_tls() {
+                        Ok(()) => {}
+                        Err(ReloadTlsError::Off) => tracing::info!("SIGHUP: TLS is off"),
+                        Err(e) => tracing::warn!(error = %e, "SIGHUP: certificate kept"),
+                    }
+                    continue;
+                }
+                let name = if signal == SIGINT {
+                    "SIGINT"
+                } else {
+                    "SIGTERM"
+                };
+                handle.shutdown_with_signal(shutdown_timeout, name);
+                break;
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "signals are not handled"),
     }
     server.wait();
     std::process::ExitCode::SUCCESS
@@ -83,11 +102,4 @@ fn disable_transparent_huge_pages() -> std::io::Result<()> {
     } else {
         Err(std::io::Error::last_os_error())
     }
-}
-
-/// Sends on `tx` at the first SIGINT or SIGTERM.
-fn ctrlc_channel(tx: mpsc::Sender<()>) -> Result<(), ctrlc::Error> {
-    ctrlc::set_handler(move || {
-        let _ = tx.send(());
-    })
 }

@@ -25,6 +25,8 @@ use crate::connection::{Conn, error_frame};
 use crate::http;
 use crate::outbound::Proto;
 use crate::router::{self, Decoder, Flow};
+use crate::stats::WorkerStats;
+use crate::tls::{self, Socket};
 use crate::worker::Worker;
 
 /// Bytes asked of the kernel per read while a connection is busy (its last read filled
@@ -39,7 +41,7 @@ const IDLE_READ: usize = 128;
 /// async fn keeps its arguments twice and every local of every await point, so state
 /// held by value would make each idle connection's task several hundred bytes larger.
 struct ReadSide {
-    reader: OwnedReadHalf<TcpStream>,
+    reader: OwnedReadHalf<Socket>,
     buf: BytesMut,
     decoder: Decoder,
     /// The last read filled its buffer.
@@ -58,14 +60,23 @@ pub async fn read_append(
     result
 }
 
+/// The first byte of a TLS record carrying a handshake (a ClientHello).
+const TLS_HANDSHAKE_RECORD: u8 = 0x16;
+
 /// Reads until a whole request head is buffered: the head and the bytes after it, or
-/// the handshake error (`None` when the peer went away first).
+/// the handshake error (`None` when the peer went away first, or sent a TLS hello to a
+/// plaintext port: counted and closed, no HTTP answer it could not read).
 async fn read_head(
-    stream: &mut TcpStream,
+    stream: &mut Socket,
     limits: HeadLimits,
+    stats: &WorkerStats,
 ) -> Result<(Request, BytesMut), Option<HandshakeError>> {
     let mut buf = BytesMut::with_capacity(1024);
     loop {
+        if buf.first() == Some(&TLS_HANDSHAKE_RECORD) && matches!(stream, Socket::Plain(_)) {
+            stats.tls_on_plain_port.add(1);
+            return Err(None);
+        }
         if let Some(request) = Request::parse(&buf, &limits)? {
             return Ok((request, buf));
         }
@@ -79,6 +90,9 @@ async fn read_head(
 /// A connection on the WebSocket/HTTP port: read the request head within
 /// `connect_timeout`, then upgrade or answer as HTTP.
 pub async fn serve_http(worker: Rc<Worker>, stream: TcpStream, remote: SocketAddr) {
+    let Some(stream) = secure(&worker, Proto::Ws, stream).await else {
+        return;
+    };
     // The session runs as a task of its own and this one ends: a long-lived connection
     // then keeps only the session's state, not the handshake's.
     if let Some((stream, conn, leftover)) = handshake(&worker, stream, remote).await {
@@ -90,15 +104,19 @@ pub async fn serve_http(worker: Rc<Worker>, stream: TcpStream, remote: SocketAdd
 /// valid upgrade returns the admitted connection and any bytes after the head.
 async fn handshake(
     worker: &Rc<Worker>,
-    mut stream: TcpStream,
+    mut stream: Socket,
     remote: SocketAddr,
-) -> Option<(TcpStream, Rc<Conn>, BytesMut)> {
+) -> Option<(Socket, Rc<Conn>, BytesMut)> {
     let config = worker.config();
     let limits = HeadLimits {
         max_head_bytes: config.max_header_bytes,
         max_headers: config.max_headers,
     };
-    let head = monoio::time::timeout(config.connect_timeout, read_head(&mut stream, limits)).await;
+    let head = monoio::time::timeout(
+        config.connect_timeout,
+        read_head(&mut stream, limits, &worker.stats),
+    )
+    .await;
     let (request, mut buf) = match head {
         Ok(Ok(pair)) => pair,
         Ok(Err(Some(e))) => {
@@ -167,7 +185,10 @@ async fn handshake(
 }
 
 /// A connection on the TCP-protocol port.
-pub async fn serve_tcp(worker: Rc<Worker>, mut stream: TcpStream, remote: SocketAddr) {
+pub async fn serve_tcp(worker: Rc<Worker>, stream: TcpStream, remote: SocketAddr) {
+    let Some(mut stream) = secure(&worker, Proto::Tcp, stream).await else {
+        return;
+    };
     match admission::register(&worker, Proto::Tcp, remote, stream.as_raw_fd(), None) {
         Ok(conn) => start(worker, stream, conn, BytesMut::new()),
         Err(refusal) => {
@@ -179,7 +200,7 @@ pub async fn serve_tcp(worker: Rc<Worker>, mut stream: TcpStream, remote: Socket
 
 /// Starts an admitted connection: writer, welcome, hooks, then the read loop as a task
 /// of its own, which cleans up when the peer goes away.
-fn start(worker: Rc<Worker>, stream: TcpStream, conn: Rc<Conn>, leftover: BytesMut) {
+fn start(worker: Rc<Worker>, stream: Socket, conn: Rc<Conn>, leftover: BytesMut) {
     let (reader, writer) = stream.into_split();
     conn.attach_writer(writer);
     let config = worker.config();
@@ -223,6 +244,17 @@ fn start(worker: Rc<Worker>, stream: TcpStream, conn: Rc<Conn>, leftover: BytesM
         drop(side);
         end(&worker, &conn);
     });
+}
+
+/// The accepted socket, or TLS over it when TLS is on (`tls.rs`); a failed or stalled
+/// TLS handshake is counted and the socket closed.
+async fn secure(worker: &Rc<Worker>, proto: Proto, stream: TcpStream) -> Option<Socket> {
+    let tls = worker.shared.tls.as_ref();
+    let socket = tls::secure(tls, proto, stream, worker.config().connect_timeout).await;
+    if socket.is_none() {
+        worker.stats.tls_handshake_failures.add(1);
+    }
+    socket
 }
 
 fn end(worker: &Rc<Worker>, conn: &Rc<Conn>) {

@@ -86,6 +86,8 @@ pub struct Shared {
     /// Open connections per remote address, against `max_connections_per_ip`
     /// (touched on connect and close only).
     pub(crate) per_ip: Mutex<HashMap<std::net::IpAddr, usize>>,
+    /// The TLS setup when `tls_cert` and `tls_key` are set.
+    pub(crate) tls: Option<crate::tls::Tls>,
 }
 
 impl Shared {

@@ -52,6 +52,11 @@ pub struct WorkerStats {
     pub rate_limited: Counter,
     pub slow_consumer_closes: Counter,
     pub slow_consumer_drops: Counter,
+    /// TLS handshakes that failed or stalled past `connect_timeout` (a plaintext
+    /// request on a TLS port among them).
+    pub tls_handshake_failures: Counter,
+    /// TLS hellos sent to the plaintext WebSocket/HTTP port.
+    pub tls_on_plain_port: Counter,
     /// Rooms with at least one member on this worker.
     pub local_rooms: Counter,
 }
@@ -73,6 +78,8 @@ pub struct WorkerSnapshot {
     pub rate_limited: u64,
     pub slow_consumer_closes: u64,
     pub slow_consumer_drops: u64,
+    pub tls_handshake_failures: u64,
+    pub tls_on_plain_port: u64,
     pub local_rooms: u64,
 }
 
@@ -92,6 +99,8 @@ impl WorkerStats {
             rate_limited: self.rate_limited.get(),
             slow_consumer_closes: self.slow_consumer_closes.get(),
             slow_consumer_drops: self.slow_consumer_drops.get(),
+            tls_handshake_failures: self.tls_handshake_failures.get(),
+            tls_on_plain_port: self.tls_on_plain_port.get(),
             local_rooms: self.local_rooms.get(),
         }
     }
@@ -118,6 +127,10 @@ pub struct Stats {
     pub rate_limited: u64,
     pub slow_consumer_closes: u64,
     pub slow_consumer_drops: u64,
+    /// TLS handshakes that failed or stalled (plaintext on a TLS port among them).
+    pub tls_handshake_failures: u64,
+    /// TLS hellos sent to the plaintext WebSocket/HTTP port.
+    pub tls_on_plain_port: u64,
     pub rss_bytes: u64,
     pub workers: Vec<WorkerSnapshot>,
 }
@@ -144,6 +157,8 @@ impl Stats {
             s.rate_limited += w.rate_limited;
             s.slow_consumer_closes += w.slow_consumer_closes;
             s.slow_consumer_drops += w.slow_consumer_drops;
+            s.tls_handshake_failures += w.tls_handshake_failures;
+            s.tls_on_plain_port += w.tls_on_plain_port;
         }
         s.workers = workers;
         s
@@ -152,7 +167,7 @@ impl Stats {
     /// Prometheus text exposition (`GET /metrics`).
     pub fn to_prometheus(&self) -> String {
         let mut out = String::new();
-        let totals: [(&str, &str, &str, u64); 14] = [
+        let totals: [(&str, &str, &str, u64); 16] = [
             (
                 "stellar_connections_total",
                 "counter",
@@ -230,6 +245,18 @@ impl Stats {
                 "counter",
                 "Messages dropped for slow consumers",
                 self.slow_consumer_drops,
+            ),
+            (
+                "stellar_tls_handshake_failures_total",
+                "counter",
+                "TLS handshakes that failed or stalled",
+                self.tls_handshake_failures,
+            ),
+            (
+                "stellar_tls_on_plain_port_total",
+                "counter",
+                "TLS hellos sent to the plaintext WebSocket port",
+                self.tls_on_plain_port,
             ),
             (
                 "stellar_rss_bytes",

@@ -45,17 +45,7 @@ fn run_to_exit(args: &[&str], env: &[(&str, &str)]) -> (bool, String) {
 }
 
 /// Each refused option: its name, a flag setting it, the same in TOML.
-const REFUSED: [(&str, &[&str], &str); 8] = [
-    (
-        "tls_cert",
-        &["--tls-cert", "cert.pem"],
-        "tls_cert = \"cert.pem\"",
-    ),
-    (
-        "tls_key",
-        &["--tls-key", "key.pem"],
-        "tls_key = \"key.pem\"",
-    ),
+const REFUSED: [(&str, &[&str], &str); 6] = [
     (
         "compression",
         &["--compression", "true"],
@@ -105,8 +95,8 @@ fn unsupported_options_stop_the_binary_naming_the_option() {
             "{toml_line}: stderr does not name the option: {stderr}"
         );
     }
-    let (ok, stderr) = run_to_exit(&[], &[("STELLAR_TLS_CERT", "cert.pem")]);
-    assert!(!ok && stderr.contains("`tls_cert`"), "env: {stderr}");
+    let (ok, stderr) = run_to_exit(&[], &[("STELLAR_REDIS_URL", "redis://127.0.0.1")]);
+    assert!(!ok && stderr.contains("`redis_url`"), "env: {stderr}");
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -114,14 +104,6 @@ fn unsupported_options_stop_the_binary_naming_the_option() {
 fn library_start_refuses_unsupported_options() {
     let base = config(1, Driver::Auto);
     let configs = [
-        Config {
-            tls_cert: Some("cert.pem".into()),
-            ..base.clone()
-        },
-        Config {
-            tls_key: Some("key.pem".into()),
-            ..base.clone()
-        },
         Config {
             compression: true,
             ..base.clone()
