@@ -205,6 +205,11 @@ options! {
     /// Time allowed to finish the handshake (and `auth`, when required).
     connect_timeout: Duration = Duration::from_secs(10), flag String,
         serde(with = "duration");
+    /// Time a closing connection has to get its close frame out (a slow consumer's
+    /// waits behind the write in flight) and finish the close handshake; then its
+    /// socket is shut down.
+    close_timeout: Duration = Duration::from_secs(2), flag String,
+        serde(with = "duration");
     /// Graceful shutdown drains this long before forcing.
     shutdown_timeout: Duration = Duration::from_secs(10), flag String,
         serde(with = "duration");

@@ -32,9 +32,19 @@ use crate::outbound::{Outbound, Proto};
 use crate::stats::WorkerStats;
 use crate::write_queue::{Batch, Next, WriteQueue};
 
-/// How long a closing connection may take to finish the close handshake before its
-/// socket is shut down under it.
-pub const CLOSE_GRACE: Duration = Duration::from_secs(2);
+std::thread_local! {
+    /// `close_timeout` of this worker's configuration: how long a closing connection
+    /// may take to get its close out (behind a write in flight, for a slow consumer)
+    /// and finish the close handshake before its socket is shut down under it. Per
+    /// thread, as every connection of a worker lives on its thread; set by the worker
+    /// at start and on each configuration change.
+    static CLOSE_GRACE: Cell<Duration> = const { Cell::new(Duration::from_secs(2)) };
+}
+
+/// Sets this thread's close grace (see `CLOSE_GRACE`).
+pub fn set_close_grace(grace: Duration) {
+    CLOSE_GRACE.set(grace);
+}
 
 /// Outcome of queueing a frame.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -308,7 +318,7 @@ impl Conn {
         self.start_writer();
         let conn = Rc::clone(self);
         monoio::spawn(async move {
-            monoio::time::sleep(CLOSE_GRACE).await;
+            monoio::time::sleep(CLOSE_GRACE.get()).await;
             conn.kill();
         });
     }

@@ -47,9 +47,11 @@ impl Worker {
             Arc::clone(&shared.dirs),
             Arc::clone(&stats),
         );
+        let config = shared.config();
+        crate::connection::set_close_grace(config.close_timeout);
         Rc::new(Self {
             index,
-            config: RefCell::new(shared.config()),
+            config: RefCell::new(config),
             limiter: Limiter::new(shared.rate_limits()),
             shared,
             stats,
@@ -67,6 +69,7 @@ impl Worker {
 
     /// Applies a configuration changed at run time to the worker and its connections.
     pub fn set_config(&self, config: Arc<Config>) {
+        crate::connection::set_close_grace(config.close_timeout);
         for conn in self.conns.borrow().values() {
             conn.set_limits(config.max_backpressure, config.slow_consumer);
         }
