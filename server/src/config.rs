@@ -241,9 +241,9 @@ options! {
         refused "TLS is not built into this server";
     /// HS256 secret for JWT auth; unset = auth off.
     jwt_secret: Option<String> = None, flag String, arg(hide_env_values = true);
-    /// Serve the demo page at `/demo`.
-    demo: bool = false, flag bool,
-        refused "the demo page is not built into this server";
+    /// Serve the demo page (chat and live stats, built into the binary) at `/demo`; off
+    /// by default, as an admin page should be in production.
+    demo: bool = false, flag bool;
     /// Room patterns (`name` or `prefix:*`, comma-separated) whose members get
     /// `presence-join` / `presence-leave` events.
     presence_rooms: Vec<String> = Vec::new(), flag Vec<String>,
@@ -505,7 +505,6 @@ mod tests {
             ("redis_url", "redis_url = \"redis://127.0.0.1\""),
             ("history_size", "history_size = 100"),
             ("history_ttl", "history_ttl = \"1m\""),
-            ("demo", "demo = true"),
             ("presence_rooms", "presence_rooms = [\"lobby\"]"),
         ];
         let listed: Vec<&str> = Config::UNSUPPORTED.iter().map(|(name, _)| *name).collect();
@@ -532,7 +531,7 @@ mod tests {
     fn unsupported_options_left_at_their_default_are_accepted() {
         let partial: toml::Table = toml::from_str(
             "compression = false\nhistory_size = 0\nhistory_ttl = \"5m\"\n\
-             demo = false\npresence_rooms = []\n",
+             presence_rooms = []\n",
         )
         .unwrap();
         assert!(Config::default().merged(partial).is_ok());

@@ -346,10 +346,10 @@ fn join(
     answer: &EventName<'_>,
     ack: Option<(&EventName<'_>, &str)>,
 ) -> Flow {
-    let refuse = |code, message: &str| {
-        conn.send_error(code, message, &worker.stats);
-        Flow::Continue
-    };
+    // A refusal answers the request when the join was one (so a client awaiting its ack
+    // learns why), else it is an `error` event.
+    let refuse =
+        |code, message: &str| reply(worker, conn, answer, ack, Err((code, message.into())));
     if room.is_empty() {
         return refuse(
             ErrorCode::InvalidRoom,
