@@ -16,7 +16,9 @@
   var EVENT_NAME = /^[A-Za-z0-9\-./:_]{1,256}$/;
   // Server answers to the reserved verbs, re-emitted as `api` (the framework's
   // "context: api" messages).
-  var API_EVENTS = ['welcome', 'joined-room', 'left-room', 'subscribed', 'unsubscribed', 'pong', 'auth_success', 'auth_error'];
+  var API_EVENTS = {};
+  'welcome joined-room left-room subscribed unsubscribed pong auth_success auth_error'.split(' ')
+    .forEach(function (event) { API_EVENTS[event] = true; });
   var textEncoder = new TextEncoder();
   var textDecoder = new TextDecoder();
   var noop = function () {};
@@ -294,7 +296,7 @@
     this._emit('message', message, message);
     var event = message.event;
     if (event === 'welcome' && !this._live) this._welcome(message.data);
-    if (API_EVENTS.indexOf(event) >= 0) this._emit('api', message);
+    if (API_EVENTS[event] === true) this._emit('api', message);
     if (event === 'error') {
       var data = message.data || {};
       return this._emit('error', fail(data.code || 'error', data.message || 'server error'));
@@ -314,17 +316,19 @@
 
   /** Calls the handlers of `event`; one that throws raises `error`, never into the socket. */
   proto._emit = function (event, data, message) {
+    // Lists are replaced, never changed in place (on, off), so this loop needs no copy.
     var handlers = this._handlers.get(event);
     if (!handlers) return;
     var room = message && (message.room !== undefined ? message.room : data && data.room);
-    handlers.slice().forEach(function (handler) {
-      if (handler.rooms && !handler.rooms.has(room)) return;
+    for (var i = 0; i < handlers.length; i++) {
+      var handler = handlers[i];
+      if (handler.rooms && !handler.rooms.has(room)) continue;
       try {
         handler.fn(data, message);
       } catch (error) {
         if (event !== 'error') this._emit('error', error);
       }
-    }, this);
+    }
   };
 
   /** Queues `entry` ({frames(), resolve, reject, ack?}) behind everything sent before it;
@@ -460,9 +464,7 @@
   proto.on = function (event, fn) {
     if (typeof fn !== 'function') throw fail('invalid_handler', 'on(' + event + ') needs a function');
     var handler = { fn: fn, rooms: null };
-    var list = this._handlers.get(event) || [];
-    list.push(handler);
-    this._handlers.set(event, list);
+    this._handlers.set(event, (this._handlers.get(event) || []).concat(handler));
     var chain = {
       to: function (rooms) {
         handler.rooms = new Set([].concat(rooms));
