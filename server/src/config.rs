@@ -370,6 +370,17 @@ impl Args {
         cmd
     }
 
+    /// The configuration of this process: its command line (with `--help` from
+    /// [`Args::command_with_defaults`]) and `STELLAR_*` variables resolved over the
+    /// defaults. Exits with the usage on a bad flag, as clap does.
+    pub fn config_from_command_line() -> Result<Config, String> {
+        use clap::FromArgMatches;
+        let matches = Self::command_with_defaults().get_matches();
+        Self::from_arg_matches(&matches)
+            .map_err(|e| e.to_string())
+            .and_then(|args| args.resolve().map_err(|e| e.to_string()))
+    }
+
     /// Resolves defaults < TOML file < environment < flags into one checked [`Config`].
     pub fn resolve(&self) -> Result<Config, ConfigError> {
         let mut layer = toml::Table::new();

@@ -6,7 +6,6 @@
 
 use std::sync::mpsc;
 
-use clap::FromArgMatches;
 use serde_json::Value;
 use stellar_server::Server;
 use stellar_server::config::Args;
@@ -25,11 +24,7 @@ fn main() -> std::process::ExitCode {
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
         )
         .init();
-    let matches = Args::command_with_defaults().get_matches();
-    let config = match Args::from_arg_matches(&matches)
-        .map_err(|e| e.to_string())
-        .and_then(|a| a.resolve().map_err(|e| e.to_string()))
-    {
+    let config = match Args::config_from_command_line() {
         Ok(c) => c,
         Err(e) => {
             eprintln!("stellar: {e}");

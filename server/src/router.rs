@@ -138,7 +138,14 @@ fn route(worker: &Rc<Worker>, conn: &Rc<Conn>, msg: Inbound<'_>) -> Flow {
                 let out = Outbound::binary(&event, Some(room), Bytes::copy_from_slice(payload));
                 worker.publish_room(room, out, Some(conn.id));
             }
-            Flow::Continue
+            let Some(handlers) = worker.handlers().binary.get(event.as_str()) else {
+                return Flow::Continue;
+            };
+            let ctx = Ctx::from_raw(worker, Some(conn), &event, None);
+            for handler in handlers {
+                handler(&ctx, payload);
+            }
+            Flow::after(ctx.take_pending())
         }
         Inbound::Ping(payload) => {
             let pong = match conn.proto {
