@@ -14,6 +14,8 @@ export { WebSocket };
 
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
 export const BINARY = process.env.STELLAR_BIN || path.join(root, 'target/release/stellar');
+/** The release build of `server/examples/<name>.rs`. */
+export const example = (name) => path.join(root, 'target/release/examples', name);
 
 /** Resolves when `predicate()` holds, polling; rejects after `ms` with `what`. */
 export async function until(predicate, what, ms = 5000) {
@@ -54,15 +56,17 @@ export async function freePorts() {
   }
 }
 
-/** A `stellar` process; `kill()` and `start()` again keep its ports. */
+/** A `stellar` process (or an example's, same flags); `kill()` and `start()` again keep
+ * its ports. */
 export class Stellar {
-  constructor(args = []) {
+  constructor(args = [], binary = BINARY) {
     this.args = args;
+    this.binary = binary;
     this.proc = null;
   }
 
-  static async start(args = []) {
-    const server = new Stellar(args);
+  static async start(args = [], binary = BINARY) {
+    const server = new Stellar(args, binary);
     [server.port, server.tcpPort] = await freePorts();
     await server.start();
     return server;
@@ -79,7 +83,7 @@ export class Stellar {
   async start() {
     const args = ['--host', '127.0.0.1', '--port', String(this.port), '--tcp-port', String(this.tcpPort),
       '--workers', '2', '--rate-limit', '0', ...this.args];
-    this.proc = spawn(BINARY, args, { stdio: ['ignore', 'ignore', 'pipe'] });
+    this.proc = spawn(this.binary, args, { stdio: ['ignore', 'ignore', 'pipe'] });
     this.stderr = '';
     this.proc.stderr.on('data', (d) => { this.stderr += d; });
     const exited = new Promise((resolve) => this.proc.once('exit', resolve));
