@@ -110,6 +110,22 @@ impl ServerBuilder {
         self
     }
 
+    /// Runs `f` with the payload of every binary event `event` a client sends (SPEC
+    /// §3.1 binary frames; game inputs, audio); one sent to a room is relayed too.
+    pub fn on_binary(
+        mut self,
+        event: &str,
+        f: impl Fn(&Ctx<'_>, &[u8]) + Send + Sync + 'static,
+    ) -> Self {
+        self.check_name(event);
+        self.handlers
+            .binary
+            .entry(event.to_owned())
+            .or_default()
+            .push(Arc::new(f));
+        self
+    }
+
     /// Runs `f` for every client event (after the specific handlers).
     pub fn on_all(mut self, f: impl Fn(&Ctx<'_>) + Send + Sync + 'static) -> Self {
         self.handlers.all.push(Arc::new(f));

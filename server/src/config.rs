@@ -245,9 +245,9 @@ options! {
     tls_key: Option<PathBuf> = None, flag PathBuf;
     /// HS256 secret for JWT auth; unset = auth off.
     jwt_secret: Option<String> = None, flag String, arg(hide_env_values = true);
-    /// Serve the demo page at `/demo`.
-    demo: bool = false, flag bool,
-        refused "the demo page is not built into this server";
+    /// Serve the demo page (chat and live stats, built into the binary) at `/demo`; off
+    /// by default, as an admin page should be in production.
+    demo: bool = false, flag bool;
     /// Room patterns (`name` or `prefix:*`, comma-separated) whose members get
     /// `presence-join` / `presence-leave` events.
     presence_rooms: Vec<String> = Vec::new(), flag Vec<String>,
@@ -372,6 +372,17 @@ impl Args {
             });
         }
         cmd
+    }
+
+    /// The configuration of this process: its command line (with `--help` from
+    /// [`Args::command_with_defaults`]) and `STELLAR_*` variables resolved over the
+    /// defaults. Exits with the usage on a bad flag, as clap does.
+    pub fn config_from_command_line() -> Result<Config, String> {
+        use clap::FromArgMatches;
+        let matches = Self::command_with_defaults().get_matches();
+        Self::from_arg_matches(&matches)
+            .map_err(|e| e.to_string())
+            .and_then(|args| args.resolve().map_err(|e| e.to_string()))
     }
 
     /// Resolves defaults < TOML file < environment < flags into one checked [`Config`].
@@ -507,7 +518,6 @@ mod tests {
             ("redis_url", "redis_url = \"redis://127.0.0.1\""),
             ("history_size", "history_size = 100"),
             ("history_ttl", "history_ttl = \"1m\""),
-            ("demo", "demo = true"),
             ("presence_rooms", "presence_rooms = [\"lobby\"]"),
         ];
         let listed: Vec<&str> = Config::UNSUPPORTED.iter().map(|(name, _)| *name).collect();
@@ -534,7 +544,7 @@ mod tests {
     fn unsupported_options_left_at_their_default_are_accepted() {
         let partial: toml::Table = toml::from_str(
             "compression = false\nhistory_size = 0\nhistory_ttl = \"5m\"\n\
-             demo = false\npresence_rooms = []\n",
+             presence_rooms = []\n",
         )
         .unwrap();
         assert!(Config::default().merged(partial).is_ok());

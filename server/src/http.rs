@@ -1,6 +1,6 @@
-//! Plain HTTP on the WebSocket port (SPEC §6): health, stats, metrics, static files and
-//! the HTTP fallback for `on_ack` handlers. One request per connection, answered with
-//! `Connection: close`.
+//! Plain HTTP on the WebSocket port (SPEC §6): health, stats, metrics, static files, the
+//! embedded client and demo page (`assets`) and the HTTP fallback for `on_ack` handlers.
+//! One request per connection, answered with `Connection: close`.
 
 use std::rc::Rc;
 use std::sync::Arc;
@@ -13,6 +13,7 @@ use stellar_protocol::ws::handshake::Request;
 use stellar_protocol::{ErrorCode, EventName};
 
 use crate::admission;
+use crate::assets;
 use crate::config::Config;
 use crate::ctx::Ctx;
 use crate::files;
@@ -85,6 +86,14 @@ pub async fn serve(
         && let Some(path) = request.path.strip_prefix("/public/")
     {
         return serve_public(&mut stream, config, path).await;
+    }
+    if request.method == "GET"
+        && let Some(asset) = assets::find(&request.path, config.demo)
+    {
+        let _ = stream
+            .write_all(asset.response(request.header("if-none-match")))
+            .await;
+        return;
     }
     let answer = route(worker, remote, &request, &body);
     let _ = stream.write_all(answer).await;

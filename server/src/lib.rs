@@ -20,6 +20,7 @@
 //! - `mesh`: the lock-free cross-core queues and their once-per-batch wake-up.
 //! - `outbound`: a message to many, framed once per protocol and shared.
 //! - `http`: health, stats, metrics, static files and HTTP actions on the same port.
+//! - `assets`: the JavaScript client and the demo page, built into the binary.
 //! - `files`: `public_dir` files for `/public/` and `file`, capped and read off the loop.
 //! - [`rate_limit`]: token buckets and the run-time table of overrides.
 //! - [`stats`]: per-worker counters summed on read.
@@ -46,6 +47,7 @@
 
 mod admission;
 pub mod api;
+mod assets;
 pub mod auth;
 pub mod config;
 mod connection;

@@ -5,7 +5,6 @@
 //! Besides the reserved verbs it registers `echo` (event and ack), so the bench client's
 //! echo and ack scenarios have something to call.
 
-use clap::FromArgMatches;
 use serde_json::Value;
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
@@ -26,11 +25,7 @@ fn main() -> std::process::ExitCode {
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
         )
         .init();
-    let matches = Args::command_with_defaults().get_matches();
-    let config = match Args::from_arg_matches(&matches)
-        .map_err(|e| e.to_string())
-        .and_then(|a| a.resolve().map_err(|e| e.to_string()))
-    {
+    let config = match Args::config_from_command_line() {
         Ok(c) => c,
         Err(e) => {
             eprintln!("stellar: {e}");

@@ -138,7 +138,14 @@ fn route(worker: &Rc<Worker>, conn: &Rc<Conn>, msg: Inbound<'_>) -> Flow {
                 let out = Outbound::binary(&event, Some(room), Bytes::copy_from_slice(payload));
                 worker.publish_room(room, out, Some(conn.id));
             }
-            Flow::Continue
+            let Some(handlers) = worker.handlers().binary.get(event.as_str()) else {
+                return Flow::Continue;
+            };
+            let ctx = Ctx::from_raw(worker, Some(conn), &event, None);
+            for handler in handlers {
+                handler(&ctx, payload);
+            }
+            Flow::after(ctx.take_pending())
         }
         Inbound::Ping(payload) => {
             let pong = match conn.proto {
@@ -346,10 +353,10 @@ fn join(
     answer: &EventName<'_>,
     ack: Option<(&EventName<'_>, &str)>,
 ) -> Flow {
-    let refuse = |code, message: &str| {
-        conn.send_error(code, message, &worker.stats);
-        Flow::Continue
-    };
+    // A refusal answers the request when the join was one (so a client awaiting its ack
+    // learns why), else it is an `error` event.
+    let refuse =
+        |code, message: &str| reply(worker, conn, answer, ack, Err((code, message.into())));
     if room.is_empty() {
         return refuse(
             ErrorCode::InvalidRoom,

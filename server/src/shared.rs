@@ -40,6 +40,7 @@ impl AckError {
 }
 
 type EventFn = dyn Fn(&Ctx<'_>) + Send + Sync;
+type BinaryFn = dyn Fn(&Ctx<'_>, &[u8]) + Send + Sync;
 type AckFn = dyn Fn(&Ctx<'_>) -> Result<Value, AckError> + Send + Sync;
 type MiddlewareFn = dyn Fn(&ClientInfo) -> Result<(), String> + Send + Sync;
 type RoomEventFn = dyn Fn(&ClientInfo, &str, &str) -> bool + Send + Sync;
@@ -53,6 +54,8 @@ type AuthorizeJoinFn = dyn Fn(&ClientInfo, Option<&AuthUser>, &str) -> bool + Se
 pub struct Handlers {
     pub(crate) events: HashMap<String, Vec<Arc<EventFn>>>,
     pub(crate) all: Vec<Arc<EventFn>>,
+    /// Binary events (SPEC §3.1 binary frames), given their payload bytes.
+    pub(crate) binary: HashMap<String, Vec<Arc<BinaryFn>>>,
     pub(crate) connection: Vec<Arc<EventFn>>,
     pub(crate) disconnect: Vec<Arc<EventFn>>,
     pub(crate) acks: HashMap<String, Arc<AckFn>>,

@@ -184,6 +184,32 @@ fn joins_outside_the_grant_are_forbidden() {
 }
 
 #[test]
+fn a_refused_join_sent_as_a_request_answers_the_request() {
+    let s = jwt_server();
+    let t = token(
+        json!({"sub": "ada", "exp": exp(60), "rooms": ["lobby"]}),
+        SECRET,
+    );
+    let mut c = connect_with(s.handle.port(), &format!("/?token={t}"), &[]);
+    let reply = c.request("join-room", json!("admin"), "join-room#1");
+    assert_eq!(reply["_isAck"], true);
+    assert_eq!(reply["_correlationId"], "join-room#1");
+    assert_eq!(reply["error"]["code"], "forbidden");
+    c.send(json!({"event": "join-room", "data": "lobby", "_ackName": "join-room", "_correlationId": "join-room#2"}));
+    assert_eq!(
+        c.recv_event("joined-room")["data"],
+        "lobby",
+        "the event comes first"
+    );
+    let ack = c.recv_json();
+    assert_eq!(
+        (&ack["_isAck"], &ack["data"]),
+        (&json!(true), &json!("lobby")),
+        "then the ack"
+    );
+}
+
+#[test]
 fn no_auth_within_connect_timeout_closes_with_1008() {
     let s = jwt_server();
     let mut c = Client::upgrade(s.handle.port());

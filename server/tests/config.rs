@@ -45,7 +45,7 @@ fn run_to_exit(args: &[&str], env: &[(&str, &str)]) -> (bool, String) {
 }
 
 /// Each refused option: its name, a flag setting it, the same in TOML.
-const REFUSED: [(&str, &[&str], &str); 6] = [
+const REFUSED: [(&str, &[&str], &str); 5] = [
     (
         "compression",
         &["--compression", "true"],
@@ -66,7 +66,6 @@ const REFUSED: [(&str, &[&str], &str); 6] = [
         &["--history-ttl", "1m"],
         "history_ttl = \"1m\"",
     ),
-    ("demo", &["--demo", "true"], "demo = true"),
     (
         "presence_rooms",
         &["--presence-rooms", "lobby,game:*"],
@@ -118,10 +117,6 @@ fn library_start_refuses_unsupported_options() {
         },
         Config {
             history_ttl: Duration::from_secs(60),
-            ..base.clone()
-        },
-        Config {
-            demo: true,
             ..base.clone()
         },
         Config {

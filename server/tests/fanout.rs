@@ -137,14 +137,58 @@ fn binary_room_events_are_relayed() {
     a.join("voice");
     b.join("voice");
     let header = br#"{"event":"audio","_binary":true,"room":"voice"}"#;
-    let mut msg = (header.len() as u32).to_be_bytes().to_vec();
-    msg.extend_from_slice(header);
-    msg.extend_from_slice(&[9, 8, 7]);
-    a.ws.send(Message::binary(msg)).unwrap();
+    a.ws.send(Message::binary(binary_frame(header, &[9, 8, 7])))
+        .unwrap();
     match b.recv() {
         Message::Binary(got) => assert!(got.ends_with(&[9, 8, 7])),
         other => panic!("expected binary, got {other:?}"),
     }
+}
+
+/// A binary frame of SPEC §3.1 with `header` and `payload`.
+fn binary_frame(header: &[u8], payload: &[u8]) -> Vec<u8> {
+    let mut msg = (header.len() as u32).to_be_bytes().to_vec();
+    msg.extend_from_slice(header);
+    msg.extend_from_slice(payload);
+    msg
+}
+
+#[test]
+fn on_binary_handlers_get_the_payload_and_room_events_are_still_relayed() {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let tx = std::sync::Mutex::new(tx);
+    let builder = stellar_server::Server::builder()
+        .config(config(WORKERS, Driver::Auto))
+        .on_binary("input", move |ctx, bytes| {
+            let _ = tx
+                .lock()
+                .expect("no handler panics")
+                .send((ctx.id().to_owned(), bytes.to_vec()));
+            let _ = ctx.emit("got", &json!(bytes.len()));
+        });
+    let s = TestServer::start(builder);
+    let (mut a, mut b) = (s.ws(), s.ws());
+    a.join("arena");
+    b.join("arena");
+    a.ws.send(Message::binary(binary_frame(
+        br#"{"event":"input","_binary":true}"#,
+        &[1, 255],
+    )))
+    .unwrap();
+    assert_eq!(a.recv_event("got")["data"], 2);
+    assert_eq!(
+        rx.recv_timeout(TIMEOUT).unwrap(),
+        (a.id.clone(), vec![1, 255])
+    );
+    let in_room = br#"{"event":"input","_binary":true,"room":"arena"}"#;
+    a.ws.send(Message::binary(binary_frame(in_room, &[7])))
+        .unwrap();
+    assert_eq!(a.recv_event("got")["data"], 1);
+    match b.recv() {
+        Message::Binary(got) => assert!(got.ends_with(&[7])),
+        other => panic!("expected binary, got {other:?}"),
+    }
+    assert_eq!(rx.recv_timeout(TIMEOUT).unwrap().1, vec![7]);
 }
 
 #[test]

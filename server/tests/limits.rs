@@ -17,15 +17,6 @@ fn still_served(c: &mut Client) {
     assert_eq!(c.recv_event("pong")["data"], "ok?");
 }
 
-fn http(port: u16, request: &str) -> String {
-    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-    stream.set_read_timeout(Some(TIMEOUT)).unwrap();
-    stream.write_all(request.as_bytes()).unwrap();
-    let mut out = String::new();
-    let _ = stream.read_to_string(&mut out);
-    out
-}
-
 #[test]
 fn flood_over_the_rate_limit_closes_with_1008() {
     let config = Config {

@@ -221,6 +221,16 @@ impl TcpClient {
 }
 
 /// Polls `f` until it is true or the deadline passes.
+/// Sends one raw HTTP request and reads the whole answer (the server closes after it).
+pub fn http(port: u16, request: &str) -> String {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    stream.set_read_timeout(Some(TIMEOUT)).expect("timeout");
+    stream.write_all(request.as_bytes()).expect("send");
+    let mut out = String::new();
+    let _ = stream.read_to_string(&mut out);
+    out
+}
+
 pub fn eventually(what: &str, f: impl Fn() -> bool) {
     let deadline = Instant::now() + TIMEOUT;
     while Instant::now() < deadline {

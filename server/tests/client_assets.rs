@@ -1,0 +1,134 @@
+//! The JavaScript client and the demo page served from the binary (SPEC §6, §7; issue
+//! 14): content type, a strong ETag that a revalidation answers with 304, `no-cache`,
+//! the bytes of the files under `client/`, and `/demo` only when `demo` is on.
+
+mod common;
+
+use common::*;
+use stellar_server::{Config, Driver};
+
+/// Status code, head lines (lower-cased names) and body of one GET.
+fn get(port: u16, path: &str, extra: &str) -> (u16, Vec<(String, String)>, String) {
+    let answer = http(
+        port,
+        &format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n{extra}\r\n"),
+    );
+    let (head, body) = answer.split_once("\r\n\r\n").expect("a complete head");
+    let mut lines = head.split("\r\n");
+    let status = lines
+        .next()
+        .and_then(|l| l.split(' ').nth(1))
+        .and_then(|s| s.parse().ok())
+        .expect("a status line");
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.to_ascii_lowercase(), v.trim().to_owned()))
+        .collect();
+    (status, headers, body.to_owned())
+}
+
+fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    headers
+        .iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.as_str())
+}
+
+fn source(file: &str) -> String {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../client")
+        .join(file);
+    std::fs::read_to_string(path).expect("client file")
+}
+
+#[test]
+fn client_is_served_with_a_strong_etag_and_revalidates_with_304() {
+    let s = TestServer::with(config(1, Driver::Auto));
+    let port = s.handle.port();
+    let (status, headers, body) = get(port, "/stellar-client", "");
+    assert_eq!(status, 200);
+    assert_eq!(
+        header(&headers, "content-type"),
+        Some("text/javascript; charset=utf-8")
+    );
+    assert_eq!(header(&headers, "cache-control"), Some("no-cache"));
+    assert_eq!(body, source("stellar-client.js"));
+    let etag = header(&headers, "etag").expect("an ETag").to_owned();
+    assert!(
+        etag.starts_with('"') && etag.ends_with('"') && etag.len() > 2,
+        "strong tag: {etag}"
+    );
+
+    let (status, same, body) = get(port, "/stellar-client.js", "");
+    assert_eq!((status, header(&same, "etag")), (200, Some(etag.as_str())));
+    assert_eq!(body, source("stellar-client.js"));
+
+    for tags in [
+        etag.clone(),
+        format!("W/{etag}"),
+        format!("\"old\", {etag}"),
+    ] {
+        let (status, headers, body) = get(
+            port,
+            "/stellar-client",
+            &format!("If-None-Match: {tags}\r\n"),
+        );
+        assert_eq!(status, 304, "If-None-Match: {tags}");
+        assert_eq!(body, "");
+        assert_eq!(header(&headers, "etag"), Some(etag.as_str()));
+        assert_eq!(header(&headers, "cache-control"), Some("no-cache"));
+    }
+    let (status, _, body) = get(port, "/stellar-client", "If-None-Match: \"old\"\r\n");
+    assert_eq!(status, 200, "a stale tag gets the file");
+    assert_eq!(body, source("stellar-client.js"));
+}
+
+#[test]
+fn module_entry_and_type_declarations_are_served_beside_the_client() {
+    let s = TestServer::with(config(1, Driver::Auto));
+    let port = s.handle.port();
+    let (status, headers, body) = get(port, "/stellar-client.d.ts", "");
+    assert_eq!(status, 200);
+    assert_eq!(
+        header(&headers, "content-type"),
+        Some("text/plain; charset=utf-8")
+    );
+    assert_eq!(body, source("stellar-client.d.ts"));
+    let etag = header(&headers, "etag").expect("an ETag").to_owned();
+    let (status, _, _) = get(
+        port,
+        "/stellar-client.d.ts",
+        &format!("If-None-Match: {etag}\r\n"),
+    );
+    assert_eq!(status, 304);
+    let (status, headers, body) = get(port, "/stellar-client.mjs", "");
+    assert_eq!(status, 200);
+    assert_eq!(
+        header(&headers, "content-type"),
+        Some("text/javascript; charset=utf-8")
+    );
+    assert_eq!(body, source("stellar-client.mjs"));
+    assert_ne!(header(&headers, "etag"), Some(etag.as_str()));
+}
+
+#[test]
+fn demo_page_is_served_only_when_demo_is_on() {
+    let off = TestServer::with(config(1, Driver::Auto));
+    let (status, _, _) = get(off.handle.port(), "/demo", "");
+    assert_eq!(status, 404);
+    let on = TestServer::with(Config {
+        demo: true,
+        ..config(1, Driver::Auto)
+    });
+    let (status, headers, body) = get(on.handle.port(), "/demo", "");
+    assert_eq!(status, 200);
+    assert_eq!(
+        header(&headers, "content-type"),
+        Some("text/html; charset=utf-8")
+    );
+    assert_eq!(body, source("demo.html"));
+    assert!(
+        body.contains("/stellar-client.js"),
+        "the page loads the client"
+    );
+}
