@@ -9,8 +9,7 @@ use std::io::{self, Read, Write};
 use std::net::{TcpListener, TcpStream};
 
 use bytes::{Bytes, BytesMut};
-use stellar_protocol::ProtocolError;
-use stellar_protocol::ws::frame::{RSV1, encode_server};
+use stellar_protocol::ws::frame::encode_server;
 use stellar_protocol::ws::handshake::{HeadLimits, Request, reject};
 use stellar_protocol::ws::{
     CloseCode, CloseFrame, Compressor, DecoderConfig, Decompressor, DeflateConfig, Message,
@@ -75,15 +74,11 @@ fn serve(mut stream: TcpStream) -> io::Result<()> {
     });
     loop {
         loop {
-            let message = match decoder.decode(&mut buf) {
-                Ok(Some(Message::Compressed { opcode, payload })) => match &mut deflate {
-                    Some((_, inflater)) => inflater.inflate_message(opcode, &payload),
-                    // The decoder yields it only with deflate negotiated.
-                    None => Err(ProtocolError::ReservedBits(RSV1)),
-                },
-                Ok(Some(message)) => Ok(message),
-                Ok(None) => break,
-                Err(e) => Err(e),
+            let message = match (decoder.decode(&mut buf), &mut deflate) {
+                (Ok(Some(message)), Some((_, inflater))) => inflater.inflate_message(message),
+                (Ok(Some(message)), None) => Ok(message),
+                (Ok(None), _) => break,
+                (Err(e), _) => Err(e),
             };
             let reply = match message {
                 Ok(Message::Text(t)) => echo(&mut deflate, OpCode::Text, t.as_bytes()),
@@ -98,7 +93,10 @@ fn serve(mut stream: TcpStream) -> io::Result<()> {
                     stream.write_all(&encode_server(OpCode::Close, &body))?;
                     return stream.shutdown(std::net::Shutdown::Write);
                 }
-                Ok(Message::Compressed { .. }) => continue,
+                // Only without deflate, where the decoder never yields them.
+                Ok(Message::CompressedText(_) | Message::CompressedBinary(_)) => {
+                    return fail(&mut stream, CloseCode::PROTOCOL_ERROR);
+                }
                 Err(e) => return fail(&mut stream, e.close_code()),
             };
             stream.write_all(&reply)?;

@@ -97,7 +97,9 @@ pub fn from_ws(msg: &Message) -> Inbound<'_> {
             Inbound::Close(frame.as_ref().map_or(CloseCode::NORMAL, |f| f.code))
         }
         // Only a decoder with deflate negotiated yields it; the server negotiates none.
-        Message::Compressed { .. } => Inbound::Close(CloseCode::PROTOCOL_ERROR),
+        Message::CompressedText(_) | Message::CompressedBinary(_) => {
+            Inbound::Close(CloseCode::PROTOCOL_ERROR)
+        }
     }
 }
 

@@ -106,7 +106,7 @@ fn echo(worker: &Worker, conn: &Rc<Conn>, msg: Message) -> Flow {
             return Flow::Stop;
         }
         // Only a decoder with deflate negotiated yields it; the server negotiates none.
-        Message::Compressed { .. } => {
+        Message::CompressedText(_) | Message::CompressedBinary(_) => {
             conn.close(CloseCode::PROTOCOL_ERROR, "");
             return Flow::Stop;
         }

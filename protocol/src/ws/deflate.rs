@@ -14,7 +14,8 @@
 //!   checked while the output grows (a small bomb never gets its output allocated),
 //!   and keeps the client's LZ77 window between messages unless
 //!   `client_no_context_takeover` was agreed. The decoder hands compressed messages
-//!   over as [`Message::Compressed`].
+//!   over as [`Message::CompressedText`] / [`Message::CompressedBinary`], which
+//!   [`Decompressor::inflate_message`] turns into plain ones.
 //!
 //! The backend is flate2 on zlib-rs: zlib semantics (window bits 9..15, which miniz_oxide
 //! lacks) in Rust; results/bench/deflate-backend.md has the measurement. zlib cannot
@@ -414,8 +415,14 @@ fn encode_compressed(opcode: OpCode, compressed: &[u8]) -> Bytes {
 }
 
 /// Inflates one connection's compressed messages (§7.2.2) under a size cap.
+///
+/// zlib-rs allocates its whole inflate state (about 46 KiB, whatever the window bits) at
+/// once, so it is made on the first compressed message: a connection that never sends
+/// one holds no more than this struct.
 pub struct Decompressor {
-    raw: Decompress,
+    /// Made on first use (see above).
+    raw: Option<Decompress>,
+    window_bits: u8,
     /// The client starts each message afresh: the window is dropped before each one,
     /// which also lets one decompressor serve many connections.
     no_context_takeover: bool,
@@ -437,11 +444,11 @@ impl Decompressor {
     /// `max_size` bytes. Its window is the client's (at least 9 bits: a 9-bit window
     /// also reads 8-bit streams, and zlib clients asked for 8 use 9 anyway).
     pub fn new(params: &DeflateParams, max_size: usize) -> Self {
-        let bits = params
-            .client_max_window_bits
-            .clamp(MIN_COMPRESS_WINDOW_BITS, MAX_WINDOW_BITS);
         Self {
-            raw: Decompress::new_with_window_bits(false, bits),
+            raw: None,
+            window_bits: params
+                .client_max_window_bits
+                .clamp(MIN_COMPRESS_WINDOW_BITS, MAX_WINDOW_BITS),
             no_context_takeover: params.client_no_context_takeover,
             max_size,
         }
@@ -452,65 +459,74 @@ impl Decompressor {
     /// [`ProtocolError::InvalidCompressedData`] (close 1007) for corrupt data. After an
     /// error the connection must be failed.
     pub fn inflate(&mut self, payload: &[u8]) -> Result<Bytes, ProtocolError> {
-        if self.no_context_takeover {
-            self.raw.reset(false);
-        }
+        let max = self.max_size;
+        let raw = match &mut self.raw {
+            Some(raw) if self.no_context_takeover => {
+                raw.reset(false);
+                raw
+            }
+            Some(raw) => raw,
+            None => self
+                .raw
+                .insert(Decompress::new_with_window_bits(false, self.window_bits)),
+        };
         let first = payload.len().saturating_mul(4).max(256);
-        let mut out = Vec::with_capacity(first.min(self.max_size.saturating_add(1)));
-        let ended = self.run(payload, &mut out)? || self.run(&TAIL, &mut out)?;
+        let mut out = Vec::with_capacity(first.min(max.saturating_add(1)));
+        let ended = run(raw, max, payload, &mut out)? || run(raw, max, &TAIL, &mut out)?;
         if ended {
             // A final block (BFINAL, §7.2.3.4) ended the stream; the next message
             // starts a new one.
-            self.raw.reset(false);
+            raw.reset(false);
         }
         Ok(Bytes::from(out))
     }
 
-    /// Inflates a [`Message::Compressed`]'s payload into the `Text` (checked as UTF-8,
-    /// else [`ProtocolError::InvalidUtf8`], close 1007) or `Binary` message it carries.
-    pub fn inflate_message(
-        &mut self,
-        opcode: OpCode,
-        payload: &[u8],
-    ) -> Result<Message, ProtocolError> {
-        let inflated = self.inflate(payload)?;
-        match opcode {
-            OpCode::Text => Utf8Bytes::try_from(inflated)
+    /// Inflates a compressed message into the plain one it carries: `CompressedText`
+    /// into `Text` (checked as UTF-8, else [`ProtocolError::InvalidUtf8`], close 1007),
+    /// `CompressedBinary` into `Binary`. Any other message is handed back unchanged, so
+    /// a reader can pass every message of a deflate connection through here.
+    pub fn inflate_message(&mut self, message: Message) -> Result<Message, ProtocolError> {
+        match message {
+            Message::CompressedText(payload) => Utf8Bytes::try_from(self.inflate(&payload)?)
                 .map(Message::Text)
                 .map_err(|_| ProtocolError::InvalidUtf8),
-            _ => Ok(Message::Binary(inflated)),
+            Message::CompressedBinary(payload) => Ok(Message::Binary(self.inflate(&payload)?)),
+            other => Ok(other),
         }
     }
+}
 
-    /// Feeds `input` to the inflater, growing `out` up to one byte past the cap. `true`
-    /// when the DEFLATE stream ended (a final block).
-    fn run(&mut self, mut input: &[u8], out: &mut Vec<u8>) -> Result<bool, ProtocolError> {
-        let too_big = ProtocolError::InflatedTooBig { max: self.max_size };
-        loop {
-            if out.len() == out.capacity() {
-                let room = self.max_size.saturating_add(1).saturating_sub(out.len());
-                out.reserve_exact(out.capacity().max(256).min(room));
+/// Feeds `input` to `raw`, growing `out` up to one byte past `max`. `true` when the
+/// DEFLATE stream ended (a final block).
+fn run(
+    raw: &mut Decompress,
+    max: usize,
+    mut input: &[u8],
+    out: &mut Vec<u8>,
+) -> Result<bool, ProtocolError> {
+    loop {
+        if out.len() == out.capacity() {
+            let room = max.saturating_add(1).saturating_sub(out.len());
+            out.reserve_exact(out.capacity().max(256).min(room));
+        }
+        let (before_in, before_out) = (raw.total_in(), out.len());
+        let status = raw
+            .decompress_vec(input, out, FlushDecompress::Sync)
+            .map_err(|_| ProtocolError::InvalidCompressedData)?;
+        if out.len() > max {
+            return Err(ProtocolError::InflatedTooBig { max });
+        }
+        let used = usize::try_from(raw.total_in() - before_in).unwrap_or(input.len());
+        input = input.get(used..).unwrap_or_default();
+        let has_room = out.len() < out.capacity();
+        match status {
+            Status::StreamEnd => return Ok(true),
+            // zlib stops with room left only once the input is used up.
+            _ if input.is_empty() && has_room => return Ok(false),
+            _ if used == 0 && out.len() == before_out && has_room => {
+                return Err(ProtocolError::InvalidCompressedData);
             }
-            let (before_in, before_out) = (self.raw.total_in(), out.len());
-            let status = self
-                .raw
-                .decompress_vec(input, out, FlushDecompress::Sync)
-                .map_err(|_| ProtocolError::InvalidCompressedData)?;
-            if out.len() > self.max_size {
-                return Err(too_big);
-            }
-            let used = usize::try_from(self.raw.total_in() - before_in).unwrap_or(input.len());
-            input = input.get(used..).unwrap_or_default();
-            let has_room = out.len() < out.capacity();
-            match status {
-                Status::StreamEnd => return Ok(true),
-                // zlib stops with room left only once the input is used up.
-                _ if input.is_empty() && has_room => return Ok(false),
-                _ if used == 0 && out.len() == before_out && has_room => {
-                    return Err(ProtocolError::InvalidCompressedData);
-                }
-                _ => {}
-            }
+            _ => {}
         }
     }
 }
@@ -814,6 +830,17 @@ Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n\r\n";
     }
 
     #[test]
+    fn inflate_state_is_made_on_the_first_compressed_message() {
+        let mut inflater = inflater(15, false, 1024);
+        assert!(
+            inflater.raw.is_none(),
+            "an idle connection holds no zlib state"
+        );
+        assert_eq!(inflater.inflate(&HELLO).unwrap(), &b"Hello"[..]);
+        assert!(inflater.raw.is_some());
+    }
+
+    #[test]
     fn no_context_takeover_inflater_forgets_the_previous_message() {
         let mut compressor = client_compressor(15, false);
         let first = compress(&mut compressor, b"Hello");
@@ -845,8 +872,9 @@ Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n\r\n";
         assert_eq!(err, ProtocolError::InflatedTooBig { max });
         assert_eq!(err.close_code(), CloseCode::MESSAGE_TOO_BIG);
         // Stopped one byte past the cap: most of the bomb was never read.
-        assert_eq!(inflater.raw.total_out(), max as u64 + 1);
-        assert!(inflater.raw.total_in() < bomb.len() as u64 / 4);
+        let raw = inflater.raw.as_ref().unwrap();
+        assert_eq!(raw.total_out(), max as u64 + 1);
+        assert!(raw.total_in() < bomb.len() as u64 / 4);
     }
 
     #[test]
@@ -880,18 +908,26 @@ Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n\r\n";
     fn inflated_text_is_checked_as_utf8() {
         let mut compressor = Compressor::shared(&DeflateConfig::default(), 15);
         let mut inflater = inflater(15, false, 1024);
-        let good = compress(&mut compressor, "κόσμε".as_bytes());
+        let good = Bytes::from(compress(&mut compressor, "κόσμε".as_bytes()));
         assert_eq!(
-            inflater.inflate_message(OpCode::Text, &good).unwrap(),
+            inflater
+                .inflate_message(Message::CompressedText(good))
+                .unwrap(),
             Message::Text(Utf8Bytes::from("κόσμε"))
         );
-        let bad = compress(&mut compressor, &[b'a', 0xff, b'b']);
-        let err = inflater.inflate_message(OpCode::Text, &bad).unwrap_err();
+        let bad = Bytes::from(compress(&mut compressor, &[b'a', 0xff, b'b']));
+        let err = inflater
+            .inflate_message(Message::CompressedText(bad.clone()))
+            .unwrap_err();
         assert_eq!(err.close_code(), CloseCode::INVALID_PAYLOAD);
         assert_eq!(
-            inflater.inflate_message(OpCode::Binary, &bad).unwrap(),
+            inflater
+                .inflate_message(Message::CompressedBinary(bad))
+                .unwrap(),
             Message::Binary(Bytes::from_static(&[b'a', 0xff, b'b']))
         );
+        let ping = Message::Ping(Bytes::from_static(b"p"));
+        assert_eq!(inflater.inflate_message(ping.clone()).unwrap(), ping);
     }
 
     #[test]
@@ -912,12 +948,12 @@ Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n\r\n";
             deflate: true,
             ..DecoderConfig::default()
         });
-        let Some(Message::Compressed { opcode, payload }) =
-            decoder.decode(&mut BytesMut::from(&frame[..])).unwrap()
-        else {
-            panic!("a compressed message");
-        };
-        let inflated = inflater(15, false, 1 << 20).inflate_message(opcode, &payload);
+        let decoded = decoder
+            .decode(&mut BytesMut::from(&frame[..]))
+            .unwrap()
+            .unwrap();
+        assert!(matches!(decoded, Message::CompressedText(_)));
+        let inflated = inflater(15, false, 1 << 20).inflate_message(decoded);
         assert_eq!(
             inflated.unwrap(),
             Message::Text(Utf8Bytes::try_from(Bytes::from(message)).unwrap())
