@@ -717,6 +717,7 @@ mod tests {
     /// Feeds `wire` to one decoder in pieces of the sizes `cuts` cycles through, taking
     /// every message `step` gives after each piece.
     fn decode_in_pieces(
+        config: DecoderConfig,
         wire: &[u8],
         cuts: &[usize],
         mut step: impl FnMut(
@@ -724,7 +725,7 @@ mod tests {
             &mut BytesMut,
         ) -> Result<Option<Message>, ProtocolError>,
     ) -> Vec<Message> {
-        let mut decoder = MessageDecoder::new(DecoderConfig::default());
+        let mut decoder = MessageDecoder::new(config);
         let mut src = BytesMut::new();
         let mut got = Vec::new();
         let mut rest = wire;
@@ -745,14 +746,33 @@ mod tests {
         fn any_split_gives_the_same_messages(msgs in proptest::collection::vec(arb_message(), 1..6),
                                              frag in 1usize..50, cuts in proptest::collection::vec(1usize..64, 1..20)) {
             let (wire, expected) = wire_of(&msgs, frag);
-            prop_assert_eq!(decode_in_pieces(&wire, &cuts, MessageDecoder::decode), expected);
+            prop_assert_eq!(decode_in_pieces(DecoderConfig::default(), &wire, &cuts, MessageDecoder::decode), expected);
         }
 
         #[test]
         fn in_place_first_gives_the_same_messages(msgs in proptest::collection::vec(arb_message(), 1..6),
                                                   frag in 1usize..50, cuts in proptest::collection::vec(1usize..64, 1..20)) {
             let (wire, expected) = wire_of(&msgs, frag);
-            prop_assert_eq!(decode_in_pieces(&wire, &cuts, in_place_first), expected);
+            prop_assert_eq!(decode_in_pieces(DecoderConfig::default(), &wire, &cuts, in_place_first), expected);
+        }
+
+        #[test]
+        fn compressed_messages_survive_any_split(msgs in proptest::collection::vec((any::<bool>(), proptest::collection::vec(any::<u8>(), 0..300)), 1..6),
+                                                 frag in 1usize..50, cuts in proptest::collection::vec(1usize..64, 1..20)) {
+            let (mut wire, mut expected) = (Vec::new(), Vec::new());
+            for (text, payload) in &msgs {
+                let opcode = if *text { OpCode::Text } else { OpCode::Binary };
+                let chunks: Vec<&[u8]> = payload.chunks(frag).collect();
+                let last = chunks.len().saturating_sub(1);
+                for i in 0..=last {
+                    // RSV1 on the first frame only (RFC 7692 §6.1).
+                    let (code, rsv) = if i == 0 { (opcode, RSV1) } else { (OpCode::Continuation, 0) };
+                    wire.extend(frame_rsv(i == last, rsv, code, chunks.get(i).copied().unwrap_or_default()));
+                }
+                expected.push(Message::compressed(opcode, Bytes::from(payload.clone())));
+            }
+            prop_assert_eq!(decode_in_pieces(deflate(), &wire, &cuts, MessageDecoder::decode), expected.clone());
+            prop_assert_eq!(decode_in_pieces(deflate(), &wire, &cuts, in_place_first), expected);
         }
 
         #[test]

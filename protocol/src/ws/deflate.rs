@@ -52,15 +52,16 @@ const MIN_COMPRESS_WINDOW_BITS: u8 = 9;
 pub struct DeflateConfig {
     /// Answer every accepted offer with `server_no_context_takeover`: each message is
     /// compressed on its own, so one compressed broadcast serves every connection and no
-    /// connection holds a compressor (about 260 KiB of zlib state at 15 bits). Default:
+    /// connection holds a compressor (371 KiB of zlib-rs state at 15 bits, 245 KiB at 9;
+    /// results/bench/deflate-backend.md). Default:
     /// true. Off, a connection's own [`Compressor`] keeps its window between messages
     /// (better ratio, one compressor per connection), unless the client asks otherwise.
     pub server_no_context_takeover: bool,
     /// Ask every client for `client_no_context_takeover`, so the server keeps no inflate
     /// window between messages and one [`Decompressor`] can serve a whole worker.
     /// Default: false (clients keep context for their better ratio; each connection's
-    /// inflater then holds its window, 32 KiB at 15 bits). A client that offers the
-    /// parameter gets it in the answer either way.
+    /// inflater then keeps its 46 KiB of zlib-rs state from its first compressed message
+    /// on). A client that offers the parameter gets it in the answer either way.
     pub client_no_context_takeover: bool,
     /// Largest window the server compresses with, in bits, 9..=15 (values outside are
     /// clamped). Default: 15, 32 KiB. A client asking for less gets what it asks for.
