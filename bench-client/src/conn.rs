@@ -174,6 +174,7 @@ Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n
         Proto::Ws => Decoder::Ws(MessageDecoder::new(DecoderConfig {
             role: Role::Client,
             max_message_size: 64 << 20,
+            ..DecoderConfig::default()
         })),
         Proto::Tcp => Decoder::Tcp(TcpDecoder::new(64 << 20)),
     };

@@ -104,7 +104,8 @@ impl std::fmt::Display for ErrorCode {
 /// [`ProtocolError::close_code`].
 #[derive(Debug, Error, Clone, PartialEq, Eq)]
 pub enum ProtocolError {
-    /// RSV1-3 set while no extension that defines them was negotiated (§5.2).
+    /// RSV1-3 set while no extension that defines them was negotiated (§5.2); with
+    /// permessage-deflate, RSV1 anywhere but on a data message's first frame, or RSV2-3.
     #[error("reserved bits {0:#05b} set without a negotiated extension")]
     ReservedBits(u8),
     /// Opcodes 0x3-0x7 and 0xB-0xF are reserved (§5.2).
@@ -135,6 +136,14 @@ pub enum ProtocolError {
     /// check runs on each header, before any of the payload is buffered.
     #[error("message of at least {size} bytes exceeds max_payload of {max} bytes")]
     MessageTooBig { size: u64, max: usize },
+    /// A compressed message (RFC 7692) inflates to more than `max_payload` bytes. The
+    /// inflater stops at the first byte past the limit, so a small bomb never makes the
+    /// server allocate its whole output.
+    #[error("compressed message inflates past max_payload of {max} bytes")]
+    InflatedTooBig { max: usize },
+    /// A compressed message's payload is not valid DEFLATE data (RFC 7692 §7.2.2).
+    #[error("invalid compressed data")]
+    InvalidCompressedData,
     /// A text message is not valid UTF-8; detected at the first bad byte (§8.1).
     #[error("text message is not valid UTF-8")]
     InvalidUtf8,
@@ -153,8 +162,10 @@ impl ProtocolError {
     /// The close code this violation is answered with (SPEC §3.5).
     pub fn close_code(&self) -> CloseCode {
         match self {
-            Self::MessageTooBig { .. } => CloseCode::MESSAGE_TOO_BIG,
-            Self::InvalidUtf8 | Self::InvalidCloseReason => CloseCode::INVALID_PAYLOAD,
+            Self::MessageTooBig { .. } | Self::InflatedTooBig { .. } => CloseCode::MESSAGE_TOO_BIG,
+            Self::InvalidUtf8 | Self::InvalidCloseReason | Self::InvalidCompressedData => {
+                CloseCode::INVALID_PAYLOAD
+            }
             _ => CloseCode::PROTOCOL_ERROR,
         }
     }

@@ -10,6 +10,8 @@
 //! - [`ws::frame`]: frame headers, opcodes and the encoders (RFC 6455 §5.2).
 //! - [`ws::decoder`]: the message decoder state machine (fragmentation, control frames,
 //!   limits, incremental UTF-8).
+//! - [`ws::deflate`]: permessage-deflate (RFC 7692): negotiation, the compressor a
+//!   broadcast is compressed with once, the per-connection inflater and its size cap.
 //! - [`ws::mask`]: word-at-a-time unmasking (RFC 6455 §5.3).
 //! - [`ws::utf8`]: streaming UTF-8 validation that fails at the first bad byte (§8.1).
 //! - [`ws::close`]: close codes and the close-frame body (§7.4).

@@ -96,6 +96,10 @@ pub fn from_ws(msg: &Message) -> Inbound<'_> {
         Message::Close(frame) => {
             Inbound::Close(frame.as_ref().map_or(CloseCode::NORMAL, |f| f.code))
         }
+        // Only a decoder with deflate negotiated yields it; the server negotiates none.
+        Message::CompressedText(_) | Message::CompressedBinary(_) => {
+            Inbound::Close(CloseCode::PROTOCOL_ERROR)
+        }
     }
 }
 

@@ -105,6 +105,11 @@ fn echo(worker: &Worker, conn: &Rc<Conn>, msg: Message) -> Flow {
             conn.close(frame.map_or(CloseCode::NORMAL, |f| f.code), "");
             return Flow::Stop;
         }
+        // Only a decoder with deflate negotiated yields it; the server negotiates none.
+        Message::CompressedText(_) | Message::CompressedBinary(_) => {
+            conn.close(CloseCode::PROTOCOL_ERROR, "");
+            return Flow::Stop;
+        }
     };
     conn.send(reply, &worker.stats);
     Flow::Continue

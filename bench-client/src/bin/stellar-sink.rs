@@ -155,7 +155,11 @@ async fn serve(mut stream: TcpStream, id: u64, rooms: Rc<RefCell<Rooms>>) {
                 }
                 Ok(Some(Message::Ping(p))) => push(&me, OpCode::Pong, &p),
                 Ok(Some(Message::Pong(_))) => {}
-                Ok(Some(Message::Close(_))) | Err(_) => break 'conn,
+                // Compressed: never negotiated, so never decoded.
+                Ok(Some(
+                    Message::Close(_) | Message::CompressedText(_) | Message::CompressedBinary(_),
+                ))
+                | Err(_) => break 'conn,
                 Ok(None) => break,
             }
         }

@@ -12,13 +12,21 @@
 //! `decode` then splits its payload off as `Bytes`, with no copy; a reader that looks at
 //! each message once and drops it can call `decode_in_place` itself and read the payload
 //! in the buffer, so not even a refcount is touched.
+//!
+//! With permessage-deflate negotiated ([`DecoderConfig::deflate`]), RSV1 on the first
+//! frame of a data message marks it compressed (RFC 7692 §6): its payload is assembled
+//! as it came and handed out as [`Message::CompressedText`] or
+//! [`Message::CompressedBinary`] for the connection's
+//! [`Decompressor`](super::deflate::Decompressor), which inflates it and checks the
+//! UTF-8 of text on the inflated bytes. `max_message_size` then bounds the compressed
+//! bytes; the inflater bounds what they inflate to.
 
 use std::ops::Range;
 
 use bytes::{Buf, Bytes, BytesMut};
 
 use super::close::CloseFrame;
-use super::frame::{FrameHeader, OpCode};
+use super::frame::{FrameHeader, OpCode, RSV1};
 use super::mask::apply_mask;
 use super::utf8::{Utf8Bytes, Utf8Validator};
 use crate::error::ProtocolError;
@@ -39,6 +47,10 @@ pub struct DecoderConfig {
     /// Largest message (all fragments together) in bytes; larger ones fail with 1009.
     /// It bounds the memory one connection can make the server buffer.
     pub max_message_size: usize,
+    /// permessage-deflate was negotiated: RSV1 is legal on the first frame of a data
+    /// message and marks it compressed (RFC 7692 §6). Off by default: without a
+    /// negotiated extension every RSV bit fails the connection (RFC 6455 §5.2).
+    pub deflate: bool,
 }
 
 impl Default for DecoderConfig {
@@ -47,6 +59,7 @@ impl Default for DecoderConfig {
         Self {
             role: Role::Server,
             max_message_size: 1 << 20,
+            deflate: false,
         }
     }
 }
@@ -61,6 +74,31 @@ pub enum Message {
     Pong(Bytes),
     /// A close frame: `None` when it carried no status code.
     Close(Option<CloseFrame>),
+    /// A text message sent compressed (RSV1, RFC 7692 §6), only with
+    /// [`DecoderConfig::deflate`]: its payload as received, neither inflated nor checked
+    /// as UTF-8. [`Decompressor::inflate_message`] makes it a `Text`. (Two variants
+    /// rather than one with an `OpCode` field: the opcode's spare values would become
+    /// the enum's tag, which costs the uncompressed path ~20 instructions a message.)
+    ///
+    /// [`Decompressor::inflate_message`]: super::deflate::Decompressor::inflate_message
+    CompressedText(Bytes),
+    /// A binary message sent compressed; see [`Message::CompressedText`].
+    CompressedBinary(Bytes),
+}
+
+impl Message {
+    /// The compressed message of a data `opcode` (Text, else Binary).
+    fn compressed(opcode: OpCode, payload: Bytes) -> Self {
+        match opcode {
+            OpCode::Text => Self::CompressedText(payload),
+            _ => Self::CompressedBinary(payload),
+        }
+    }
+
+    /// A data message still to be inflated.
+    pub fn is_compressed(&self) -> bool {
+        matches!(self, Self::CompressedText(_) | Self::CompressedBinary(_))
+    }
 }
 
 /// A whole unfragmented data frame at the front of a buffer, checked, unmasked and (text)
@@ -73,6 +111,9 @@ pub struct InPlace {
     pub payload: Range<usize>,
     /// Bytes the whole frame takes at the front of the buffer (header and payload).
     pub len: usize,
+    /// RSV1 was set (only legal with [`DecoderConfig::deflate`]): the payload is
+    /// compressed, so it was not checked as UTF-8.
+    pub compressed: bool,
 }
 
 /// The frame whose payload is arriving.
@@ -89,6 +130,8 @@ pub struct MessageDecoder {
     frame: Option<InFrame>,
     /// Opcode of the data message being assembled, if one is open.
     message: Option<OpCode>,
+    /// The open message is compressed (its first frame had RSV1).
+    compressed: bool,
     payload: BytesMut,
     control: BytesMut,
     utf8: Utf8Validator,
@@ -100,6 +143,7 @@ impl MessageDecoder {
             config,
             frame: None,
             message: None,
+            compressed: false,
             payload: BytesMut::new(),
             control: BytesMut::new(),
             utf8: Utf8Validator::default(),
@@ -109,6 +153,12 @@ impl MessageDecoder {
     /// Changes the message size cap; applies from the next frame header on.
     pub fn set_max_message_size(&mut self, max: usize) {
         self.config.max_message_size = max;
+    }
+
+    /// Turns [`DecoderConfig::deflate`] on or off once the handshake has settled it;
+    /// applies from the next frame header on.
+    pub fn set_deflate(&mut self, deflate: bool) {
+        self.config.deflate = deflate;
     }
 
     /// Consumes bytes from `src` and returns the next complete message, `Ok(None)` when
@@ -121,6 +171,7 @@ impl MessageDecoder {
             src.advance(frame.payload.start);
             let payload = src.split_to(frame.payload.len()).freeze();
             return Ok(Some(match frame.opcode {
+                opcode if frame.compressed => Message::compressed(opcode, payload),
                 OpCode::Text => Message::Text(Utf8Bytes::from_validated(payload)),
                 _ => Message::Binary(payload),
             }));
@@ -136,6 +187,7 @@ impl MessageDecoder {
                     src.advance(header_len);
                     if matches!(header.opcode, OpCode::Text | OpCode::Binary) {
                         self.message = Some(header.opcode);
+                        self.compressed = header.rsv != 0;
                         self.utf8.reset();
                     }
                     InFrame {
@@ -192,7 +244,9 @@ impl MessageDecoder {
         if let Some(key) = header.mask {
             apply_mask(&mut src[payload.clone()], key, 0);
         }
-        if header.opcode == OpCode::Text {
+        // `check` passed, so a set RSV bit can only be RSV1 of a compressed message.
+        let compressed = header.rsv != 0;
+        if header.opcode == OpCode::Text && !compressed {
             simdutf8::basic::from_utf8(&src[payload.clone()])
                 .map_err(|_| ProtocolError::InvalidUtf8)?;
         }
@@ -200,12 +254,13 @@ impl MessageDecoder {
             opcode: header.opcode,
             len: payload.end,
             payload,
+            compressed,
         }))
     }
 
     /// Rules that depend on the decoder's state (§5.1, §5.2, §5.4, §5.5).
     fn check(&self, header: &FrameHeader) -> Result<(), ProtocolError> {
-        if header.rsv != 0 {
+        if header.rsv != 0 && !self.is_compressed_start(header) {
             return Err(ProtocolError::ReservedBits(header.rsv));
         }
         match (self.config.role, header.mask.is_some()) {
@@ -239,6 +294,14 @@ impl MessageDecoder {
         Ok(())
     }
 
+    /// RSV1 alone on the first frame of a data message, with deflate negotiated
+    /// (RFC 7692 §6.1: never on control frames or continuations).
+    fn is_compressed_start(&self, header: &FrameHeader) -> bool {
+        self.config.deflate
+            && header.rsv == RSV1
+            && matches!(header.opcode, OpCode::Text | OpCode::Binary)
+    }
+
     /// Unmasks a piece of the current frame's payload and appends it to its message.
     fn append(&mut self, frame: &InFrame, chunk: &mut [u8]) -> Result<(), ProtocolError> {
         if let Some(key) = frame.header.mask {
@@ -250,7 +313,7 @@ impl MessageDecoder {
             return Ok(());
         }
         self.payload.extend_from_slice(chunk);
-        if self.message == Some(OpCode::Text) {
+        if self.message == Some(OpCode::Text) && !self.compressed {
             self.utf8
                 .feed(&self.payload)
                 .map_err(|_| ProtocolError::InvalidUtf8)?;
@@ -270,6 +333,10 @@ impl MessageDecoder {
             _ if !header.fin => Ok(None),
             _ => {
                 let opcode = self.message.take();
+                if let Some(opcode) = opcode.filter(|_| self.compressed) {
+                    let payload = self.payload.split().freeze();
+                    return Ok(Some(Message::compressed(opcode, payload)));
+                }
                 if opcode == Some(OpCode::Text) {
                     self.utf8
                         .finish(&self.payload)
@@ -294,10 +361,14 @@ mod tests {
     const KEY: [u8; 4] = [9, 8, 7, 6];
 
     fn frame(fin: bool, opcode: OpCode, payload: &[u8]) -> Vec<u8> {
+        frame_rsv(fin, 0, opcode, payload)
+    }
+
+    fn frame_rsv(fin: bool, rsv: u8, opcode: OpCode, payload: &[u8]) -> Vec<u8> {
         let mut buf = BytesMut::new();
         let header = FrameHeader {
             fin,
-            rsv: 0,
+            rsv,
             opcode,
             mask: Some(KEY),
             payload_len: payload.len() as u64,
@@ -323,9 +394,24 @@ mod tests {
         Ok(out)
     }
 
+    /// With permessage-deflate negotiated.
+    fn deflate() -> DecoderConfig {
+        DecoderConfig {
+            deflate: true,
+            ..DecoderConfig::default()
+        }
+    }
+
     /// Feeds one byte at a time; returns messages and the first error.
     fn decode_bytewise(bytes: &[u8]) -> (Vec<Message>, Option<(usize, ProtocolError)>) {
-        let mut decoder = MessageDecoder::new(DecoderConfig::default());
+        decode_bytewise_with(DecoderConfig::default(), bytes)
+    }
+
+    fn decode_bytewise_with(
+        config: DecoderConfig,
+        bytes: &[u8],
+    ) -> (Vec<Message>, Option<(usize, ProtocolError)>) {
+        let mut decoder = MessageDecoder::new(config);
         let mut src = BytesMut::new();
         let mut out = Vec::new();
         for (i, b) in bytes.iter().enumerate() {
@@ -386,6 +472,71 @@ mod tests {
         let err = decode_all(&bytes).unwrap_err();
         assert_eq!(err, ProtocolError::ReservedBits(0b100));
         assert_eq!(err.close_code(), CloseCode::PROTOCOL_ERROR);
+    }
+
+    /// "Hello" compressed (RFC 7692 §7.2.3.1); not UTF-8 as it stands.
+    const HELLO_DEFLATED: [u8; 7] = [0xf2, 0x48, 0xcd, 0xc9, 0xc9, 0x07, 0x00];
+
+    fn compressed(opcode: OpCode, payload: &[u8]) -> Message {
+        Message::compressed(opcode, Bytes::copy_from_slice(payload))
+    }
+
+    #[test]
+    fn rsv1_marks_a_compressed_message_once_deflate_is_negotiated() {
+        let bytes = frame_rsv(true, RSV1, OpCode::Text, &HELLO_DEFLATED);
+        assert_eq!(
+            decode_all_with(deflate(), &bytes).unwrap(),
+            vec![compressed(OpCode::Text, &HELLO_DEFLATED)]
+        );
+        let mut decoder = MessageDecoder::new(deflate());
+        let mut src = bytes.clone();
+        let frame = decoder.decode_in_place(&mut src).unwrap().unwrap();
+        assert!(frame.compressed);
+        assert_eq!(&src[frame.payload], &HELLO_DEFLATED);
+        let err = decode_all(&bytes).unwrap_err();
+        assert_eq!(err, ProtocolError::ReservedBits(RSV1), "not negotiated");
+        let mut plain = MessageDecoder::new(DecoderConfig::default());
+        plain.set_deflate(true);
+        assert!(plain.decode(&mut BytesMut::from(&bytes[..])).is_ok());
+    }
+
+    #[test]
+    fn fragmented_compressed_message_is_assembled_without_utf8_checks() {
+        let mut bytes = frame_rsv(false, RSV1, OpCode::Text, &HELLO_DEFLATED[..3]);
+        bytes.extend(frame(true, OpCode::Ping, b"p"));
+        bytes.extend(frame(true, OpCode::Continuation, &HELLO_DEFLATED[3..]));
+        // A plain message after it is validated again.
+        bytes.extend(frame(true, OpCode::Text, b"hi"));
+        let expected = vec![
+            Message::Ping(Bytes::from_static(b"p")),
+            compressed(OpCode::Text, &HELLO_DEFLATED),
+            Message::Text(Utf8Bytes::from("hi")),
+        ];
+        assert_eq!(decode_all_with(deflate(), &bytes).unwrap(), expected);
+        assert_eq!(decode_bytewise_with(deflate(), &bytes), (expected, None));
+        let mut bad = frame_rsv(true, RSV1, OpCode::Binary, b"z");
+        bad.extend(frame(true, OpCode::Text, &[0xff]));
+        let (msgs, err) = decode_bytewise_with(deflate(), &bad);
+        assert_eq!(msgs, vec![compressed(OpCode::Binary, b"z")]);
+        assert_eq!(err.map(|(_, e)| e), Some(ProtocolError::InvalidUtf8));
+    }
+
+    #[test]
+    fn rsv1_outside_a_first_data_frame_closes_with_1002() {
+        let mut continued = frame_rsv(false, RSV1, OpCode::Text, b"a");
+        continued.extend(frame_rsv(true, RSV1, OpCode::Continuation, b"b"));
+        let cases = [
+            (continued, RSV1),
+            (frame_rsv(true, RSV1, OpCode::Ping, b"p"), RSV1),
+            (frame_rsv(true, RSV1, OpCode::Close, &[0x03, 0xe8]), RSV1),
+            (frame_rsv(true, 0b010, OpCode::Text, b"x"), 0b010),
+            (frame_rsv(true, RSV1 | 0b001, OpCode::Binary, b"x"), 0b101),
+        ];
+        for (bytes, rsv) in cases {
+            let err = decode_all_with(deflate(), &bytes).unwrap_err();
+            assert_eq!(err, ProtocolError::ReservedBits(rsv));
+            assert_eq!(err.close_code(), CloseCode::PROTOCOL_ERROR);
+        }
     }
 
     #[test]
@@ -557,6 +708,7 @@ mod tests {
         let payload = Bytes::copy_from_slice(&src[frame.payload]);
         src.advance(frame.len);
         Ok(Some(match frame.opcode {
+            opcode if frame.compressed => Message::compressed(opcode, payload),
             OpCode::Text => Message::Text(Utf8Bytes::try_from(payload).unwrap()),
             _ => Message::Binary(payload),
         }))
@@ -565,6 +717,7 @@ mod tests {
     /// Feeds `wire` to one decoder in pieces of the sizes `cuts` cycles through, taking
     /// every message `step` gives after each piece.
     fn decode_in_pieces(
+        config: DecoderConfig,
         wire: &[u8],
         cuts: &[usize],
         mut step: impl FnMut(
@@ -572,7 +725,7 @@ mod tests {
             &mut BytesMut,
         ) -> Result<Option<Message>, ProtocolError>,
     ) -> Vec<Message> {
-        let mut decoder = MessageDecoder::new(DecoderConfig::default());
+        let mut decoder = MessageDecoder::new(config);
         let mut src = BytesMut::new();
         let mut got = Vec::new();
         let mut rest = wire;
@@ -593,19 +746,39 @@ mod tests {
         fn any_split_gives_the_same_messages(msgs in proptest::collection::vec(arb_message(), 1..6),
                                              frag in 1usize..50, cuts in proptest::collection::vec(1usize..64, 1..20)) {
             let (wire, expected) = wire_of(&msgs, frag);
-            prop_assert_eq!(decode_in_pieces(&wire, &cuts, MessageDecoder::decode), expected);
+            prop_assert_eq!(decode_in_pieces(DecoderConfig::default(), &wire, &cuts, MessageDecoder::decode), expected);
         }
 
         #[test]
         fn in_place_first_gives_the_same_messages(msgs in proptest::collection::vec(arb_message(), 1..6),
                                                   frag in 1usize..50, cuts in proptest::collection::vec(1usize..64, 1..20)) {
             let (wire, expected) = wire_of(&msgs, frag);
-            prop_assert_eq!(decode_in_pieces(&wire, &cuts, in_place_first), expected);
+            prop_assert_eq!(decode_in_pieces(DecoderConfig::default(), &wire, &cuts, in_place_first), expected);
         }
 
         #[test]
-        fn in_place_fails_as_decode_does(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
-            let config = DecoderConfig { max_message_size: 256, ..DecoderConfig::default() };
+        fn compressed_messages_survive_any_split(msgs in proptest::collection::vec((any::<bool>(), proptest::collection::vec(any::<u8>(), 0..300)), 1..6),
+                                                 frag in 1usize..50, cuts in proptest::collection::vec(1usize..64, 1..20)) {
+            let (mut wire, mut expected) = (Vec::new(), Vec::new());
+            for (text, payload) in &msgs {
+                let opcode = if *text { OpCode::Text } else { OpCode::Binary };
+                let chunks: Vec<&[u8]> = payload.chunks(frag).collect();
+                let last = chunks.len().saturating_sub(1);
+                for i in 0..=last {
+                    // RSV1 on the first frame only (RFC 7692 §6.1).
+                    let (code, rsv) = if i == 0 { (opcode, RSV1) } else { (OpCode::Continuation, 0) };
+                    wire.extend(frame_rsv(i == last, rsv, code, chunks.get(i).copied().unwrap_or_default()));
+                }
+                expected.push(Message::compressed(opcode, Bytes::from(payload.clone())));
+            }
+            prop_assert_eq!(decode_in_pieces(deflate(), &wire, &cuts, MessageDecoder::decode), expected.clone());
+            prop_assert_eq!(decode_in_pieces(deflate(), &wire, &cuts, in_place_first), expected);
+        }
+
+        #[test]
+        fn in_place_fails_as_decode_does(bytes in proptest::collection::vec(any::<u8>(), 0..512),
+                                         deflate: bool) {
+            let config = DecoderConfig { max_message_size: 256, deflate, ..DecoderConfig::default() };
             let (mut plain, mut in_place) = (MessageDecoder::new(config), MessageDecoder::new(config));
             let (mut a, mut b) = (BytesMut::from(&bytes[..]), BytesMut::from(&bytes[..]));
             loop {
@@ -618,8 +791,9 @@ mod tests {
         }
 
         #[test]
-        fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
-            let mut decoder = MessageDecoder::new(DecoderConfig { max_message_size: 256, ..DecoderConfig::default() });
+        fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..512),
+                                       deflate: bool) {
+            let mut decoder = MessageDecoder::new(DecoderConfig { max_message_size: 256, deflate, ..DecoderConfig::default() });
             let mut src = BytesMut::from(&bytes[..]);
             while let Ok(Some(_)) = decoder.decode(&mut src) {}
         }

@@ -58,6 +58,10 @@ impl TryFrom<u8> for OpCode {
     }
 }
 
+/// RSV1 in [`FrameHeader::rsv`]: with permessage-deflate, the first frame of a
+/// compressed message (RFC 7692 §6).
+pub const RSV1: u8 = 0b100;
+
 /// Largest possible header: 2 + 8 (64-bit length) + 4 (mask).
 pub const MAX_HEADER_LEN: usize = 14;
 

@@ -101,12 +101,18 @@ impl Request {
             .map(str::trim)
     }
 
-    /// Whether any `name` header holds `token` in its comma-separated list.
-    pub fn has_token(&self, name: &str, token: &str) -> bool {
+    /// The values of every `name` header (case-insensitive) that is valid UTF-8, in
+    /// order: for headers a client may repeat, such as `Sec-WebSocket-Extensions`.
+    pub fn header_values<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a str> {
         self.headers
             .iter()
-            .filter(|(n, _)| n.eq_ignore_ascii_case(name))
+            .filter(move |(n, _)| n.eq_ignore_ascii_case(name))
             .filter_map(|(_, v)| std::str::from_utf8(v).ok())
+    }
+
+    /// Whether any `name` header holds `token` in its comma-separated list.
+    pub fn has_token(&self, name: &str, token: &str) -> bool {
+        self.header_values(name)
             .flat_map(|v| v.split(','))
             .any(|t| t.trim().eq_ignore_ascii_case(token))
     }
@@ -187,10 +193,21 @@ pub struct Upgrade {
 impl Upgrade {
     /// The 101 Switching Protocols response.
     pub fn response(&self) -> Bytes {
-        let mut out = BytesMut::with_capacity(160);
+        self.response_with_extensions(None)
+    }
+
+    /// The 101 response, with a `Sec-WebSocket-Extensions` header when `extensions`
+    /// is given: the value the negotiation settled on, such as
+    /// [`Negotiated::response`](super::deflate::Negotiated::response) (RFC 6455 §9.1).
+    pub fn response_with_extensions(&self, extensions: Option<&str>) -> Bytes {
+        let mut out = BytesMut::with_capacity(224);
         out.put_slice(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n");
         out.put_slice(b"Connection: Upgrade\r\nSec-WebSocket-Accept: ");
         out.put_slice(accept_key(&self.key).as_bytes());
+        if let Some(value) = extensions {
+            out.put_slice(b"\r\nSec-WebSocket-Extensions: ");
+            out.put_slice(value.as_bytes());
+        }
         out.put_slice(b"\r\n\r\n");
         out.freeze()
     }

@@ -1,7 +1,9 @@
-//! WebSocket (RFC 6455): handshake, frames, masking, UTF-8 and the message decoder.
+//! WebSocket (RFC 6455): handshake, frames, masking, UTF-8, the message decoder and
+//! permessage-deflate (RFC 7692).
 
 pub mod close;
 pub mod decoder;
+pub mod deflate;
 pub mod frame;
 pub mod handshake;
 pub mod mask;
@@ -9,5 +11,6 @@ pub mod utf8;
 
 pub use close::{CloseCode, CloseFrame};
 pub use decoder::{DecoderConfig, InPlace, Message, MessageDecoder, Role};
+pub use deflate::{Compressor, Decompressor, DeflateConfig, DeflateParams, Negotiated};
 pub use frame::{FrameHeader, OpCode};
 pub use utf8::Utf8Bytes;
