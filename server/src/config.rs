@@ -213,9 +213,12 @@ options! {
     /// Graceful shutdown drains this long before forcing.
     shutdown_timeout: Duration = Duration::from_secs(10), flag String,
         serde(with = "duration");
-    /// permessage-deflate (RFC 7692).
-    compression: bool = false, flag bool,
-        refused "permessage-deflate is not built into this server";
+    /// Negotiate permessage-deflate (RFC 7692) with WebSocket clients that offer it: a
+    /// room message is compressed once for all its members that agreed.
+    compression: bool = false, flag bool;
+    /// Messages shorter than this many bytes are sent uncompressed even to clients that
+    /// negotiated compression.
+    compression_threshold: usize = 128, flag usize;
     /// Accepted `Origin`s, comma-separated; empty = any.
     allowed_origins: Vec<String> = Vec::new(), flag Vec<String>,
         arg(value_delimiter = ','), shown "any";
@@ -514,7 +517,6 @@ mod tests {
     #[test]
     fn unsupported_options_are_refused_by_name() {
         let cases = [
-            ("compression", "compression = true"),
             ("redis_url", "redis_url = \"redis://127.0.0.1\""),
             ("history_size", "history_size = 100"),
             ("history_ttl", "history_ttl = \"1m\""),
@@ -543,7 +545,7 @@ mod tests {
     #[test]
     fn unsupported_options_left_at_their_default_are_accepted() {
         let partial: toml::Table = toml::from_str(
-            "compression = false\nhistory_size = 0\nhistory_ttl = \"5m\"\n\
+            "history_size = 0\nhistory_ttl = \"5m\"\n\
              presence_rooms = []\n",
         )
         .unwrap();

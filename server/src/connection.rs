@@ -26,9 +26,10 @@ use stellar_protocol::ws::{CloseCode, CloseFrame, OpCode};
 use stellar_protocol::{ErrorCode, EventName, envelope, tcp};
 
 use crate::auth::AuthUser;
+use crate::compression;
 use crate::config::SlowConsumerPolicy;
 use crate::mesh::ClientId;
-use crate::outbound::{Outbound, Proto};
+use crate::outbound::{Outbound, Proto, Wire};
 use crate::stats::WorkerStats;
 use crate::write_queue::{Batch, Next, WriteQueue};
 
@@ -94,6 +95,9 @@ pub struct Conn {
     pub(crate) buckets: RefCell<Option<Box<crate::rate_limit::Buckets>>>,
     /// Whether this client must authenticate before anything but `auth` and `ping`.
     pub(crate) auth_required: bool,
+    /// The window (bits) frames to this client are compressed with; 0 when it did not
+    /// agree on permessage-deflate (`compression.rs`). Set once, right after the upgrade.
+    deflate_bits: Cell<u8>,
     /// The authenticated user, once known.
     pub(crate) user: RefCell<Option<Box<AuthUser>>>,
 }
@@ -126,6 +130,7 @@ impl Conn {
             stats,
             buckets: RefCell::default(),
             auth_required: false,
+            deflate_bits: Cell::new(0),
             user: RefCell::new(None),
         }
     }
@@ -135,6 +140,33 @@ impl Conn {
         self.auth_required = required;
         *self.user.get_mut() = user.map(Box::new);
         self
+    }
+
+    /// Sends this client frames compressed with a `window_bits` window
+    /// (permessage-deflate was agreed).
+    pub fn set_deflate(&self, window_bits: u8) {
+        self.deflate_bits.set(window_bits);
+    }
+
+    /// The bytes this connection takes from a shared message: the compressed broadcast
+    /// frame when its window allows it, else the plain one (always allowed).
+    pub fn wire(&self) -> Wire {
+        match self.proto {
+            Proto::Ws if self.deflate_bits.get() == compression::BROADCAST_WINDOW_BITS => {
+                Wire::WsDeflate
+            }
+            Proto::Ws => Wire::Ws,
+            Proto::Tcp => Wire::Tcp,
+        }
+    }
+
+    /// A WebSocket data frame of `payload` for this connection: compressed when it
+    /// agreed on permessage-deflate (and the payload is over the threshold).
+    pub fn ws_frame(&self, opcode: OpCode, payload: &[u8]) -> Bytes {
+        match self.deflate_bits.get() {
+            0 => encode_server(opcode, payload),
+            bits => compression::frame(bits, opcode, payload),
+        }
     }
 
     /// Whether the client may do more than authenticate.
@@ -215,7 +247,7 @@ impl Conn {
 
     /// Queues a shared message in this connection's protocol.
     pub fn send_outbound(self: &Rc<Self>, msg: &Outbound, stats: &WorkerStats) -> Queued {
-        self.send_shared(msg.frame(self.proto), stats)
+        self.send_shared(msg.frame(self.wire()), stats)
     }
 
     /// Sends `{"event":event,"data":data}` (raw JSON data) to this client only.
@@ -231,7 +263,7 @@ impl Conn {
     /// The frame of a JSON event for this connection's protocol.
     pub fn event_frame(&self, event: &EventName<'_>, data: &str) -> Bytes {
         match self.proto {
-            Proto::Ws => encode_server(OpCode::Text, &envelope::encode_event(event, data, None)),
+            Proto::Ws => self.ws_frame(OpCode::Text, &envelope::encode_event(event, data, None)),
             Proto::Tcp => tcp::frame::encode(FrameType::Json, event, data.as_bytes()),
         }
     }
@@ -255,11 +287,11 @@ impl Conn {
         result: Result<&str, (&str, &str)>,
     ) -> Bytes {
         match (self.proto, result) {
-            (Proto::Ws, Ok(data)) => encode_server(
+            (Proto::Ws, Ok(data)) => self.ws_frame(
                 OpCode::Text,
                 &envelope::encode_ack_ok(name, correlation_id, data),
             ),
-            (Proto::Ws, Err((code, message))) => encode_server(
+            (Proto::Ws, Err((code, message))) => self.ws_frame(
                 OpCode::Text,
                 &envelope::encode_ack_err(name, correlation_id, code, message),
             ),

@@ -49,6 +49,7 @@ mod admission;
 pub mod api;
 mod assets;
 pub mod auth;
+mod compression;
 pub mod config;
 mod connection;
 pub mod ctx;

@@ -1,7 +1,8 @@
-//! A message on its way to many connections, framed at most once per protocol.
+//! A message on its way to many connections, framed at most once per wire.
 //!
-//! This is where a message becomes "to many" (STYLE §2): the WebSocket frame and the TCP
-//! frame are each built the first time a recipient of that protocol needs them, then
+//! This is where a message becomes "to many" (STYLE §2): the WebSocket frame, its
+//! permessage-deflate form and the TCP frame are each built the first time a recipient
+//! on that wire needs them, then
 //! every recipient's write queue gets the same bytes, whichever worker it lives on (a
 //! copy onto its open buffer when small, a refcounted clone when large; see
 //! `connection`).
@@ -13,6 +14,8 @@ use stellar_protocol::tcp::FrameType;
 use stellar_protocol::ws::OpCode;
 use stellar_protocol::ws::frame::{encode_server, encode_server_with};
 use stellar_protocol::{EventName, binary, envelope, tcp};
+
+use crate::compression;
 
 /// Which wire a connection speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -28,6 +31,15 @@ impl Proto {
             Self::Tcp => "tcp",
         }
     }
+}
+
+/// The bytes a connection takes: its protocol, and for WebSocket whether it agreed on
+/// permessage-deflate (and takes the worker's shared compressed frames).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Wire {
+    Ws,
+    WsDeflate,
+    Tcp,
 }
 
 /// What is being sent, before framing.
@@ -52,6 +64,7 @@ enum Body {
 pub struct Outbound {
     body: Body,
     ws: OnceLock<Bytes>,
+    ws_deflate: OnceLock<Bytes>,
     tcp: OnceLock<Bytes>,
 }
 
@@ -78,15 +91,36 @@ impl Outbound {
         Arc::new(Self {
             body,
             ws: OnceLock::new(),
+            ws_deflate: OnceLock::new(),
             tcp: OnceLock::new(),
         })
     }
 
-    /// The frame for `proto`, built on first use and shared afterwards.
-    pub fn frame(&self, proto: Proto) -> &Bytes {
-        match proto {
-            Proto::Ws => self.ws.get_or_init(|| self.encode_ws()),
-            Proto::Tcp => self.tcp.get_or_init(|| self.encode_tcp()),
+    /// The frame for `wire`, built on first use and shared afterwards.
+    pub fn frame(&self, wire: Wire) -> &Bytes {
+        match wire {
+            Wire::Ws => self.ws.get_or_init(|| self.encode_ws()),
+            Wire::WsDeflate => self.ws_deflate.get_or_init(|| self.encode_ws_deflate()),
+            Wire::Tcp => self.tcp.get_or_init(|| self.encode_tcp()),
+        }
+    }
+
+    /// The WebSocket message compressed once by this thread's shared compressor (or
+    /// plain, as the same bytes as [`Wire::Ws`], under the threshold).
+    fn encode_ws_deflate(&self) -> Bytes {
+        match &self.body {
+            Body::Event { event, data, room } => {
+                let json = envelope::encode_event(event, data, room.as_deref());
+                compression::frame(compression::BROADCAST_WINDOW_BITS, OpCode::Text, &json)
+            }
+            Body::Binary {
+                event,
+                room,
+                payload,
+            } => {
+                let msg = binary::encode(event, room.as_deref(), payload);
+                compression::frame(compression::BROADCAST_WINDOW_BITS, OpCode::Binary, &msg)
+            }
         }
     }
 
@@ -130,8 +164,8 @@ mod tests {
     fn each_protocol_is_framed_once_and_shared() {
         let chat = EventName::from_static("chat");
         let msg = Outbound::event(&chat, r#"{"text":"hi"}"#, Some("lobby"));
-        let a = msg.frame(Proto::Ws);
-        let b = msg.frame(Proto::Ws);
+        let a = msg.frame(Wire::Ws);
+        let b = msg.frame(Wire::Ws);
         assert_eq!(
             a.as_ptr(),
             b.as_ptr(),
@@ -143,7 +177,7 @@ mod tests {
             &encode_server(OpCode::Text, &json),
             "one frame of the envelope"
         );
-        let tcp = msg.frame(Proto::Tcp);
+        let tcp = msg.frame(Wire::Tcp);
         assert_eq!(&tcp[4..5], &[FrameType::Json as u8]);
         assert!(tcp.ends_with(br#"{"text":"hi"}"#));
     }

@@ -14,9 +14,9 @@ use bytes::{Bytes, BytesMut};
 use serde_json::{Value, json};
 use stellar_protocol::event::reserved;
 use stellar_protocol::tcp::{self, FrameType, TcpDecoder};
-use stellar_protocol::ws::frame::encode_server;
-use stellar_protocol::ws::{CloseCode, Message, MessageDecoder, OpCode};
-use stellar_protocol::{ErrorCode, EventName};
+use stellar_protocol::ws::frame::{RSV1, encode_server};
+use stellar_protocol::ws::{CloseCode, Decompressor, Message, MessageDecoder, OpCode};
+use stellar_protocol::{ErrorCode, EventName, ProtocolError};
 use tracing::debug;
 
 use crate::admission;
@@ -46,9 +46,10 @@ impl Flow {
     }
 }
 
-/// A connection's inbound decoder, by protocol.
+/// A connection's inbound decoder, by protocol; a WebSocket client that agreed on
+/// permessage-deflate has its inflater beside the decoder.
 pub enum Decoder {
-    Ws(MessageDecoder),
+    Ws(MessageDecoder, Option<Box<Decompressor>>),
     Tcp(TcpDecoder),
 }
 
@@ -62,7 +63,14 @@ impl Decoder {
         buf: &mut BytesMut,
     ) -> Option<Flow> {
         match self {
-            Self::Ws(decoder) => match decoder.decode(buf) {
+            Self::Ws(decoder, inflater) => match decoder.decode(buf).and_then(|msg| match msg {
+                Some(msg) if msg.is_compressed() => match inflater {
+                    Some(inflater) => inflater.inflate_message(msg).map(Some),
+                    // The decoder yields compressed messages only when deflate was agreed.
+                    None => Err(ProtocolError::ReservedBits(RSV1)),
+                },
+                other => Ok(other),
+            }) {
                 Ok(Some(msg)) if worker.is_echo() => Some(echo(worker, conn, msg)),
                 Ok(Some(msg)) => Some(route(worker, conn, inbound::from_ws(&msg))),
                 Ok(None) => None,
@@ -97,15 +105,15 @@ pub fn send_welcome(worker: &Worker, conn: &Rc<Conn>) {
 /// close is echoed; nothing is parsed or routed.
 fn echo(worker: &Worker, conn: &Rc<Conn>, msg: Message) -> Flow {
     let reply = match msg {
-        Message::Text(t) => encode_server(OpCode::Text, t.as_bytes()),
-        Message::Binary(b) => encode_server(OpCode::Binary, &b),
+        Message::Text(t) => conn.ws_frame(OpCode::Text, t.as_bytes()),
+        Message::Binary(b) => conn.ws_frame(OpCode::Binary, &b),
         Message::Ping(p) => encode_server(OpCode::Pong, &p),
         Message::Pong(_) => return Flow::Continue,
         Message::Close(frame) => {
             conn.close(frame.map_or(CloseCode::NORMAL, |f| f.code), "");
             return Flow::Stop;
         }
-        // Only a decoder with deflate negotiated yields it; the server negotiates none.
+        // Inflated before routing (`Decoder::route_next`).
         Message::CompressedText(_) | Message::CompressedBinary(_) => {
             conn.close(CloseCode::PROTOCOL_ERROR, "");
             return Flow::Stop;

@@ -18,9 +18,12 @@ use stellar_protocol::event::reserved;
 use stellar_protocol::tcp::{FrameType, TcpDecoder};
 use stellar_protocol::ws::frame::encode_server;
 use stellar_protocol::ws::handshake::{HeadLimits, Request, reject};
-use stellar_protocol::ws::{CloseCode, DecoderConfig, MessageDecoder, OpCode};
+use stellar_protocol::ws::{
+    CloseCode, DecoderConfig, Decompressor, DeflateParams, MessageDecoder, OpCode,
+};
 
 use crate::admission;
+use crate::compression;
 use crate::connection::{Conn, error_frame};
 use crate::http;
 use crate::outbound::Proto;
@@ -95,10 +98,14 @@ pub async fn serve_http(worker: Rc<Worker>, stream: TcpStream, remote: SocketAdd
     };
     // The session runs as a task of its own and this one ends: a long-lived connection
     // then keeps only the session's state, not the handshake's.
-    if let Some((stream, conn, leftover)) = handshake(&worker, stream, remote).await {
-        start(worker, stream, conn, leftover);
+    if let Some((stream, conn, leftover, deflate)) = handshake(&worker, stream, remote).await {
+        start(worker, stream, conn, leftover, deflate);
     }
 }
+
+/// An upgraded connection: its socket, the admitted client, any bytes after the head,
+/// and the permessage-deflate parameters when the client agreed on them.
+type Upgraded = (Socket, Rc<Conn>, BytesMut, Option<DeflateParams>);
 
 /// Reads the request head; answers plain HTTP, refusals and a full server itself; on a
 /// valid upgrade returns the admitted connection and any bytes after the head.
@@ -106,7 +113,7 @@ async fn handshake(
     worker: &Rc<Worker>,
     mut stream: Socket,
     remote: SocketAddr,
-) -> Option<(Socket, Rc<Conn>, BytesMut)> {
+) -> Option<Upgraded> {
     let config = worker.config();
     let limits = HeadLimits {
         max_head_bytes: config.max_header_bytes,
@@ -176,12 +183,18 @@ async fn handshake(
             return None;
         }
     };
+    let deflate = compression::negotiate(&config, &request);
+    let extensions = deflate.as_ref().map(|(_, response)| response.as_str());
     // Queued, not written: the 101 and the welcome leave in one write (one packet
     // instead of two per connection). A failed write ends the session as usual.
-    conn.queue_handshake_response(upgrade.response());
+    conn.queue_handshake_response(upgrade.response_with_extensions(extensions));
+    let deflate = deflate.map(|(params, _)| params);
+    if let Some(params) = &deflate {
+        conn.set_deflate(compression::window_bits(params));
+    }
     // The head's buffer goes unless the client already sent frames behind it.
     let leftover = if buf.is_empty() { BytesMut::new() } else { buf };
-    Some((stream, conn, leftover))
+    Some((stream, conn, leftover, deflate))
 }
 
 /// A connection on the TCP-protocol port.
@@ -190,7 +203,7 @@ pub async fn serve_tcp(worker: Rc<Worker>, stream: TcpStream, remote: SocketAddr
         return;
     };
     match admission::register(&worker, Proto::Tcp, remote, stream.as_raw_fd(), None) {
-        Ok(conn) => start(worker, stream, conn, BytesMut::new()),
+        Ok(conn) => start(worker, stream, conn, BytesMut::new(), None),
         Err(refusal) => {
             let error = error_frame(Proto::Tcp, refusal.code(), refusal.reason());
             let _ = stream.write_all(error).await;
@@ -200,7 +213,13 @@ pub async fn serve_tcp(worker: Rc<Worker>, stream: TcpStream, remote: SocketAddr
 
 /// Starts an admitted connection: writer, welcome, hooks, then the read loop as a task
 /// of its own, which cleans up when the peer goes away.
-fn start(worker: Rc<Worker>, stream: Socket, conn: Rc<Conn>, leftover: BytesMut) {
+fn start(
+    worker: Rc<Worker>,
+    stream: Socket,
+    conn: Rc<Conn>,
+    leftover: BytesMut,
+    deflate: Option<DeflateParams>,
+) {
     let (reader, writer) = stream.into_split();
     conn.attach_writer(writer);
     let config = worker.config();
@@ -227,10 +246,14 @@ fn start(worker: Rc<Worker>, stream: Socket, conn: Rc<Conn>, leftover: BytesMut)
         return;
     }
     let decoder = match conn.proto {
-        Proto::Ws => Decoder::Ws(MessageDecoder::new(DecoderConfig {
-            max_message_size: config.max_payload,
-            ..DecoderConfig::default()
-        })),
+        Proto::Ws => Decoder::Ws(
+            MessageDecoder::new(DecoderConfig {
+                max_message_size: config.max_payload,
+                deflate: deflate.is_some(),
+                ..DecoderConfig::default()
+            }),
+            deflate.map(|params| Box::new(Decompressor::new(&params, config.max_payload))),
+        ),
         Proto::Tcp => Decoder::Tcp(TcpDecoder::new(config.max_payload)),
     };
     let mut side = Box::new(ReadSide {

@@ -49,6 +49,7 @@ impl Worker {
         );
         let config = shared.config();
         crate::connection::set_close_grace(config.close_timeout);
+        crate::compression::configure(&config);
         Rc::new(Self {
             index,
             config: RefCell::new(config),
@@ -70,6 +71,7 @@ impl Worker {
     /// Applies a configuration changed at run time to the worker and its connections.
     pub fn set_config(&self, config: Arc<Config>) {
         crate::connection::set_close_grace(config.close_timeout);
+        crate::compression::configure(&config);
         for conn in self.conns.borrow().values() {
             conn.set_limits(config.max_backpressure, config.slow_consumer);
         }

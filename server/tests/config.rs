@@ -45,12 +45,7 @@ fn run_to_exit(args: &[&str], env: &[(&str, &str)]) -> (bool, String) {
 }
 
 /// Each refused option: its name, a flag setting it, the same in TOML.
-const REFUSED: [(&str, &[&str], &str); 5] = [
-    (
-        "compression",
-        &["--compression", "true"],
-        "compression = true",
-    ),
+const REFUSED: [(&str, &[&str], &str); 4] = [
     (
         "redis_url",
         &["--redis-url", "redis://127.0.0.1:6379"],
@@ -103,10 +98,6 @@ fn unsupported_options_stop_the_binary_naming_the_option() {
 fn library_start_refuses_unsupported_options() {
     let base = config(1, Driver::Auto);
     let configs = [
-        Config {
-            compression: true,
-            ..base.clone()
-        },
         Config {
             redis_url: Some("redis://127.0.0.1:6379".into()),
             ..base.clone()
