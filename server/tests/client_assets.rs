@@ -34,6 +34,24 @@ fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
         .map(|(_, v)| v.as_str())
 }
 
+/// GETs `path`, checks a 200 with `content_type` and `Cache-Control: no-cache`, and
+/// returns the headers and the body.
+fn get_ok(port: u16, path: &str, content_type: &str) -> (Vec<(String, String)>, String) {
+    let (status, headers, body) = get(port, path, "");
+    assert_eq!(status, 200, "{path}");
+    assert_eq!(
+        header(&headers, "content-type"),
+        Some(content_type),
+        "{path}"
+    );
+    assert_eq!(
+        header(&headers, "cache-control"),
+        Some("no-cache"),
+        "{path}"
+    );
+    (headers, body)
+}
+
 fn source(file: &str) -> String {
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../client")
@@ -45,13 +63,7 @@ fn source(file: &str) -> String {
 fn client_is_served_with_a_strong_etag_and_revalidates_with_304() {
     let s = TestServer::with(config(1, Driver::Auto));
     let port = s.handle.port();
-    let (status, headers, body) = get(port, "/stellar-client", "");
-    assert_eq!(status, 200);
-    assert_eq!(
-        header(&headers, "content-type"),
-        Some("text/javascript; charset=utf-8")
-    );
-    assert_eq!(header(&headers, "cache-control"), Some("no-cache"));
+    let (headers, body) = get_ok(port, "/stellar-client", "text/javascript; charset=utf-8");
     assert_eq!(body, source("stellar-client.js"));
     let etag = header(&headers, "etag").expect("an ETag").to_owned();
     assert!(
@@ -87,12 +99,7 @@ fn client_is_served_with_a_strong_etag_and_revalidates_with_304() {
 fn module_entry_and_type_declarations_are_served_beside_the_client() {
     let s = TestServer::with(config(1, Driver::Auto));
     let port = s.handle.port();
-    let (status, headers, body) = get(port, "/stellar-client.d.ts", "");
-    assert_eq!(status, 200);
-    assert_eq!(
-        header(&headers, "content-type"),
-        Some("text/plain; charset=utf-8")
-    );
+    let (headers, body) = get_ok(port, "/stellar-client.d.ts", "text/plain; charset=utf-8");
     assert_eq!(body, source("stellar-client.d.ts"));
     let etag = header(&headers, "etag").expect("an ETag").to_owned();
     let (status, _, _) = get(
@@ -101,11 +108,10 @@ fn module_entry_and_type_declarations_are_served_beside_the_client() {
         &format!("If-None-Match: {etag}\r\n"),
     );
     assert_eq!(status, 304);
-    let (status, headers, body) = get(port, "/stellar-client.mjs", "");
-    assert_eq!(status, 200);
-    assert_eq!(
-        header(&headers, "content-type"),
-        Some("text/javascript; charset=utf-8")
+    let (headers, body) = get_ok(
+        port,
+        "/stellar-client.mjs",
+        "text/javascript; charset=utf-8",
     );
     assert_eq!(body, source("stellar-client.mjs"));
     assert_ne!(header(&headers, "etag"), Some(etag.as_str()));
@@ -120,12 +126,7 @@ fn demo_page_is_served_only_when_demo_is_on() {
         demo: true,
         ..config(1, Driver::Auto)
     });
-    let (status, headers, body) = get(on.handle.port(), "/demo", "");
-    assert_eq!(status, 200);
-    assert_eq!(
-        header(&headers, "content-type"),
-        Some("text/html; charset=utf-8")
-    );
+    let (_, body) = get_ok(on.handle.port(), "/demo", "text/html; charset=utf-8");
     assert_eq!(body, source("demo.html"));
     assert!(
         body.contains("/stellar-client.js"),
