@@ -90,6 +90,17 @@ fn client_is_served_with_a_strong_etag_and_revalidates_with_304() {
         assert_eq!(header(&headers, "etag"), Some(etag.as_str()));
         assert_eq!(header(&headers, "cache-control"), Some("no-cache"));
     }
+    let head = http(
+        port,
+        "HEAD /stellar-client HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n",
+    );
+    let length = source("stellar-client.js").len();
+    assert!(head.starts_with("HTTP/1.1 200 OK\r\n"), "{head}");
+    assert!(
+        head.contains(&format!("Content-Length: {length}\r\n")),
+        "{head}"
+    );
+    assert!(head.ends_with("\r\n\r\n"), "HEAD gets no body: {head}");
     let (status, _, body) = get(port, "/stellar-client", "If-None-Match: \"old\"\r\n");
     assert_eq!(status, 200, "a stale tag gets the file");
     assert_eq!(body, source("stellar-client.js"));
