@@ -223,9 +223,7 @@
     var queued = this._queue;
     this._queue = [];
     queued.forEach(function (entry) { self._write(entry); });
-    Promise.all(joins).then(function () {
-      return self.detailsView();
-    }).then(function (details) {
+    var connected = function (details) {
       if (!self._live) return;
       self.state = 'connected';
       self._emit('connected', details);
@@ -233,7 +231,11 @@
       var ready = self._ready;
       self._ready = null;
       if (ready) ready.resolve(details);
-    }, noop);
+    };
+    // A server that never answers `details` still gives a working connection.
+    Promise.all(joins).then(function () {
+      return self.detailsView();
+    }).then(connected, function () { connected(null); });
   };
 
   /** The socket closed (or never opened): reconnect with backoff, or give up. */
