@@ -122,6 +122,11 @@
 
   var proto = StellarClient.prototype;
 
+  /** Whether the client is connected now (socket.io's `connected`). */
+  Object.defineProperty(proto, 'connected', {
+    get: function () { return this.state === 'connected'; }
+  });
+
   /** Opens the connection; resolves with `detailsView()` once connected (after retries,
    * when `reconnect` allows them). */
   proto.connect = function () {
@@ -464,8 +469,22 @@
 
   /** Listens to `event`; `.to(room | [rooms])` keeps only messages of those rooms. */
   proto.on = function (event, fn) {
-    if (typeof fn !== 'function') throw fail('invalid_handler', 'on(' + event + ') needs a function');
-    var handler = { fn: fn, rooms: null };
+    return this._on(event, fn, fn);
+  };
+
+  /** Like `on`, for the first matching message only. */
+  proto.once = function (event, fn) {
+    var self = this;
+    return this._on(event, function (data, message) {
+      self.off(event, fn);
+      fn(data, message);
+    }, fn);
+  };
+
+  /** Registers `fn` under `event`; `off(event, original)` removes it. */
+  proto._on = function (event, fn, original) {
+    if (typeof original !== 'function') throw fail('invalid_handler', 'on(' + event + ') needs a function');
+    var handler = { fn: fn, original: original, rooms: null };
     this._handlers.set(event, (this._handlers.get(event) || []).concat(handler));
     var chain = {
       to: function (rooms) {
@@ -480,7 +499,7 @@
   proto.off = function (event, fn) {
     var list = this._handlers.get(event);
     if (!list) return this;
-    var kept = fn ? list.filter(function (h) { return h.fn !== fn; }) : [];
+    var kept = fn ? list.filter(function (h) { return h.original !== fn; }) : [];
     if (kept.length) this._handlers.set(event, kept);
     else this._handlers.delete(event);
     return this;

@@ -103,6 +103,24 @@ test('emit().for() relays to the rooms, on().to() filters by room, off removes',
   assert.deepEqual(onlyR2, [2, 3], 'off(event) removed every handler');
 });
 
+test('once fires for the first matching message only; connected tells the state', async () => {
+  const [a, b] = await pairIn('once');
+  assert.equal(a.connected, true);
+  const got = [];
+  const handler = (data) => got.push(data);
+  b.once('note', handler).to('once');
+  b.once('other', handler);
+  b.off('other', handler); // off takes the function given to once
+  a.emit('note', 1).for('once');
+  a.emit('note', 2).for('once');
+  a.emit('other', 3).for('once');
+  await a.roomView('once');
+  await b.roomView('once');
+  assert.deepEqual(got, [1]);
+  const fresh = server.client();
+  assert.equal(fresh.connected, false);
+});
+
 test('message fires for every server message', async () => {
   const [a, b] = await pairIn('m');
   const got = next(b, 'message');
