@@ -347,7 +347,8 @@
       var entries = self._outbox;
       self._outbox = [];
       entries.forEach(function (e) {
-        if (self._live) self._write(e);
+        // A socket that is closing drops what it is given: queue for the next one.
+        if (self._live && self.ws.readyState === 1) self._write(e);
         else if (self.state === 'closed') e.reject(fail('closed', 'StellarClient is not connected: call connect() first'));
         else if (self._queue.length >= self.queueLimit) e.reject(fail('queue_full', 'offline queue is full (' + self.queueLimit + ' messages)'));
         else self._queue.push(e);
