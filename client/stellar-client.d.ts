@@ -10,6 +10,8 @@ declare class StellarClient {
   /** Rooms this client is in; rejoined after every reconnect. */
   readonly rooms: Set<string>;
   readonly state: 'closed' | 'connecting' | 'connected' | 'reconnecting';
+  /** `state === 'connected'` */
+  readonly connected: boolean;
   /** The server's id of this connection (from `welcome`), null while not connected. */
   readonly id: string | null;
   defaultRoom: string | null;
@@ -45,6 +47,8 @@ declare class StellarClient {
   on(event: 'say', handler: (say: StellarClient.Say, message: StellarClient.Message) => void): StellarClient.Subscription;
   /** Any other event; `data` is a Uint8Array for binary events. */
   on(event: string, handler: (data: any, message: StellarClient.Message) => void): StellarClient.Subscription;
+  /** Like `on`, for the first matching message only. */
+  once(event: string, handler: (data: any, message: StellarClient.Message) => void): StellarClient.Subscription;
   /** Removes `handler`, or every handler of `event`. */
   off(event: string, handler?: (...args: any[]) => void): this;
 

@@ -122,6 +122,11 @@
 
   var proto = StellarClient.prototype;
 
+  /** Whether the client is connected now (socket.io's `connected`). */
+  Object.defineProperty(proto, 'connected', {
+    get: function () { return this.state === 'connected'; }
+  });
+
   /** Opens the connection; resolves with `detailsView()` once connected (after retries,
    * when `reconnect` allows them). */
   proto.connect = function () {
@@ -223,9 +228,7 @@
     var queued = this._queue;
     this._queue = [];
     queued.forEach(function (entry) { self._write(entry); });
-    Promise.all(joins).then(function () {
-      return self.detailsView();
-    }).then(function (details) {
+    var connected = function (details) {
       if (!self._live) return;
       self.state = 'connected';
       self._emit('connected', details);
@@ -233,7 +236,11 @@
       var ready = self._ready;
       self._ready = null;
       if (ready) ready.resolve(details);
-    }, noop);
+    };
+    // A server that never answers `details` still gives a working connection.
+    Promise.all(joins).then(function () {
+      return self.detailsView();
+    }).then(connected, function () { connected(null); });
   };
 
   /** The socket closed (or never opened): reconnect with backoff, or give up. */
@@ -340,7 +347,8 @@
       var entries = self._outbox;
       self._outbox = [];
       entries.forEach(function (e) {
-        if (self._live) self._write(e);
+        // A socket that is closing drops what it is given: queue for the next one.
+        if (self._live && self.ws.readyState === 1) self._write(e);
         else if (self.state === 'closed') e.reject(fail('closed', 'StellarClient is not connected: call connect() first'));
         else if (self._queue.length >= self.queueLimit) e.reject(fail('queue_full', 'offline queue is full (' + self.queueLimit + ' messages)'));
         else self._queue.push(e);
@@ -462,8 +470,22 @@
 
   /** Listens to `event`; `.to(room | [rooms])` keeps only messages of those rooms. */
   proto.on = function (event, fn) {
-    if (typeof fn !== 'function') throw fail('invalid_handler', 'on(' + event + ') needs a function');
-    var handler = { fn: fn, rooms: null };
+    return this._on(event, fn, fn);
+  };
+
+  /** Like `on`, for the first matching message only. */
+  proto.once = function (event, fn) {
+    var self = this;
+    return this._on(event, function (data, message) {
+      self.off(event, fn);
+      fn(data, message);
+    }, fn);
+  };
+
+  /** Registers `fn` under `event`; `off(event, original)` removes it. */
+  proto._on = function (event, fn, original) {
+    if (typeof original !== 'function') throw fail('invalid_handler', 'on(' + event + ') needs a function');
+    var handler = { fn: fn, original: original, rooms: null };
     this._handlers.set(event, (this._handlers.get(event) || []).concat(handler));
     var chain = {
       to: function (rooms) {
@@ -478,7 +500,7 @@
   proto.off = function (event, fn) {
     var list = this._handlers.get(event);
     if (!list) return this;
-    var kept = fn ? list.filter(function (h) { return h.fn !== fn; }) : [];
+    var kept = fn ? list.filter(function (h) { return h.original !== fn; }) : [];
     if (kept.length) this._handlers.set(event, kept);
     else this._handlers.delete(event);
     return this;

@@ -22,6 +22,15 @@ after(async () => {
   fs.rmSync(publicDir, { recursive: true, force: true });
 });
 
+/** Two connected clients, both in `room`. */
+async function pairIn(room) {
+  const a = await connected();
+  const b = await connected();
+  await a.join(room);
+  await b.join(room);
+  return [a, b];
+}
+
 /** A connected client, disconnected after the suite. */
 async function connected(options) {
   const client = server.client(options);
@@ -94,11 +103,26 @@ test('emit().for() relays to the rooms, on().to() filters by room, off removes',
   assert.deepEqual(onlyR2, [2, 3], 'off(event) removed every handler');
 });
 
+test('once fires for the first matching message only; connected tells the state', async () => {
+  const [a, b] = await pairIn('once');
+  assert.equal(a.connected, true);
+  const got = [];
+  const handler = (data) => got.push(data);
+  b.once('note', handler).to('once');
+  b.once('other', handler);
+  b.off('other', handler); // off takes the function given to once
+  a.emit('note', 1).for('once');
+  a.emit('note', 2).for('once');
+  a.emit('other', 3).for('once');
+  await a.roomView('once');
+  await b.roomView('once');
+  assert.deepEqual(got, [1]);
+  const fresh = server.client();
+  assert.equal(fresh.connected, false);
+});
+
 test('message fires for every server message', async () => {
-  const a = await connected();
-  const b = await connected();
-  await a.join('m');
-  await b.join('m');
+  const [a, b] = await pairIn('m');
   const got = next(b, 'message');
   a.emit('ping-like', 7).for('m');
   const message = await got;
@@ -191,10 +215,7 @@ test('file answers from public_dir, not_found otherwise', async () => {
 });
 
 test('binary events both ways arrive as Uint8Array', async () => {
-  const a = await connected();
-  const b = await connected();
-  await a.join('bin');
-  await b.join('bin');
+  const [a, b] = await pairIn('bin');
   const got = next(b, 'frame');
   const gotMessage = next(b, 'message');
   const sent = new Float32Array([1.5, -2, 3.25]);
@@ -220,10 +241,7 @@ test('a server error event raises error and the client keeps working', async () 
 });
 
 test('a throwing handler raises error instead of breaking the socket', async () => {
-  const a = await connected();
-  const b = await connected();
-  await a.join('t');
-  await b.join('t');
+  const [a, b] = await pairIn('t');
   b.on('boom', () => { throw new Error('handler failed'); });
   const error = next(b, 'error');
   a.emit('boom', null).for('t');

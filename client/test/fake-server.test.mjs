@@ -148,6 +148,25 @@ test('an unanswered request times out (ackTimeout, default 5 s)', async () => {
   await client.disconnect();
 });
 
+test('a server that never answers details still connects (details null)', async () => {
+  const client = new StellarClient({ url, WebSocket, reconnect: false, ackTimeout: 100 });
+  const original = fake.listeners('connection')[0];
+  fake.off('connection', original);
+  fake.on('connection', (socket) => {
+    peer = socket;
+    socket.send(JSON.stringify({ event: 'welcome', data: { id: 'mute-1' } }));
+  });
+  try {
+    assert.equal(await client.connect(), null);
+    assert.equal(client.state, 'connected');
+    assert.equal(client.id, 'mute-1');
+  } finally {
+    fake.off('connection', fake.listeners('connection')[0]);
+    fake.on('connection', original);
+    await client.disconnect();
+  }
+});
+
 test('a request in flight when the connection drops rejects with disconnected', async () => {
   const client = await connected({ reconnect: { delay: 10000, attempts: 1 } });
   const pending = client.action('silence', {});

@@ -88,6 +88,19 @@ test('after a restart: events in order, rooms rejoined, queued messages delivere
   assert.equal(await again, 'back');
 });
 
+test('a message sent while the socket is closing is queued, not lost', async () => {
+  const a = client({ reconnect: { delay: 20, attempts: 100 } });
+  const b = client();
+  await a.connect();
+  await b.connect();
+  await a.join('closing');
+  await b.join('closing');
+  const got = next(b, 'late');
+  a.ws.close(); // CLOSING now; its close event comes later
+  a.emit('late', 'kept').for('closing');
+  assert.equal(await got, 'kept');
+});
+
 test('the offline queue holds 100 messages: the 101st rejects with queue_full', async () => {
   const c = client({ reconnect: { delay: 60000, attempts: 1 } });
   await c.connect();

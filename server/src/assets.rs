@@ -81,8 +81,8 @@ pub fn find(path: &str, demo: bool) -> Option<&'static Asset> {
 
 impl Asset {
     /// The whole response: 304 when `if_none_match` names this version, else 200 with
-    /// the body.
-    pub fn response(&self, if_none_match: Option<&str>) -> Bytes {
+    /// the body (its head only, with the body's length, for a `HEAD`: `with_body` false).
+    pub fn response(&self, if_none_match: Option<&str>, with_body: bool) -> Bytes {
         let fresh = if_none_match.is_some_and(|tags| self.is_matched_by(tags));
         let (status, body) = if fresh {
             ("304 Not Modified", &[][..])
@@ -98,7 +98,9 @@ impl Asset {
         );
         let mut out = BytesMut::with_capacity(head.len() + body.len());
         out.extend_from_slice(head.as_bytes());
-        out.extend_from_slice(body);
+        if with_body {
+            out.extend_from_slice(body);
+        }
         out.freeze()
     }
 

@@ -87,12 +87,11 @@ pub async fn serve(
     {
         return serve_public(&mut stream, config, path).await;
     }
-    if request.method == "GET"
+    if matches!(request.method.as_str(), "GET" | "HEAD")
         && let Some(asset) = assets::find(&request.path, config.demo)
     {
-        let _ = stream
-            .write_all(asset.response(request.header("if-none-match")))
-            .await;
+        let answer = asset.response(request.header("if-none-match"), request.method == "GET");
+        let _ = stream.write_all(answer).await;
         return;
     }
     let answer = route(worker, remote, &request, &body);

@@ -34,6 +34,25 @@ fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
         .map(|(_, v)| v.as_str())
 }
 
+/// GETs `path` and checks a 200 with `content_type`, `Cache-Control: no-cache` and the
+/// bytes of `client/<file>`; returns its ETag.
+fn served(port: u16, path: &str, file: &str, content_type: &str) -> String {
+    let (status, headers, body) = get(port, path, "");
+    assert_eq!(status, 200, "{path}");
+    assert_eq!(
+        header(&headers, "content-type"),
+        Some(content_type),
+        "{path}"
+    );
+    assert_eq!(
+        header(&headers, "cache-control"),
+        Some("no-cache"),
+        "{path}"
+    );
+    assert_eq!(body, source(file), "{path}");
+    header(&headers, "etag").expect("an ETag").to_owned()
+}
+
 fn source(file: &str) -> String {
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../client")
@@ -41,28 +60,21 @@ fn source(file: &str) -> String {
     std::fs::read_to_string(path).expect("client file")
 }
 
+const JS: &str = "text/javascript; charset=utf-8";
+
 #[test]
 fn client_is_served_with_a_strong_etag_and_revalidates_with_304() {
     let s = TestServer::with(config(1, Driver::Auto));
     let port = s.handle.port();
-    let (status, headers, body) = get(port, "/stellar-client", "");
-    assert_eq!(status, 200);
-    assert_eq!(
-        header(&headers, "content-type"),
-        Some("text/javascript; charset=utf-8")
-    );
-    assert_eq!(header(&headers, "cache-control"), Some("no-cache"));
-    assert_eq!(body, source("stellar-client.js"));
-    let etag = header(&headers, "etag").expect("an ETag").to_owned();
+    let etag = served(port, "/stellar-client", "stellar-client.js", JS);
     assert!(
         etag.starts_with('"') && etag.ends_with('"') && etag.len() > 2,
         "strong tag: {etag}"
     );
-
-    let (status, same, body) = get(port, "/stellar-client.js", "");
-    assert_eq!((status, header(&same, "etag")), (200, Some(etag.as_str())));
-    assert_eq!(body, source("stellar-client.js"));
-
+    assert_eq!(
+        served(port, "/stellar-client.js", "stellar-client.js", JS),
+        etag
+    );
     for tags in [
         etag.clone(),
         format!("W/{etag}"),
@@ -78,6 +90,17 @@ fn client_is_served_with_a_strong_etag_and_revalidates_with_304() {
         assert_eq!(header(&headers, "etag"), Some(etag.as_str()));
         assert_eq!(header(&headers, "cache-control"), Some("no-cache"));
     }
+    let head = http(
+        port,
+        "HEAD /stellar-client HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n",
+    );
+    let length = source("stellar-client.js").len();
+    assert!(head.starts_with("HTTP/1.1 200 OK\r\n"), "{head}");
+    assert!(
+        head.contains(&format!("Content-Length: {length}\r\n")),
+        "{head}"
+    );
+    assert!(head.ends_with("\r\n\r\n"), "HEAD gets no body: {head}");
     let (status, _, body) = get(port, "/stellar-client", "If-None-Match: \"old\"\r\n");
     assert_eq!(status, 200, "a stale tag gets the file");
     assert_eq!(body, source("stellar-client.js"));
@@ -87,28 +110,13 @@ fn client_is_served_with_a_strong_etag_and_revalidates_with_304() {
 fn module_entry_and_type_declarations_are_served_beside_the_client() {
     let s = TestServer::with(config(1, Driver::Auto));
     let port = s.handle.port();
-    let (status, headers, body) = get(port, "/stellar-client.d.ts", "");
-    assert_eq!(status, 200);
-    assert_eq!(
-        header(&headers, "content-type"),
-        Some("text/plain; charset=utf-8")
-    );
-    assert_eq!(body, source("stellar-client.d.ts"));
-    let etag = header(&headers, "etag").expect("an ETag").to_owned();
-    let (status, _, _) = get(
-        port,
-        "/stellar-client.d.ts",
-        &format!("If-None-Match: {etag}\r\n"),
-    );
+    let types = "text/plain; charset=utf-8";
+    let etag = served(port, "/stellar-client.d.ts", "stellar-client.d.ts", types);
+    let revalidation = format!("If-None-Match: {etag}\r\n");
+    let (status, _, _) = get(port, "/stellar-client.d.ts", &revalidation);
     assert_eq!(status, 304);
-    let (status, headers, body) = get(port, "/stellar-client.mjs", "");
-    assert_eq!(status, 200);
-    assert_eq!(
-        header(&headers, "content-type"),
-        Some("text/javascript; charset=utf-8")
-    );
-    assert_eq!(body, source("stellar-client.mjs"));
-    assert_ne!(header(&headers, "etag"), Some(etag.as_str()));
+    let module = served(port, "/stellar-client.mjs", "stellar-client.mjs", JS);
+    assert_ne!(module, etag, "each file has its own tag");
 }
 
 #[test]
@@ -120,13 +128,13 @@ fn demo_page_is_served_only_when_demo_is_on() {
         demo: true,
         ..config(1, Driver::Auto)
     });
-    let (status, headers, body) = get(on.handle.port(), "/demo", "");
-    assert_eq!(status, 200);
-    assert_eq!(
-        header(&headers, "content-type"),
-        Some("text/html; charset=utf-8")
+    served(
+        on.handle.port(),
+        "/demo",
+        "demo.html",
+        "text/html; charset=utf-8",
     );
-    assert_eq!(body, source("demo.html"));
+    let (_, _, body) = get(on.handle.port(), "/demo", "");
     assert!(
         body.contains("/stellar-client.js"),
         "the page loads the client"

@@ -17,6 +17,8 @@ async function main(): Promise<void> {
   client.on('error', (error) => console.log(error.code, error.message));
   client.on('state', (bytes: Uint8Array, message) => console.log(bytes.length, message.room)).to(['a', 'b']);
   client.off('state');
+  client.once('welcome', (welcome) => console.log(welcome)).to('lobby');
+  const isUp: boolean = client.connected;
   await client.emit('move', { x: 1 }).for(['arena:1', 'arena:2']);
   await client.emitBinary('input', new Int8Array([1, -1])).for('arena:1');
   await client.say('hello');
