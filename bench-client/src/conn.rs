@@ -1,6 +1,7 @@
 //! One load-generator connection: TCP connect from a chosen loopback source address,
 //! the WebSocket handshake (or the TCP protocol's CONNECT), and framing of what the
-//! scenarios send and receive. Built on the project's own sans-IO codecs.
+//! scenarios send and receive, over a plain or TLS [`Stream`]. Built on the project's
+//! own sans-IO codecs.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::ops::Range;
@@ -17,6 +18,8 @@ use stellar_protocol::event::reserved;
 use stellar_protocol::tcp::{self, FrameType, TcpDecoder};
 use stellar_protocol::ws::frame::{encode_client, encode_client_into};
 use stellar_protocol::ws::{DecoderConfig, Message, MessageDecoder, OpCode, Role};
+
+use crate::tls::Stream;
 
 /// Connections per loopback source address: below the ~28 k ephemeral ports one
 /// (source, destination) pair can use.
@@ -112,7 +115,7 @@ fn bind_and_connect(fd: RawFd, source: IpAddr, server: SocketAddr) -> std::io::R
 
 /// The reading half with its decoder.
 pub struct Reader {
-    half: OwnedReadHalf<TcpStream>,
+    half: OwnedReadHalf<Stream>,
     buf: BytesMut,
     decoder: Decoder,
     /// When the last read completed.
@@ -134,20 +137,17 @@ enum Decoder {
 
 /// The writing half.
 pub struct Writer {
-    half: OwnedWriteHalf<TcpStream>,
+    half: OwnedWriteHalf<Stream>,
     proto: Proto,
     mask: u32,
     /// The JSON of the message being framed, reused from message to message.
     json: BytesMut,
 }
 
-/// Connects and completes the opening: WebSocket handshake or nothing for TCP. The
-/// server's first message (`welcome` / CONNECT) is left for the caller to read.
-pub async fn open(
-    stream: TcpStream,
-    proto: Proto,
-    host: &str,
-) -> std::io::Result<(Reader, Writer)> {
+/// Completes the opening over a connected (and, for TLS, handshaken) stream: WebSocket
+/// handshake or nothing for TCP. The server's first message (`welcome` / CONNECT) is
+/// left for the caller to read.
+pub async fn open(stream: Stream, proto: Proto, host: &str) -> std::io::Result<(Reader, Writer)> {
     let mut stream = stream;
     let mut buf = BytesMut::with_capacity(4096);
     if proto == Proto::Ws {
@@ -597,7 +597,9 @@ mod tests {
             .expect("runtime");
         let got = rt.block_on(async move {
             let stream = connect_from(source_for(0, 0), addr).expect("connect");
-            let (mut reader, _writer) = open(stream, Proto::Ws, "x").await.expect("open");
+            let (mut reader, _writer) = open(Stream::Plain(stream), Proto::Ws, "x")
+                .await
+                .expect("open");
             let mut got = Vec::new();
             loop {
                 let seen = match reader.next().await {

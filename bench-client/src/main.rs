@@ -4,12 +4,14 @@
 //! One generator thread per `--cpus` entry, pinned, each with its own io_uring (monoio)
 //! loop holding its share of the clients. Connections come from 127.0.0.1, .2, ... so
 //! more than 64 k of them fit. Publishers are open-loop; latency is measured from the
-//! intended send time; warm-up is excluded; the run is bounded by `--duration`.
+//! intended send time; warm-up is excluded; the run is bounded by `--duration`. With
+//! `--tls-ca` every connection speaks TLS (`wss://`).
 
 mod conn;
 mod pacer;
 mod report;
 mod scenario;
+mod tls;
 
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
@@ -40,6 +42,14 @@ struct Args {
     server: String,
     #[arg(long, value_enum, default_value = "ws")]
     proto: Proto,
+    /// PEM file of the certificates to trust (the server's self-signed certificate will
+    /// do): every connection then speaks TLS (`wss://`, or TLS on the TCP port), with a
+    /// full handshake each. Unset = plaintext.
+    #[arg(long)]
+    tls_ca: Option<PathBuf>,
+    /// Server name sent in SNI and checked against the certificate (with `--tls-ca`).
+    #[arg(long, default_value = "localhost")]
+    tls_name: String,
     /// Cores to run generator threads on, e.g. `1` or `0,1`.
     #[arg(long, value_delimiter = ',', default_value = "0")]
     cpus: Vec<usize>,
@@ -105,7 +115,17 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::from(2);
         }
     };
-    let report = run(&args, server);
+    let tls = match &args.tls_ca {
+        None => None,
+        Some(ca) => match tls::Connector::from_ca(ca, &args.tls_name) {
+            Ok(tls) => Some(tls),
+            Err(e) => {
+                eprintln!("stellar-bench: --tls-ca {e}");
+                return std::process::ExitCode::from(2);
+            }
+        },
+    };
+    let report = run(&args, server, tls);
     report.print();
     if let Some(out) = &args.out
         && let Err(e) = report.write_json(out)
@@ -176,7 +196,7 @@ fn assign_rooms(clients: usize, rooms: usize, seed: u64) -> Vec<usize> {
     room_of
 }
 
-fn run(args: &Args, server: SocketAddr) -> Report {
+fn run(args: &Args, server: SocketAddr, tls: Option<tls::Connector>) -> Report {
     let rooms = match args.scenario {
         Scenario::Fanout => 1,
         Scenario::Broadcast | Scenario::Binary => args.rooms.max(1),
@@ -191,6 +211,7 @@ fn run(args: &Args, server: SocketAddr) -> Report {
         scenario: args.scenario,
         proto: args.proto,
         server,
+        tls,
         clients: args.clients,
         rooms,
         publishers,
@@ -209,6 +230,7 @@ fn run(args: &Args, server: SocketAddr) -> Report {
     });
     let rss_before = args.server_pid.as_deref().and_then(report::rss_bytes);
     let gen_cpu_before = report::cpu_seconds("self").unwrap_or(0.0);
+    let storm_server_cpu_before = args.server_pid.as_deref().and_then(report::cpu_seconds);
     let threads: Vec<_> = args
         .cpus
         .iter()
@@ -240,6 +262,14 @@ fn run(args: &Args, server: SocketAddr) -> Report {
         std::thread::sleep(Duration::from_millis(20));
     }
     let storm_seconds = storm_start.elapsed().as_secs_f64();
+    let storm_server_cpu = match (
+        storm_server_cpu_before,
+        args.server_pid.as_deref().and_then(report::cpu_seconds),
+    ) {
+        (Some(a), Some(b)) => Some(b - a),
+        _ => None,
+    };
+    let storm_gen_cpu = report::cpu_seconds("self").unwrap_or(0.0) - gen_cpu_before;
 
     // Phase 2: run, measuring only the window after the warm-up.
     let go = run.now_ns() + 50_000_000;
@@ -299,7 +329,10 @@ fn run(args: &Args, server: SocketAddr) -> Report {
     let sent = c.sent.load(Ordering::Relaxed);
     let arrived = c.arrived.load(Ordering::Relaxed);
     let loss = expected.saturating_sub(delivered);
+    // The connect scenario measures the storm: the server's CPU from the first connect
+    // until every client is in.
     let server_cpu_seconds = match server_cpu {
+        _ if measuring => storm_server_cpu,
         (Some(a), Some(b)) => Some(b - a),
         _ => None,
     };
@@ -308,6 +341,7 @@ fn run(args: &Args, server: SocketAddr) -> Report {
         label: args.label.clone(),
         scenario: format!("{:?}", args.scenario).to_lowercase(),
         proto: format!("{:?}", args.proto).to_lowercase(),
+        tls: args.tls_ca.is_some(),
         command: std::env::args().collect::<Vec<_>>().join(" "),
         clients: args.clients,
         rooms,
@@ -349,6 +383,9 @@ fn run(args: &Args, server: SocketAddr) -> Report {
         server_cpu_ns_per_delivery: server_cpu_seconds
             .filter(|_| arrived > 0)
             .map(|s| s * 1e9 / arrived as f64),
+        server_cpu_ns_per_connection: server_cpu_seconds
+            .filter(|_| measuring && connected > 0)
+            .map(|s| s * 1e9 / connected as f64),
         server_rss_bytes_per_connection: match (rss_before, rss_after) {
             (Some(a), Some(b)) if args.scenario == Scenario::Idle && connected > 0 => {
                 Some((b as f64 - a as f64) / connected as f64)
@@ -358,7 +395,7 @@ fn run(args: &Args, server: SocketAddr) -> Report {
         server_rss_bytes: rss_after,
         generator_cpu_seconds: gen_cpu,
         generator_cpu_share: if measuring {
-            None
+            Some(storm_gen_cpu / (storm_seconds * args.cpus.len() as f64))
         } else {
             Some((gen_window_cpu.1 - gen_window_cpu.0) / (seconds * args.cpus.len() as f64))
         },

@@ -41,6 +41,8 @@ pub struct Report {
     pub label: String,
     pub scenario: String,
     pub proto: String,
+    /// Whether the connections spoke TLS (`--tls-ca`).
+    pub tls: bool,
     pub command: String,
     pub clients: usize,
     pub rooms: usize,
@@ -68,20 +70,24 @@ pub struct Report {
     pub connections_per_sec: f64,
     /// Handshake (connect) or end-to-end (others) latency.
     pub latency_us: Percentiles,
-    /// Server CPU seconds over the window, from /proc/<pid>/stat (with --server-pid).
+    /// Server CPU seconds over the window (connect: over the storm), from
+    /// /proc/<pid>/stat (with --server-pid).
     pub server_cpu_seconds: Option<f64>,
     /// Server CPU seconds per second of window (1.0 = one core saturated).
     pub server_cpu_share: Option<f64>,
     /// Server CPU over the window divided by the deliveries that arrived in it.
     pub server_cpu_ns_per_delivery: Option<f64>,
+    /// Connect scenario: server CPU over the storm divided by the connections made
+    /// (TCP accept, TLS handshake if any, WebSocket upgrade, `welcome`).
+    pub server_cpu_ns_per_connection: Option<f64>,
     /// Server RSS growth per connection (idle scenario, with --server-pid).
     pub server_rss_bytes_per_connection: Option<f64>,
     pub server_rss_bytes: Option<u64>,
     /// Generator CPU seconds over the window, to tell when the generator is the limit.
     pub generator_cpu_seconds: f64,
     pub generator_threads: usize,
-    /// Generator CPU over the window per generator thread; near 1.0 the generator, not
-    /// the server, limits the run.
+    /// Generator CPU over the window (connect: over the storm) per generator thread;
+    /// near 1.0 the generator, not the server, limits the run.
     pub generator_cpu_share: Option<f64>,
 }
 
@@ -90,8 +96,9 @@ pub const GENERATOR_BOUND: f64 = 0.9;
 
 impl Report {
     pub fn print(&self) {
+        let tls = if self.tls { " over TLS" } else { "" };
         println!(
-            "\n{} {} ({}) — {:.1}s",
+            "\n{} {} ({}{tls}) — {:.1}s",
             self.label, self.scenario, self.proto, self.seconds
         );
         println!(
@@ -132,6 +139,13 @@ impl Report {
         if let Some(cpu) = self.server_cpu_ns_per_delivery {
             let share = self.server_cpu_share.unwrap_or(0.0) * 100.0;
             println!("  server CPU {cpu:.0} ns per delivery ({share:.0}% of a core)");
+        }
+        if let Some(cpu) = self.server_cpu_ns_per_connection {
+            let share = self.server_cpu_share.unwrap_or(0.0) * 100.0;
+            println!(
+                "  server CPU {:.1} µs per connection ({share:.0}% of a core)",
+                cpu / 1000.0
+            );
         }
         if let Some(b) = self.server_rss_bytes_per_connection {
             println!("  server RSS {:.0} bytes per connection", b);

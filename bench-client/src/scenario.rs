@@ -16,6 +16,7 @@ use hdrhistogram::Histogram;
 
 use crate::conn::{self, Inbound, Proto, Reader};
 use crate::pacer::{Pacer, Sender};
+use crate::tls::{Connector, Stream};
 
 /// The scenarios of SPEC §9.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
@@ -51,6 +52,8 @@ pub struct Run {
     pub scenario: Scenario,
     pub proto: Proto,
     pub server: SocketAddr,
+    /// TLS over every connection (`--tls-ca`); `None` = plaintext.
+    pub tls: Option<Connector>,
     pub clients: usize,
     pub rooms: usize,
     pub publishers: usize,
@@ -221,7 +224,13 @@ pub async fn client_with_slot(
     let slot = Slot(slot);
     let started = Instant::now();
     let opened = match conn::connect_from(conn::source_for(index, run.source_offset), run.server) {
-        Ok(stream) => conn::open(stream, run.proto, "127.0.0.1").await,
+        Ok(tcp) => match &run.tls {
+            None => conn::open(Stream::Plain(tcp), run.proto, "127.0.0.1").await,
+            Some(tls) => match tls.connect(tcp).await {
+                Ok(stream) => conn::open(stream, run.proto, "127.0.0.1").await,
+                Err(e) => Err(e),
+            },
+        },
         Err(e) => Err(e),
     };
     let (mut reader, mut writer) = match opened {

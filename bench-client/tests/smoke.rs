@@ -1,6 +1,6 @@
 //! The load generator run end to end against the real server: every message a scenario
-//! sends must be counted delivered exactly once, in order, on both wires, and the report
-//! must say so.
+//! sends must be counted delivered exactly once, in order, on both wires, plain and over
+//! TLS, and the report must say so.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -8,9 +8,46 @@ use std::process::Command;
 use serde_json::Value;
 use stellar_server::{Config, Server};
 
+/// How the generator reaches the server.
+#[derive(Clone, Copy, PartialEq)]
+enum Wire {
+    Ws,
+    Tcp,
+    /// `wss://`, with a certificate for `localhost` made for the test.
+    Wss,
+    /// The TCP protocol over TLS.
+    TcpTls,
+}
+
+impl Wire {
+    fn is_tcp(self) -> bool {
+        matches!(self, Wire::Tcp | Wire::TcpTls)
+    }
+
+    fn is_tls(self) -> bool {
+        matches!(self, Wire::Wss | Wire::TcpTls)
+    }
+}
+
+/// A self-signed certificate for `localhost` and its key, written under `dir`: what the
+/// server serves and the generator trusts (`--tls-ca`).
+fn certificate(dir: &std::path::Path) -> (PathBuf, PathBuf) {
+    let made = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()])
+        .expect("rcgen makes a certificate");
+    std::fs::create_dir_all(dir).expect("certificate directory");
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    std::fs::write(&cert, made.cert.pem()).expect("certificate written");
+    std::fs::write(&key, made.signing_key.serialize_pem()).expect("key written");
+    (cert, key)
+}
+
 /// Runs `stellar-bench` with `args` against a fresh two-worker server and returns its
 /// JSON report; panics if the run fails its own loss and error checks.
-fn bench(name: &str, tcp: bool, args: &str) -> Value {
+fn bench(name: &str, wire: Wire, args: &str) -> Value {
+    let tmp = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
+    let tls = wire
+        .is_tls()
+        .then(|| certificate(&tmp.join(format!("smoke-{name}"))));
     let server = Server::builder()
         .config(Config {
             host: "127.0.0.1".into(),
@@ -18,6 +55,8 @@ fn bench(name: &str, tcp: bool, args: &str) -> Value {
             tcp_port: Some(0),
             workers: 2,
             rate_limit: 0,
+            tls_cert: tls.as_ref().map(|(cert, _)| cert.clone()),
+            tls_key: tls.as_ref().map(|(_, key)| key.clone()),
             ..Config::default()
         })
         // What the `stellar` binary registers for the echo and ack scenarios.
@@ -26,20 +65,26 @@ fn bench(name: &str, tcp: bool, args: &str) -> Value {
         .start()
         .expect("server starts");
     let handle = server.handle();
-    let port = if tcp {
+    let port = if wire.is_tcp() {
         handle.tcp_port()
     } else {
         handle.port()
     };
-    let out = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("smoke-{name}.json"));
-    let status = Command::new(env!("CARGO_BIN_EXE_stellar-bench"))
+    let out = tmp.join(format!("smoke-{name}.json"));
+    let mut command = Command::new(env!("CARGO_BIN_EXE_stellar-bench"));
+    command
         .args(args.split_whitespace())
         .args(["--server", &format!("127.0.0.1:{port}"), "--duration", "1"])
-        .args(["--warmup", "0.5", "--proto", if tcp { "tcp" } else { "ws" }])
+        .args(["--warmup", "0.5", "--proto"])
+        .arg(if wire.is_tcp() { "tcp" } else { "ws" })
+        .arg("--server-pid")
+        .arg(std::process::id().to_string())
         .arg("--out")
-        .arg(&out)
-        .status()
-        .expect("stellar-bench runs");
+        .arg(&out);
+    if let Some((cert, _)) = &tls {
+        command.arg("--tls-ca").arg(cert);
+    }
+    let status = command.status().expect("stellar-bench runs");
     handle.stop();
     drop(server);
     assert!(
@@ -83,15 +128,43 @@ const BROADCAST: &str = "broadcast --clients 40 --rooms 4 --publishers 4 --rate 
 
 #[test]
 fn broadcast_over_websocket_is_counted_exactly() {
-    let report = bench("broadcast-ws", false, BROADCAST);
+    let report = bench("broadcast-ws", Wire::Ws, BROADCAST);
     // Each message reaches the nine other members.
     assert_exact(&report, 40, 9);
+    assert_eq!(report["tls"], false);
 }
 
 #[test]
 fn broadcast_over_tcp_is_counted_exactly() {
-    let report = bench("broadcast-tcp", true, BROADCAST);
+    let report = bench("broadcast-tcp", Wire::Tcp, BROADCAST);
     assert_exact(&report, 40, 9);
+}
+
+#[test]
+fn broadcast_over_wss_is_counted_exactly() {
+    let report = bench("broadcast-wss", Wire::Wss, BROADCAST);
+    assert_exact(&report, 40, 9);
+    assert_eq!(report["tls"], true);
+}
+
+#[test]
+fn broadcast_over_tcp_with_tls_is_counted_exactly() {
+    let report = bench("broadcast-tcp-tls", Wire::TcpTls, BROADCAST);
+    assert_exact(&report, 40, 9);
+}
+
+#[test]
+fn connect_storm_over_wss_reports_server_cpu_per_connection() {
+    let report = bench("connect-wss", Wire::Wss, "connect --clients 200");
+    assert_eq!(count(&report, "connected"), 200);
+    // The "server" is this test process (other tests included): only the presence of
+    // the figure is checked, not its size.
+    assert!(
+        report["server_cpu_ns_per_connection"]
+            .as_f64()
+            .is_some_and(|ns| ns >= 0.0),
+        "server CPU per connection in {report}"
+    );
 }
 
 #[test]
@@ -100,7 +173,7 @@ fn large_messages_arrive_whole() {
     // assembling path instead of the in-place one.
     let report = bench(
         "fanout-large",
-        false,
+        Wire::Ws,
         "fanout --clients 5 --rate 50 --payload 102400",
     );
     assert_exact(&report, 5, 4);
@@ -108,6 +181,6 @@ fn large_messages_arrive_whole() {
 
 #[test]
 fn acks_are_answered_to_each_caller() {
-    let report = bench("ack", false, "ack --clients 20 --rate 2000");
+    let report = bench("ack", Wire::Ws, "ack --clients 20 --rate 2000");
     assert_exact(&report, 20, 1);
 }

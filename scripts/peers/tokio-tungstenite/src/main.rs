@@ -2,6 +2,11 @@
 //! runtime, one task per connection plus a writer task fed by an mpsc channel, and a
 //! shared `RwLock` room map. A relay is serialized once and the same `Utf8Bytes` is
 //! cloned into each member's channel.
+//!
+//! With `TLS_CERT` and `TLS_KEY` (PEM files) set, the port speaks `wss://` only:
+//! tokio-rustls over rustls 0.23 with ring, Stellar's TLS stack, with rustls's default
+//! server configuration (ALPN `http/1.1`, as Stellar offers), the handshake in the
+//! connection's own task.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -9,8 +14,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpListener;
 use tokio::sync::{RwLock, mpsc};
+use tokio_rustls::TlsAcceptor;
+use tokio_rustls::rustls::ServerConfig;
+use tokio_rustls::rustls::pki_types::pem::PemObject;
+use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio_tungstenite::tungstenite::Message;
 
 type Tx = mpsc::UnboundedSender<Message>;
@@ -24,18 +34,53 @@ struct State {
 #[tokio::main]
 async fn main() {
     let port: u16 = std::env::args().nth(1).and_then(|p| p.parse().ok()).unwrap_or(3000);
+    let tls = tls_from_env();
     let listener = TcpListener::bind(("127.0.0.1", port)).await.expect("bind");
-    eprintln!("tokio-tungstenite peer on ws://127.0.0.1:{port}/");
+    let scheme = if tls.is_some() { "wss" } else { "ws" };
+    eprintln!("tokio-tungstenite peer on {scheme}://127.0.0.1:{port}/");
     let state = Arc::new(State::default());
     let next = Arc::new(AtomicU64::new(0));
     while let Ok((stream, _)) = listener.accept().await {
         let _ = stream.set_nodelay(true);
         let id = next.fetch_add(1, Ordering::Relaxed);
-        tokio::spawn(serve(stream, id, Arc::clone(&state)));
+        let state = Arc::clone(&state);
+        match &tls {
+            None => tokio::spawn(serve(stream, id, state)),
+            Some(acceptor) => {
+                let accept = acceptor.accept(stream);
+                tokio::spawn(async move {
+                    if let Ok(stream) = accept.await {
+                        serve(stream, id, state).await;
+                    }
+                })
+            }
+        };
     }
 }
 
-async fn serve(stream: TcpStream, id: u64, state: Arc<State>) {
+/// The TLS acceptor of `TLS_CERT` and `TLS_KEY`, or `None` (plaintext) when they are unset.
+fn tls_from_env() -> Option<TlsAcceptor> {
+    let cert = std::env::var_os("TLS_CERT")?;
+    let key = std::env::var_os("TLS_KEY").expect("TLS_CERT is set: TLS_KEY must be too");
+    let chain = CertificateDer::pem_file_iter(&cert)
+        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+        .expect("TLS_CERT: a PEM certificate chain");
+    let key = PrivateKeyDer::from_pem_file(&key).expect("TLS_KEY: a PEM private key");
+    let provider = Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
+    let mut config = ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("ring supports the default versions")
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .expect("TLS_CERT and TLS_KEY: a certificate and its key");
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Some(TlsAcceptor::from(Arc::new(config)))
+}
+
+async fn serve<S>(stream: S, id: u64, state: Arc<State>)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let Ok(ws) = tokio_tungstenite::accept_async(stream).await else { return };
     let (mut sink, mut source) = ws.split();
     let (tx, mut rx) = mpsc::unbounded_channel::<Message>();
