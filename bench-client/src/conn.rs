@@ -17,7 +17,9 @@ use stellar_protocol::envelope;
 use stellar_protocol::event::reserved;
 use stellar_protocol::tcp::{self, FrameType, TcpDecoder};
 use stellar_protocol::ws::frame::{encode_client, encode_client_into};
-use stellar_protocol::ws::{DecoderConfig, Message, MessageDecoder, OpCode, Role};
+use stellar_protocol::ws::{
+    DecoderConfig, Decompressor, DeflateParams, Message, MessageDecoder, OpCode, Role,
+};
 
 use crate::tls::Stream;
 
@@ -131,7 +133,8 @@ pub struct Reader {
 }
 
 enum Decoder {
-    Ws(MessageDecoder),
+    /// With the inflater of a connection that agreed on permessage-deflate.
+    Ws(MessageDecoder, Option<Box<Decompressor>>),
     Tcp(TcpDecoder),
 }
 
@@ -147,13 +150,24 @@ pub struct Writer {
 /// Completes the opening over a connected (and, for TLS, handshaken) stream: WebSocket
 /// handshake or nothing for TCP. The server's first message (`welcome` / CONNECT) is
 /// left for the caller to read.
-pub async fn open(stream: Stream, proto: Proto, host: &str) -> std::io::Result<(Reader, Writer)> {
+pub async fn open(
+    stream: Stream,
+    proto: Proto,
+    host: &str,
+    offer_deflate: bool,
+) -> std::io::Result<(Reader, Writer)> {
     let mut stream = stream;
     let mut buf = BytesMut::with_capacity(4096);
+    let mut deflate = false;
     if proto == Proto::Ws {
+        let offer = if offer_deflate {
+            "Sec-WebSocket-Extensions: permessage-deflate\r\n"
+        } else {
+            ""
+        };
         let request = format!(
             "GET / HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n{offer}\r\n"
         );
         let (res, _) = stream.write_all(request.into_bytes()).await;
         res?;
@@ -162,6 +176,9 @@ Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n
                 if !buf.starts_with(b"HTTP/1.1 101") {
                     return Err(std::io::Error::other("handshake refused"));
                 }
+                let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+                deflate =
+                    offer_deflate && head.contains("sec-websocket-extensions: permessage-deflate");
                 let _ = buf.split_to(end + 4);
                 break;
             }
@@ -171,11 +188,24 @@ Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n
         }
     }
     let decoder = match proto {
-        Proto::Ws => Decoder::Ws(MessageDecoder::new(DecoderConfig {
-            role: Role::Client,
-            max_message_size: 64 << 20,
-            ..DecoderConfig::default()
-        })),
+        Proto::Ws => Decoder::Ws(
+            MessageDecoder::new(DecoderConfig {
+                role: Role::Client,
+                max_message_size: 64 << 20,
+                deflate,
+            }),
+            // The server's messages: each compressed with the server's window; a
+            // context-free inflater reads both kinds of server.
+            deflate.then(|| {
+                Box::new(Decompressor::new(
+                    &DeflateParams {
+                        client_no_context_takeover: false,
+                        ..DeflateParams::default()
+                    },
+                    64 << 20,
+                ))
+            }),
+        ),
         Proto::Tcp => Decoder::Tcp(TcpDecoder::new(64 << 20)),
     };
     let (half, write) = stream.into_split();
@@ -250,7 +280,23 @@ impl Reader {
     fn decode(&mut self) -> Option<Step> {
         self.in_scratch = false;
         let decoded = match &mut self.decoder {
-            Decoder::Ws(d) => match d.decode_in_place(&mut self.buf) {
+            Decoder::Ws(d, inflater) => match d.decode_in_place(&mut self.buf) {
+                Ok(Some(frame)) if frame.compressed => {
+                    self.taken = frame.len;
+                    let Some(inflater) = inflater else {
+                        return Some(Step::Got(Found::Closed(None)));
+                    };
+                    let Ok(plain) = inflater.inflate(&self.buf[frame.payload]) else {
+                        return Some(Step::Got(Found::Closed(None)));
+                    };
+                    self.in_scratch = true;
+                    self.scratch.clear();
+                    self.scratch.extend_from_slice(&plain);
+                    return Some(match frame.opcode {
+                        OpCode::Text => found_event(&self.scratch, 0..plain.len()),
+                        _ => Step::Got(Found::Binary(0..plain.len())),
+                    });
+                }
                 Ok(Some(frame)) => {
                     self.taken = frame.len;
                     return Some(match frame.opcode {
@@ -258,10 +304,16 @@ impl Reader {
                         _ => Step::Got(Found::Binary(frame.payload)),
                     });
                 }
-                Ok(None) => d
-                    .decode(&mut self.buf)
-                    .map(|m| m.map(Assembled::Ws))
-                    .map_err(drop),
+                Ok(None) => match d.decode(&mut self.buf) {
+                    Ok(Some(m)) if m.is_compressed() => match inflater {
+                        Some(inflater) => inflater
+                            .inflate_message(m)
+                            .map(|m| Some(Assembled::Ws(m)))
+                            .map_err(drop),
+                        None => Err(()),
+                    },
+                    other => other.map(|m| m.map(Assembled::Ws)).map_err(drop),
+                },
                 Err(_) => Err(()),
             },
             Decoder::Tcp(d) => d
@@ -597,7 +649,7 @@ mod tests {
             .expect("runtime");
         let got = rt.block_on(async move {
             let stream = connect_from(source_for(0, 0), addr).expect("connect");
-            let (mut reader, _writer) = open(Stream::Plain(stream), Proto::Ws, "x")
+            let (mut reader, _writer) = open(Stream::Plain(stream), Proto::Ws, "x", false)
                 .await
                 .expect("open");
             let mut got = Vec::new();

@@ -47,6 +47,14 @@ struct Args {
     /// full handshake each. Unset = plaintext.
     #[arg(long)]
     tls_ca: Option<PathBuf>,
+    /// Offer permessage-deflate in every WebSocket upgrade and inflate what the server
+    /// sends compressed (the client's own messages go out plain, which the RFC allows).
+    #[arg(long)]
+    deflate: bool,
+    /// Fill `--payload` with telemetry-like text (readings with varying digits) instead
+    /// of one repeated byte: what compression should be measured on.
+    #[arg(long)]
+    telemetry: bool,
     /// Server name sent in SNI and checked against the certificate (with `--tls-ca`).
     #[arg(long, default_value = "localhost")]
     tls_name: String,
@@ -212,6 +220,8 @@ fn run(args: &Args, server: SocketAddr, tls: Option<tls::Connector>) -> Report {
         proto: args.proto,
         server,
         tls,
+        deflate: args.deflate,
+        telemetry: args.telemetry,
         clients: args.clients,
         rooms,
         publishers,

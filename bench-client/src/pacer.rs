@@ -79,7 +79,11 @@ impl Sender {
     /// are due together (a fast sender, or one behind its schedule) go in one write, up
     /// to [`MAX_BATCH`], as a real client library flushing its buffer would send them.
     pub async fn run(self: Rc<Self>, run: Arc<Run>, mut writer: Writer) {
-        let pad = "x".repeat(run.payload);
+        let pad = if run.telemetry {
+            telemetry_pad(run.payload)
+        } else {
+            "x".repeat(run.payload)
+        };
         let mut k = 0u64;
         let mut batch = BytesMut::new();
         let mut data = String::new();
@@ -280,4 +284,21 @@ fn frame_into(
         (_, Some(room)) => writer.event_into(batch, &B, data, Some(room)),
         (_, None) => writer.event_into(batch, &ECHO, data, None),
     }
+}
+
+/// `len` bytes of telemetry-like text (readings with varying digits, as a sensor or game
+/// state feed sends), so compression is measured on data that compresses like real
+/// traffic rather than on one repeated byte. Deterministic; no JSON escapes needed.
+fn telemetry_pad(len: usize) -> String {
+    let mut out = String::with_capacity(len + 32);
+    let mut seed: u32 = 0x2545_f491;
+    let mut i = 0u32;
+    while out.len() < len {
+        seed = seed.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+        let value = seed >> 20;
+        out.push_str(&format!("t{i}:{}.{:02};", value / 100, value % 100));
+        i += 1;
+    }
+    out.truncate(len);
+    out
 }

@@ -54,6 +54,11 @@ pub struct Run {
     pub server: SocketAddr,
     /// TLS over every connection (`--tls-ca`); `None` = plaintext.
     pub tls: Option<Connector>,
+    /// Offer permessage-deflate (`--deflate`).
+    pub deflate: bool,
+    /// Pad messages with telemetry-like text instead of one repeated byte
+    /// (`--telemetry`).
+    pub telemetry: bool,
     pub clients: usize,
     pub rooms: usize,
     pub publishers: usize,
@@ -225,9 +230,9 @@ pub async fn client_with_slot(
     let started = Instant::now();
     let opened = match conn::connect_from(conn::source_for(index, run.source_offset), run.server) {
         Ok(tcp) => match &run.tls {
-            None => conn::open(Stream::Plain(tcp), run.proto, "127.0.0.1").await,
+            None => conn::open(Stream::Plain(tcp), run.proto, "127.0.0.1", run.deflate).await,
             Some(tls) => match tls.connect(tcp).await {
-                Ok(stream) => conn::open(stream, run.proto, "127.0.0.1").await,
+                Ok(stream) => conn::open(stream, run.proto, "127.0.0.1", run.deflate).await,
                 Err(e) => Err(e),
             },
         },

@@ -6,7 +6,10 @@
 const { WebSocketServer } = require('ws');
 
 const port = Number(process.argv[2] || process.env.PORT || 3000);
-const wss = new WebSocketServer({ port, host: '127.0.0.1', perMessageDeflate: false, maxPayload: 1 << 20 });
+// PERMESSAGE_DEFLATE=1: negotiate permessage-deflate as `ws` does when asked (each send
+// compressed for its connection, on libuv's thread pool), messages under 128 B plain.
+const perMessageDeflate = process.env.PERMESSAGE_DEFLATE ? { threshold: 128 } : false;
+const wss = new WebSocketServer({ port, host: '127.0.0.1', perMessageDeflate, maxPayload: 1 << 20 });
 const rooms = new Map();
 let nextId = 0;
 
