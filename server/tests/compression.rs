@@ -20,7 +20,9 @@ use stellar_server::{Config, Driver};
 fn upgrade(port: u16, extensions: Option<&str>) -> (TcpStream, String) {
     let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
     s.set_read_timeout(Some(TIMEOUT)).unwrap();
-    let offer = extensions.map_or(String::new(), |e| format!("Sec-WebSocket-Extensions: {e}\r\n"));
+    let offer = extensions.map_or(String::new(), |e| {
+        format!("Sec-WebSocket-Extensions: {e}\r\n")
+    });
     write!(
         s,
         "GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
@@ -58,7 +60,8 @@ fn compressed_frame(payload: &[u8]) -> Vec<u8> {
 fn close_code(s: &mut TcpStream) -> u16 {
     loop {
         let mut head = [0u8; 2];
-        s.read_exact(&mut head).expect("a frame before the socket ends");
+        s.read_exact(&mut head)
+            .expect("a frame before the socket ends");
         let mut len = u64::from(head[1] & 0x7f);
         if len == 126 {
             let mut ext = [0u8; 2];
@@ -88,21 +91,37 @@ fn server(max_payload: usize) -> TestServer {
 #[test]
 fn the_answer_carries_server_no_context_takeover_and_bad_offers_are_declined() {
     let s = server(1 << 20);
-    let (_ok, head) = upgrade(s.handle.port(), Some("permessage-deflate; client_max_window_bits"));
+    let (_ok, head) = upgrade(
+        s.handle.port(),
+        Some("permessage-deflate; client_max_window_bits"),
+    );
     let answer = head
         .lines()
-        .find(|l| l.to_ascii_lowercase().starts_with("sec-websocket-extensions:"))
+        .find(|l| {
+            l.to_ascii_lowercase()
+                .starts_with("sec-websocket-extensions:")
+        })
         .expect("the extension is agreed");
     assert!(answer.contains("permessage-deflate"), "{answer}");
     assert!(answer.contains("server_no_context_takeover"), "{answer}");
     // An unknown parameter declines the offer, not the upgrade.
     let (_plain, head) = upgrade(s.handle.port(), Some("permessage-deflate; bogus=1"));
     assert!(head.starts_with("HTTP/1.1 101"), "{head}");
-    assert!(!head.to_ascii_lowercase().contains("sec-websocket-extensions"), "{head}");
+    assert!(
+        !head
+            .to_ascii_lowercase()
+            .contains("sec-websocket-extensions"),
+        "{head}"
+    );
     // Compression off: nothing is agreed.
     let off = TestServer::with(config(1, Driver::Auto));
     let (_s, head) = upgrade(off.handle.port(), Some("permessage-deflate"));
-    assert!(!head.to_ascii_lowercase().contains("sec-websocket-extensions"), "{head}");
+    assert!(
+        !head
+            .to_ascii_lowercase()
+            .contains("sec-websocket-extensions"),
+        "{head}"
+    );
 }
 
 #[test]
@@ -110,7 +129,8 @@ fn corrupt_compressed_data_closes_with_1007() {
     let s = server(1 << 20);
     let (mut c, _) = upgrade(s.handle.port(), Some("permessage-deflate"));
     // 0xff is a reserved DEFLATE block type: invalid from the first byte.
-    c.write_all(&compressed_frame(&[0xff, 0xff, 0xff, 0xff])).unwrap();
+    c.write_all(&compressed_frame(&[0xff, 0xff, 0xff, 0xff]))
+        .unwrap();
     assert_eq!(close_code(&mut c), 1007);
     let mut bystander = s.ws();
     bystander.send(serde_json::json!({"event": "ping"}));
@@ -135,7 +155,10 @@ fn a_small_frame_that_inflates_past_max_payload_closes_with_1009() {
     let mut compressor = Compressor::shared(&DeflateConfig::default(), 15);
     let mut payload = Vec::new();
     compressor.compress_into(&vec![b'a'; 4 << 20], &mut payload);
-    assert!(payload.len() < 64 * 1024, "the frame itself is under max_payload");
+    assert!(
+        payload.len() < 64 * 1024,
+        "the frame itself is under max_payload"
+    );
     c.write_all(&compressed_frame(&payload)).unwrap();
     assert_eq!(close_code(&mut c), 1009);
 }
