@@ -85,6 +85,11 @@ impl Decoder {
                 Ok(None) => None,
                 Err(e) => {
                     debug!(client = %conn.id, error = %e, "tcp frame refused");
+                    // A TLS handshake record (0x16 0x03) reads as a frame hundreds of MB
+                    // long: a TLS client on the plaintext TCP port.
+                    if buf.starts_with(&[0x16, 0x03]) {
+                        worker.stats.tls_on_plain_port.add(1);
+                    }
                     conn.send_error(e.code(), &e.to_string(), &worker.stats);
                     conn.close(CloseCode::NORMAL, "");
                     Some(Flow::Stop)

@@ -55,7 +55,7 @@ pub struct WorkerStats {
     /// TLS handshakes that failed or stalled past `connect_timeout` (a plaintext
     /// request on a TLS port among them).
     pub tls_handshake_failures: Counter,
-    /// TLS hellos sent to the plaintext WebSocket/HTTP port.
+    /// TLS hellos sent to a plaintext port (WebSocket/HTTP or TCP protocol).
     pub tls_on_plain_port: Counter,
     /// Rooms with at least one member on this worker.
     pub local_rooms: Counter,
@@ -129,7 +129,7 @@ pub struct Stats {
     pub slow_consumer_drops: u64,
     /// TLS handshakes that failed or stalled (plaintext on a TLS port among them).
     pub tls_handshake_failures: u64,
-    /// TLS hellos sent to the plaintext WebSocket/HTTP port.
+    /// TLS hellos sent to a plaintext port (WebSocket/HTTP or TCP protocol).
     pub tls_on_plain_port: u64,
     pub rss_bytes: u64,
     pub workers: Vec<WorkerSnapshot>,
@@ -255,7 +255,7 @@ impl Stats {
             (
                 "stellar_tls_on_plain_port_total",
                 "counter",
-                "TLS hellos sent to the plaintext WebSocket port",
+                "TLS hellos sent to a plaintext port",
                 self.tls_on_plain_port,
             ),
             (

@@ -257,6 +257,18 @@ fn the_wrong_protocol_on_a_port_is_closed_and_counted() {
     assert!(err.is_err(), "a TLS handshake with a plaintext port failed");
     assert!(started.elapsed() < TIMEOUT, "closed, not left hanging");
     assert_eq!(plain_server.handle.stats().tls_on_plain_port, 1);
+    // The TCP-protocol port: the hello reads as an oversized frame, answered with an
+    // ERROR frame the TLS client cannot use, and closed.
+    let started = Instant::now();
+    let err = tls_connect(plain_server.handle.tcp_port(), cert.client(&[]));
+    assert!(
+        err.is_err(),
+        "a TLS handshake with the plaintext TCP port failed"
+    );
+    assert!(started.elapsed() < TIMEOUT, "closed, not left hanging");
+    eventually("the TCP-port hello to be counted", || {
+        plain_server.handle.stats().tls_on_plain_port == 2
+    });
     let _served = plain_server.ws();
 }
 
