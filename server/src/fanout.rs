@@ -82,7 +82,12 @@ fn deliver_room(
 }
 
 /// Sends `msg` to every client of every node but `exclude`.
-pub fn all(shared: &Shared, worker: Option<&Worker>, msg: Arc<Outbound>, exclude: Option<ClientId>) {
+pub fn all(
+    shared: &Shared,
+    worker: Option<&Worker>,
+    msg: Arc<Outbound>,
+    exclude: Option<ClientId>,
+) {
     for w in 0..shared.mesh.workers() {
         match worker {
             Some(worker) if worker.index == w => worker.deliver_all(&msg, exclude),
@@ -108,7 +113,9 @@ pub fn all(shared: &Shared, worker: Option<&Worker>, msg: Arc<Outbound>, exclude
 /// node's channel on another. An id of a node that is not in the cluster reaches no one.
 pub fn client(shared: &Shared, id: ClientId, msg: Arc<Outbound>) {
     if id.node == shared.node() {
-        shared.mesh.send(id.worker as usize, MeshMsg::Client { id, msg });
+        shared
+            .mesh
+            .send(id.worker as usize, MeshMsg::Client { id, msg });
     } else if let Some(cluster) = &shared.cluster {
         cluster.send(Command::Publish {
             scope: Scope::Client(id),

@@ -230,7 +230,10 @@ impl Local {
 
 /// The room's log, a new one (a new epoch) when it had none or it expired.
 fn live_log<'a>(shard: &'a mut HashMap<RoomName, Log>, room: &str, ttl: Duration) -> &'a mut Log {
-    if shard.get(room).is_some_and(|log| log.touched.elapsed() > ttl) {
+    if shard
+        .get(room)
+        .is_some_and(|log| log.touched.elapsed() > ttl)
+    {
         shard.remove(room);
     }
     if !shard.contains_key(room) {

@@ -48,8 +48,8 @@
 mod admission;
 pub mod api;
 mod assets;
-pub(crate) mod cluster;
 pub mod auth;
+pub(crate) mod cluster;
 mod compression;
 pub mod config;
 mod connection;

@@ -268,7 +268,10 @@ mod tests {
         assert_eq!("000000ab-3-41".parse(), Ok(clustered));
         assert!("3".parse::<ClientId>().is_err());
         assert!("x-1".parse::<ClientId>().is_err());
-        assert!("ab-3-41".parse::<ClientId>().is_err(), "a node is 8 hex digits");
+        assert!(
+            "ab-3-41".parse::<ClientId>().is_err(),
+            "a node is 8 hex digits"
+        );
         assert!("1-2-3-4".parse::<ClientId>().is_err());
     }
 

@@ -10,10 +10,10 @@
 use std::sync::{Arc, OnceLock};
 
 use bytes::Bytes;
+use stellar_protocol::envelope::Position;
 use stellar_protocol::tcp::FrameType;
 use stellar_protocol::ws::OpCode;
 use stellar_protocol::ws::frame::{encode_server, encode_server_with};
-use stellar_protocol::envelope::Position;
 use stellar_protocol::{EventName, binary, envelope, tcp};
 
 use crate::compression;

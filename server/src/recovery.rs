@@ -90,12 +90,7 @@ pub fn finish(worker: &Worker, conn: &Rc<Conn>, ask: Ask, recovery: Recovery) {
     }
 }
 
-fn answer(
-    worker: &Worker,
-    conn: &Rc<Conn>,
-    ask: &Ask,
-    result: Result<&str, (ErrorCode, &str)>,
-) {
+fn answer(worker: &Worker, conn: &Rc<Conn>, ask: &Ask, result: Result<&str, (ErrorCode, &str)>) {
     match (&ask.ack, result) {
         (Some((name, correlation)), Ok(data)) => {
             conn.reply_ack(name, correlation, Ok(data), &worker.stats)

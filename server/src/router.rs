@@ -22,9 +22,9 @@ use tracing::debug;
 use crate::admission;
 use crate::connection::Conn;
 use crate::ctx::Ctx;
+use crate::history::Since;
 use crate::inbound::{self, Inbound, Request};
 use crate::mesh::Barrier;
-use crate::history::Since;
 use crate::outbound::{Outbound, Proto};
 use crate::recovery;
 use crate::rooms::JoinError;
@@ -252,8 +252,20 @@ fn verb(worker: &Rc<Worker>, conn: &Rc<Conn>, msg: &Request<'_>) -> Flow {
     };
     let ack = msg.ack.as_ref().map(|(name, c)| (name, &**c));
     match msg.event.as_str() {
-        "join-room" => join(worker, conn, msg.data.as_deref(), &reserved::JOINED_ROOM, ack),
-        "subscribe" => join(worker, conn, msg.data.as_deref(), &reserved::SUBSCRIBED, ack),
+        "join-room" => join(
+            worker,
+            conn,
+            msg.data.as_deref(),
+            &reserved::JOINED_ROOM,
+            ack,
+        ),
+        "subscribe" => join(
+            worker,
+            conn,
+            msg.data.as_deref(),
+            &reserved::SUBSCRIBED,
+            ack,
+        ),
         "recover" => recover(worker, conn, msg.data.as_deref(), ack),
         "leave-room" => leave(worker, conn, &data_str(), &reserved::LEFT_ROOM, ack),
         "unsubscribe" => leave(worker, conn, &data_str(), &reserved::UNSUBSCRIBED, ack),

@@ -285,14 +285,54 @@ impl Stats {
         }
         if let Some(cluster) = &self.cluster {
             let metrics = [
-                ("stellar_cluster_nodes", "gauge", "Nodes alive in the cluster", "nodes"),
-                ("stellar_cluster_connections", "gauge", "Open connections in the cluster", "connections"),
-                ("stellar_cluster_rooms", "gauge", "Rooms with members in the cluster", "totalRooms"),
-                ("stellar_cluster_redis_connected", "gauge", "1 while the link to Redis is up", "redisConnected"),
-                ("stellar_cluster_published_total", "counter", "Messages published to Redis", "published"),
-                ("stellar_cluster_received_total", "counter", "Messages received from Redis", "received"),
-                ("stellar_cluster_unpublished_total", "counter", "Messages that could not be published (Redis down)", "unpublished"),
-                ("stellar_cluster_redis_outages_total", "counter", "Times the link to Redis was lost", "redisOutages"),
+                (
+                    "stellar_cluster_nodes",
+                    "gauge",
+                    "Nodes alive in the cluster",
+                    "nodes",
+                ),
+                (
+                    "stellar_cluster_connections",
+                    "gauge",
+                    "Open connections in the cluster",
+                    "connections",
+                ),
+                (
+                    "stellar_cluster_rooms",
+                    "gauge",
+                    "Rooms with members in the cluster",
+                    "totalRooms",
+                ),
+                (
+                    "stellar_cluster_redis_connected",
+                    "gauge",
+                    "1 while the link to Redis is up",
+                    "redisConnected",
+                ),
+                (
+                    "stellar_cluster_published_total",
+                    "counter",
+                    "Messages published to Redis",
+                    "published",
+                ),
+                (
+                    "stellar_cluster_received_total",
+                    "counter",
+                    "Messages received from Redis",
+                    "received",
+                ),
+                (
+                    "stellar_cluster_unpublished_total",
+                    "counter",
+                    "Messages that could not be published (Redis down)",
+                    "unpublished",
+                ),
+                (
+                    "stellar_cluster_redis_outages_total",
+                    "counter",
+                    "Times the link to Redis was lost",
+                    "redisOutages",
+                ),
             ];
             for (name, kind, help, key) in metrics {
                 let value = match cluster.get(key) {

@@ -82,8 +82,10 @@ fn a_client_back_from_a_disconnect_recovers_exactly_what_it_missed() {
     publish(&mut sender, "r", 51, 3);
     let live = read(&mut member, 3, &epoch);
     assert_eq!(live, vec![(51, 52), (52, 53), (53, 54)]);
-    member.send(json!({"event": "recover", "data": {"room": "r", "offset": 49, "epoch": epoch},
-        "_ackName": "recover", "_correlationId": "rc#1"}));
+    member.send(
+        json!({"event": "recover", "data": {"room": "r", "offset": 49, "epoch": epoch},
+        "_ackName": "recover", "_correlationId": "rc#1"}),
+    );
     // 50 and 51 (offsets) it never had; 52.. it got live.
     let got = read(&mut member, 2, &epoch);
     assert_eq!(got, vec![(49, 50), (50, 51)]);
@@ -116,7 +118,9 @@ fn a_position_older_than_the_history_or_of_another_epoch_is_told_not_recovered()
         "only 10 of the 50 missed are kept: no partial recovery passed off as whole"
     );
 
-    back.send(json!({"event": "recover", "data": {"room": "r", "offset": 50, "epoch": "not-the-epoch"}}));
+    back.send(
+        json!({"event": "recover", "data": {"room": "r", "offset": 50, "epoch": "not-the-epoch"}}),
+    );
     let answer = back.recv_event("recovered");
     assert_eq!(answer["data"]["recovered"], false);
     assert_eq!(answer["data"]["epoch"], epoch.as_str());
@@ -222,7 +226,10 @@ fn tcp_clients_recover_through_json_frames() {
     let answer = tcp.recv();
     assert_eq!(answer.1, "recovered");
     let answer: Value = serde_json::from_slice(&answer.2).expect("JSON");
-    assert_eq!(answer, json!({"room": "r", "recovered": true, "offset": 4, "epoch": epoch}));
+    assert_eq!(
+        answer,
+        json!({"room": "r", "recovered": true, "offset": 4, "epoch": epoch})
+    );
 }
 
 #[test]
@@ -237,7 +244,10 @@ fn a_room_without_history_refuses_recovery_and_carries_no_offsets() {
     b.join("plain");
     a.send(json!({"event": "m", "room": "plain", "data": 1}));
     let msg = b.recv_event("m");
-    assert!(msg.get("offset").is_none() && msg.get("epoch").is_none(), "{msg}");
+    assert!(
+        msg.get("offset").is_none() && msg.get("epoch").is_none(),
+        "{msg}"
+    );
     b.send(json!({"event": "recover", "data": {"room": "plain", "offset": 0, "epoch": "e"}}));
     let error = b.recv_event("error");
     assert_eq!(error["data"]["code"], "invalid_room", "{error}");

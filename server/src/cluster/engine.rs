@@ -179,7 +179,10 @@ impl Engine {
                     backoff = Duration::from_millis(100);
                     logged_failure = false;
                     self.state.up.set(true);
-                    self.cluster.counters.connected.store(true, Ordering::Relaxed);
+                    self.cluster
+                        .counters
+                        .connected
+                        .store(true, Ordering::Relaxed);
                     info!("cluster: connected to Redis");
                     loop {
                         tokio::select! {
@@ -191,13 +194,19 @@ impl Engine {
                         }
                     }
                     self.state.up.set(false);
-                    self.cluster.counters.connected.store(false, Ordering::Relaxed);
+                    self.cluster
+                        .counters
+                        .connected
+                        .store(false, Ordering::Relaxed);
                     *self.state.con.borrow_mut() = None;
                     *self.state.sink.borrow_mut() = None;
                     if self.state.stopping.get() {
                         return;
                     }
-                    self.cluster.counters.outages.fetch_add(1, Ordering::Relaxed);
+                    self.cluster
+                        .counters
+                        .outages
+                        .fetch_add(1, Ordering::Relaxed);
                     warn!("cluster: lost Redis; serving local clients, reconnecting");
                 }
                 Err(e) => {
@@ -321,7 +330,10 @@ impl Engine {
                         "offset": current.offset, "epoch": &*current.epoch,
                     });
                     let notice = Outbound::event(&reserved::RECOVERED, &data.to_string(), None);
-                    self.state.positions.borrow_mut().insert(Arc::clone(&room), current);
+                    self.state
+                        .positions
+                        .borrow_mut()
+                        .insert(Arc::clone(&room), current);
                     self.deliver_room(&room, notice, None);
                 }
             }
@@ -344,7 +356,10 @@ impl Engine {
         if decoded.origin == self.me() {
             return;
         }
-        self.cluster.counters.received.fetch_add(1, Ordering::Relaxed);
+        self.cluster
+            .counters
+            .received
+            .fetch_add(1, Ordering::Relaxed);
         let wire::Message {
             exclude,
             target,
@@ -355,7 +370,12 @@ impl Engine {
             .strip_prefix(&self.keys.prefix)
             .and_then(|c| c.strip_prefix(":room:"))
         {
-            let name = self.state.rooms.borrow().get_key_value(room).map(|(n, _)| Arc::clone(n));
+            let name = self
+                .state
+                .rooms
+                .borrow()
+                .get_key_value(room)
+                .map(|(n, _)| Arc::clone(n));
             if let Some(name) = name {
                 self.deliver_room(&name, msg, exclude);
             }
@@ -370,7 +390,8 @@ impl Engine {
                 );
             }
         } else if let Some(id) = target.filter(|id| id.node == self.me()) {
-            self.mesh.send(id.worker as usize, MeshMsg::Client { id, msg });
+            self.mesh
+                .send(id.worker as usize, MeshMsg::Client { id, msg });
         }
     }
 
@@ -698,10 +719,8 @@ impl Engine {
                     epoch: Arc::from(""),
                 }),
         });
-        self.mesh.send(
-            id.worker as usize,
-            MeshMsg::Recovered { id, ask, recovery },
-        );
+        self.mesh
+            .send(id.worker as usize, MeshMsg::Recovered { id, ask, recovery });
     }
 
     /// What follows `since` in `room`'s history in Redis (`lua::RECOVER`).

@@ -131,7 +131,10 @@ pub struct Remote {
 
 impl Remote {
     pub fn insert(&mut self, room: &str, id: ClientId, user: String) {
-        self.rooms.entry(room.to_owned()).or_default().insert(id, user);
+        self.rooms
+            .entry(room.to_owned())
+            .or_default()
+            .insert(id, user);
     }
 
     pub fn remove(&mut self, room: &str, id: ClientId) {
