@@ -24,7 +24,6 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::Poll;
-use std::time::Duration;
 
 use atomic_waker::AtomicWaker;
 use bytes::BytesMut;
@@ -32,9 +31,6 @@ use bytes::BytesMut;
 use crate::conn::Writer;
 use crate::pacer::{MAX_BATCH, Sender, frame_into, telemetry_pad};
 use crate::scenario::{Run, Scenario};
-
-/// How often a waiting sender looks at the end-of-run flag when nothing comes back.
-const DONE_POLL: Duration = Duration::from_millis(50);
 
 /// What the receivers report back to one sender, from any generator thread.
 struct Returns {
@@ -44,6 +40,13 @@ struct Returns {
     delivered: AtomicU64,
     /// The sender's task while it waits for room in its window.
     waker: AtomicWaker,
+}
+
+impl Returns {
+    /// Messages of this sender whose every delivery has come back.
+    fn completed(&self) -> u64 {
+        self.delivered.load(Ordering::Acquire) / self.receivers
+    }
 }
 
 /// The closed-loop state of every sender of a run, indexed by the sender id carried in
@@ -119,41 +122,26 @@ impl Window {
         }
     }
 
-    /// Messages of sender `id` whose every delivery has come back.
-    fn completed(&self, id: usize) -> u64 {
-        self.returns
-            .get(id)
-            .map_or(0, |r| r.delivered.load(Ordering::Acquire) / r.receivers)
-    }
-
     /// Waits until sender `id` (with `sent` messages out) may send again, and says how
-    /// many; 0 once the run is over.
+    /// many; 0 once the run is over. No timer per wait (one per round trip would cost
+    /// the generator more than the wake itself): a sender still waiting when the run
+    /// ends is dropped with its thread's event loop, as the receivers are.
     async fn room(&self, run: &Run, id: usize, sent: u64) -> u64 {
-        let free = || {
-            self.size
-                .saturating_sub(sent - self.completed(id).min(sent))
-        };
-        loop {
-            if run.done.load(Ordering::Acquire) {
-                return 0;
-            }
-            let waited = monoio::time::timeout(
-                DONE_POLL,
-                std::future::poll_fn(|cx| {
-                    if let Some(r) = self.returns.get(id) {
-                        r.waker.register(cx.waker());
-                    }
-                    match free() {
-                        0 => Poll::Pending,
-                        n => Poll::Ready(n),
-                    }
-                }),
-            )
-            .await;
-            if let Ok(n) = waited {
-                return n;
-            }
+        if run.done.load(Ordering::Acquire) {
+            return 0;
         }
+        let Some(r) = self.returns.get(id) else {
+            return 0;
+        };
+        std::future::poll_fn(|cx| {
+            r.waker.register(cx.waker());
+            let in_flight = sent - r.completed().min(sent);
+            match self.size.saturating_sub(in_flight) {
+                0 => Poll::Pending,
+                free => Poll::Ready(free),
+            }
+        })
+        .await
     }
 }
 
@@ -215,10 +203,10 @@ mod tests {
         for _ in 0..8 {
             w.returned(1);
         }
-        assert_eq!(w.completed(1), 0, "eight of nine deliveries");
+        assert_eq!(w.returns[1].completed(), 0, "eight of nine deliveries");
         w.returned(1);
-        assert_eq!(w.completed(1), 1);
-        assert_eq!(w.completed(0), 0, "other senders are apart");
+        assert_eq!(w.returns[1].completed(), 1);
+        assert_eq!(w.returns[0].completed(), 0, "other senders are apart");
     }
 
     #[test]
@@ -237,7 +225,6 @@ mod tests {
         let w = Window::new(4, [1]);
         w.returned(7);
         w.returned(u64::MAX);
-        assert_eq!(w.completed(0), 0);
-        assert_eq!(w.completed(7), 0);
+        assert_eq!(w.returns[0].completed(), 0);
     }
 }
