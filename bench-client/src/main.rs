@@ -422,6 +422,9 @@ fn run(args: &Args, server: SocketAddr, tls: Option<tls::Connector>) -> Report {
         generator_threads: args.cpus.len(),
         window,
         latency_percentiles_us: report::percentile_curve(&latency),
+        finished_unix: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs()),
     };
     if let Some(out) = &args.out {
         let svg = out.with_extension("svg");

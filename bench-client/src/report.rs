@@ -96,6 +96,8 @@ pub struct Report {
     /// 36.9, …, 90, …, 99, …, 99.9, …), the HdrHistogram percentile curve `scripts/bench`
     /// plots; `latency_us.max` is the end of the curve.
     pub latency_percentiles_us: Vec<[f64; 2]>,
+    /// When the run ended, in seconds since the Unix epoch (the date on the charts).
+    pub finished_unix: u64,
 }
 
 /// A generator thread busier than this in the window is the bottleneck of the run.
