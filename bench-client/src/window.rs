@@ -45,7 +45,7 @@ struct Returns {
 impl Returns {
     /// Messages of this sender whose every delivery has come back.
     fn completed(&self) -> u64 {
-        self.delivered.load(Ordering::Acquire) / self.receivers
+        self.delivered.load(Ordering::Acquire) / self.receivers.max(1)
     }
 }
 
@@ -97,7 +97,7 @@ impl Window {
             returns: receivers
                 .into_iter()
                 .map(|receivers| Returns {
-                    receivers: receivers.max(1),
+                    receivers,
                     delivered: AtomicU64::new(0),
                     waker: AtomicWaker::new(),
                 })
@@ -107,7 +107,7 @@ impl Window {
 
     /// Connections each message of sender `id` is delivered to.
     pub fn receivers(&self, id: usize) -> u64 {
-        self.returns.get(id).map_or(1, |r| r.receivers)
+        self.returns.get(id).map_or(0, |r| r.receivers)
     }
 
     /// A receiver got a message of sender `id`. Wakes the sender when this completes a
@@ -117,7 +117,7 @@ impl Window {
             return;
         };
         let n = r.delivered.fetch_add(1, Ordering::AcqRel) + 1;
-        if n % r.receivers == 0 {
+        if n % r.receivers.max(1) == 0 {
             r.waker.wake();
         }
     }
@@ -153,6 +153,10 @@ pub async fn send(run: Arc<Run>, sender: Rc<Sender>, mut writer: Writer) {
         return;
     };
     let receivers = window.receivers(sender.id());
+    if receivers == 0 {
+        // Alone in its room: nothing could ever come back, so there is no loop to close.
+        return;
+    }
     let pad = if run.telemetry {
         telemetry_pad(run.payload)
     } else {
@@ -215,6 +219,9 @@ mod tests {
         let w = Window::plan(Some(8), Scenario::Broadcast, &[0, 1, 0, 1, 0], 2, 2)
             .expect("broadcast has a window");
         assert_eq!((w.receivers(0), w.receivers(1)), (2, 1));
+        let alone = Window::plan(Some(8), Scenario::Broadcast, &[0, 1, 1], 2, 2)
+            .expect("broadcast has a window");
+        assert_eq!(alone.receivers(0), 0, "a publisher alone in its room");
         assert!(Window::plan(None, Scenario::Broadcast, &[0], 1, 1).is_none());
         assert!(Window::plan(Some(0), Scenario::Ack, &[0], 1, 0).is_none());
         assert!(Window::plan(Some(4), Scenario::Idle, &[0], 1, 0).is_none());
