@@ -12,6 +12,7 @@ mod pacer;
 mod report;
 mod scenario;
 mod tls;
+mod window;
 
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
@@ -106,6 +107,11 @@ struct Args {
     /// Exit non-zero when errors exceed this.
     #[arg(long, default_value_t = 0)]
     max_errors: u64,
+    /// Closed loop: each sender keeps this many messages in flight and sends the next
+    /// when one of its own has reached every receiver (broadcast, fanout, binary: the
+    /// room's other members; echo, ack: itself). `--rate` is then ignored.
+    #[arg(long)]
+    window: Option<usize>,
 }
 
 fn main() -> std::process::ExitCode {
@@ -215,6 +221,9 @@ fn run(args: &Args, server: SocketAddr, tls: Option<tls::Connector>) -> Report {
         Scenario::Broadcast | Scenario::Binary => args.publishers.clamp(1, rooms),
         _ => 0,
     };
+    let room_of = assign_rooms(args.clients, rooms, args.seed);
+    let closed_loop = window::Window::plan(args.window, args.scenario, &room_of, rooms, publishers);
+    let window = closed_loop.as_ref().map(|w| w.size as usize);
     let run = Arc::new(Run {
         scenario: args.scenario,
         proto: args.proto,
@@ -229,7 +238,7 @@ fn run(args: &Args, server: SocketAddr, tls: Option<tls::Connector>) -> Report {
         payload: args.payload,
         concurrency: args.concurrency,
         source_offset: args.source_offset,
-        room_of: assign_rooms(args.clients, rooms, args.seed),
+        room_of,
         start: Instant::now(),
         go: AtomicBool::new(false),
         go_at: AtomicU64::new(0),
@@ -237,6 +246,7 @@ fn run(args: &Args, server: SocketAddr, tls: Option<tls::Connector>) -> Report {
         done: AtomicBool::new(false),
         counters: Counters::default(),
         close_codes: Mutex::default(),
+        closed_loop,
     });
     let rss_before = args.server_pid.as_deref().and_then(report::rss_bytes);
     let gen_cpu_before = report::cpu_seconds("self").unwrap_or(0.0);
@@ -356,7 +366,7 @@ fn run(args: &Args, server: SocketAddr, tls: Option<tls::Connector>) -> Report {
         clients: args.clients,
         rooms,
         publishers,
-        target_rate: args.rate,
+        target_rate: if window.is_some() { 0.0 } else { args.rate },
         payload: args.payload,
         seconds,
         connected,
@@ -410,6 +420,11 @@ fn run(args: &Args, server: SocketAddr, tls: Option<tls::Connector>) -> Report {
             Some((gen_window_cpu.1 - gen_window_cpu.0) / (seconds * args.cpus.len() as f64))
         },
         generator_threads: args.cpus.len(),
+        window,
+        latency_percentiles_us: report::percentile_curve(&latency),
+        finished_unix: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs()),
     };
     if let Some(out) = &args.out {
         let svg = out.with_extension("svg");
