@@ -500,3 +500,45 @@ fn presence_and_room_view_are_cluster_wide() {
     });
     assert_eq!(a.handle.rooms(), b.handle.rooms());
 }
+
+#[test]
+fn past_redis_max_pending_messages_stay_local_and_are_counted_exactly() {
+    let redis = Redis::start();
+    let a = TestServer::with(Config {
+        redis_max_pending: 1,
+        ..node(&redis, "t8", 0)
+    });
+    let b = TestServer::with(node(&redis, "t8", 0));
+    wait_for_nodes(&[&a, &b], 2);
+    let mut sender = a.ws();
+    let mut local = a.ws();
+    let mut remote = b.ws();
+    for c in [&mut sender, &mut local, &mut remote] {
+        c.join("p");
+    }
+    for i in 0..1000 {
+        sender.send(json!({"event": "m", "room": "p", "data": i}));
+    }
+    let got: Vec<Value> = read_events(&mut local, "m", 1000);
+    assert_eq!(got, (0..1000).map(|i| json!(i)).collect::<Vec<_>>());
+    remote
+        .ws
+        .get_ref()
+        .set_read_timeout(Some(Duration::from_millis(500)))
+        .expect("timeout");
+    let mut arrived = 0u64;
+    while let Ok(Message::Text(_)) = remote.ws.read() {
+        arrived += 1;
+    }
+    let cluster = a.handle.stats().cluster.unwrap_or_default();
+    let unpublished = cluster["unpublished"].as_u64().expect("unpublished");
+    assert!(
+        unpublished > 0,
+        "a burst of 1000 past a bound of 1: {cluster}"
+    );
+    assert_eq!(
+        arrived + unpublished,
+        1000,
+        "every message delivered or counted"
+    );
+}
