@@ -53,6 +53,9 @@ pub struct Report {
     pub connected: u64,
     pub connect_errors: u64,
     pub sent: u64,
+    /// Every message written, warm-up and drain included (`sent` counts only those
+    /// stamped inside the window): what a broker in front of the servers carried.
+    pub published: u64,
     pub expected_deliveries: u64,
     pub deliveries: u64,
     pub deliveries_per_sec: f64,
@@ -221,6 +224,24 @@ pub fn cpu_seconds(pid: &str) -> Option<f64> {
     let stime: f64 = fields.get(12)?.parse().ok()?;
     let ticks = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK).ok()??;
     Some((utime + stime) / ticks as f64)
+}
+
+/// CPU seconds summed over `pids` (the nodes of one cluster); `None` without PIDs or
+/// when one cannot be read.
+pub fn cpu_seconds_of(pids: &[String]) -> Option<f64> {
+    sum_over(pids, cpu_seconds)
+}
+
+/// RSS summed over `pids`; `None` without PIDs or when one cannot be read.
+pub fn rss_bytes_of(pids: &[String]) -> Option<u64> {
+    sum_over(pids, rss_bytes)
+}
+
+fn sum_over<T: std::iter::Sum<T>>(pids: &[String], of: impl Fn(&str) -> Option<T>) -> Option<T> {
+    if pids.is_empty() {
+        return None;
+    }
+    pids.iter().map(|pid| of(pid)).sum()
 }
 
 /// Resident set size of a process in bytes.
