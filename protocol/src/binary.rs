@@ -5,7 +5,7 @@ use std::borrow::Cow;
 
 use bytes::{BufMut, Bytes, BytesMut};
 
-use crate::envelope::{Envelope, write_json_string};
+use crate::envelope::{Envelope, Position, write_json_string};
 use crate::error::EnvelopeError;
 use crate::event::EventName;
 
@@ -47,6 +47,17 @@ impl<'a> BinaryMessage<'a> {
 
 /// Builds a binary message: header `{"event":..,"_binary":true[,"room":..]}` then `payload`.
 pub fn encode(event: &EventName<'_>, room: Option<&str>, payload: &[u8]) -> Bytes {
+    encode_at(event, room, None, payload)
+}
+
+/// [`encode`] with the message's place in its room's history in the header, when it has
+/// one.
+pub fn encode_at(
+    event: &EventName<'_>,
+    room: Option<&str>,
+    position: Option<Position<'_>>,
+    payload: &[u8],
+) -> Bytes {
     let mut header = BytesMut::with_capacity(40 + event.len());
     header.put_slice(b"{\"event\":");
     write_json_string(&mut header, event);
@@ -54,6 +65,9 @@ pub fn encode(event: &EventName<'_>, room: Option<&str>, payload: &[u8]) -> Byte
     if let Some(room) = room {
         header.put_slice(b",\"room\":");
         write_json_string(&mut header, room);
+    }
+    if let Some(position) = position {
+        position.write_fields(&mut header);
     }
     header.put_u8(b'}');
     let mut out = BytesMut::with_capacity(4 + header.len() + payload.len());

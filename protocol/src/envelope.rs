@@ -148,6 +148,32 @@ pub fn write_json_string(buf: &mut BytesMut, s: &str) {
     buf.put_u8(b'"');
 }
 
+/// Where a message of a room with history stands in it (SPEC §8): relayed events carry
+/// `"offset":N,"epoch":"e"`, which a client sends back to recover what it missed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Position<'a> {
+    pub offset: u64,
+    pub epoch: &'a str,
+}
+
+impl Position<'_> {
+    /// `,"offset":N,"epoch":"e"` appended to `buf`.
+    pub fn write_fields(&self, buf: &mut BytesMut) {
+        buf.put_slice(b",\"offset\":");
+        buf.put_slice(self.offset.to_string().as_bytes());
+        buf.put_slice(b",\"epoch\":");
+        write_json_string(buf, self.epoch);
+    }
+
+    /// The length of [`Position::write_fields`]'s output.
+    pub fn fields_len(&self) -> usize {
+        const OFFSET: usize = br#","offset":"#.len();
+        const EPOCH: usize = br#","epoch":"#.len();
+        let digits = self.offset.checked_ilog10().map_or(1, |d| d as usize + 1);
+        OFFSET + digits + EPOCH + json_string_len(self.epoch)
+    }
+}
+
 /// `{"event":event,"data":data}` with `,"room":room` when given. `data` is raw JSON.
 pub fn encode_event(event: &EventName<'_>, data: &str, room: Option<&str>) -> Bytes {
     let mut buf = BytesMut::with_capacity(event_len(event, data, room));
@@ -189,6 +215,17 @@ pub fn encode_event_into(
     data: &str,
     room: Option<&str>,
 ) {
+    encode_event_at(buf, event, data, room, None);
+}
+
+/// [`encode_event_into`] with the message's place in its room's history, when it has one.
+pub fn encode_event_at(
+    buf: &mut BytesMut,
+    event: &EventName<'_>,
+    data: &str,
+    room: Option<&str>,
+    position: Option<Position<'_>>,
+) {
     buf.put_slice(b"{\"event\":");
     write_json_string(buf, event);
     buf.put_slice(b",\"data\":");
@@ -196,6 +233,9 @@ pub fn encode_event_into(
     if let Some(room) = room {
         buf.put_slice(b",\"room\":");
         write_json_string(buf, room);
+    }
+    if let Some(position) = position {
+        position.write_fields(buf);
     }
     buf.put_u8(b'}');
 }

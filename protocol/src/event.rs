@@ -175,9 +175,17 @@ pub mod reserved {
     pub const CONNECT: EventName<'static> = EventName::from_static("connect");
     pub const DISCONNECT: EventName<'static> = EventName::from_static("disconnect");
     pub const CONNECTION: EventName<'static> = EventName::from_static("connection");
+    /// Recover a room's missed messages from a position (SPEC §8).
+    pub const RECOVER: EventName<'static> = EventName::from_static("recover");
+    /// The end of a recovery: `{"room","recovered","offset","epoch"}`.
+    pub const RECOVERED: EventName<'static> = EventName::from_static("recovered");
+    /// A client joined a presence room: `{"room","id","userId"}`.
+    pub const PRESENCE_JOIN: EventName<'static> = EventName::from_static("presence-join");
+    /// A client left a presence room (or disconnected, or its node died).
+    pub const PRESENCE_LEAVE: EventName<'static> = EventName::from_static("presence-leave");
 
     /// Events only the server sends: a client may not send them, nor a handler take them.
-    pub const SERVER_ONLY: [EventName<'static>; 10] = [
+    pub const SERVER_ONLY: [EventName<'static>; 13] = [
         WELCOME,
         AUTH_SUCCESS,
         AUTH_ERROR,
@@ -188,6 +196,9 @@ pub mod reserved {
         PONG,
         ALERT,
         ERROR,
+        RECOVERED,
+        PRESENCE_JOIN,
+        PRESENCE_LEAVE,
     ];
 }
 

@@ -22,6 +22,7 @@ use crate::config::{Config, ConfigError};
 use crate::connection::ClientInfo;
 use crate::ctx::Ctx;
 use crate::event_loop;
+use crate::fanout;
 use crate::mesh::{ClientId, Mesh, MeshMsg};
 use crate::outbound::Outbound;
 use crate::rate_limit::{Limit, RateLimits};
@@ -63,6 +64,8 @@ pub enum StartError {
     Timers(std::io::Error),
     #[error("TLS: {0}")]
     Tls(#[from] crate::tls::TlsError),
+    #[error("starting the cluster: {0}")]
+    Cluster(std::io::Error),
 }
 
 /// Why [`ServerHandle::reload_tls`] kept the old certificate.
@@ -238,14 +241,23 @@ impl ServerBuilder {
             .first()
             .and_then(|l| l.local_addr().ok())
             .map_or(0, |a| a.port());
+        let mesh = Mesh::new(workers);
+        let stats: Vec<Arc<WorkerStats>> = (0..workers)
+            .map(|_| Arc::new(WorkerStats::default()))
+            .collect();
+        let cluster = match self.config.redis_url {
+            Some(_) => Some(
+                crate::cluster::Cluster::start(&self.config, Arc::clone(&mesh), stats.clone())
+                    .map_err(StartError::Cluster)?,
+            ),
+            None => None,
+        };
         let shared = Arc::new(Shared {
             config: RwLock::new(Arc::new(self.config)),
             handlers: self.handlers,
-            mesh: Mesh::new(workers),
+            mesh,
             dirs: Arc::new(Directories::new(workers)),
-            stats: (0..workers)
-                .map(|_| Arc::new(WorkerStats::default()))
-                .collect(),
+            stats,
             admitted: AtomicUsize::new(0),
             port,
             tcp_port,
@@ -256,6 +268,8 @@ impl ServerBuilder {
             threads: Mutex::new(Vec::new()),
             timers: Timers::new(),
             tls,
+            cluster,
+            history: crate::history::Local::default(),
         });
         shared
             .timers
@@ -352,13 +366,10 @@ impl Server {
 pub struct ServerHandle(pub(crate) Arc<Shared>);
 
 impl ServerHandle {
-    /// Sends `event` with `data` to every client.
+    /// Sends `event` with `data` to every client (of every node).
     pub fn broadcast(&self, event: &str, data: &Value) -> Result<(), SendError> {
         let msg = Outbound::event(&EventName::new(event)?, &data.to_string(), None);
-        self.each_worker(|| MeshMsg::All {
-            msg: Arc::clone(&msg),
-            exclude: None,
-        });
+        fanout::all(&self.0, None, msg, None);
         Ok(())
     }
 
@@ -375,13 +386,10 @@ impl ServerHandle {
         self.to_client(id, Outbound::event(&event, &data.to_string(), None))
     }
 
-    /// Sends a binary event to every client.
+    /// Sends a binary event to every client (of every node).
     pub fn broadcast_binary(&self, event: &str, bytes: Bytes) -> Result<(), SendError> {
         let msg = Outbound::binary(&EventName::new(event)?, None, bytes);
-        self.each_worker(|| MeshMsg::All {
-            msg: Arc::clone(&msg),
-            exclude: None,
-        });
+        fanout::all(&self.0, None, msg, None);
         Ok(())
     }
 
@@ -399,41 +407,54 @@ impl ServerHandle {
     }
 
     fn to_room(&self, room: &str, msg: Arc<Outbound>) {
-        let room: Arc<str> = Arc::from(room);
-        self.each_worker(|| MeshMsg::Room {
-            room: Arc::clone(&room),
-            msg: Arc::clone(&msg),
-            exclude: None,
-        });
+        let config = self.0.config();
+        fanout::room(&self.0, None, &config, room, msg, None);
     }
 
     fn to_client(&self, id: &str, msg: Arc<Outbound>) -> Result<(), SendError> {
         let client = id
             .parse::<ClientId>()
             .map_err(|()| SendError::InvalidClientId(id.to_owned()))?;
-        self.0
-            .mesh
-            .send(client.worker as usize, MeshMsg::Client { id: client, msg });
+        fanout::client(&self.0, client, msg);
         Ok(())
     }
 
-    /// Ids of every client, or of the members of `room`.
+    /// Ids of every client, or of the members of `room`, on every node. In a cluster,
+    /// every client (`room` = `None`) is asked of Redis, blocking the caller for up to a
+    /// second (this node's clients only when Redis does not answer): call it from a
+    /// thread of your own, not from a handler. Room members come from the replica
+    /// every node keeps, with no round trip.
     pub fn clients(&self, room: Option<&str>) -> Vec<String> {
+        if let Some(room) = room {
+            return self.room_members(room);
+        }
+        if let Some(all) = self
+            .0
+            .cluster
+            .as_ref()
+            .and_then(|c| c.clients(Duration::from_secs(1)))
+        {
+            return all;
+        }
         self.0
             .dirs
-            .clients(room)
+            .clients(None)
             .iter()
             .map(ToString::to_string)
             .collect()
     }
 
     pub fn room_members(&self, room: &str) -> Vec<String> {
-        self.clients(Some(room))
+        self.0
+            .room_members(room)
+            .iter()
+            .map(ToString::to_string)
+            .collect()
     }
 
-    /// Every room with at least one member.
+    /// Every room with at least one member, on any node.
     pub fn rooms(&self) -> Vec<String> {
-        self.0.dirs.rooms().into_iter().map(|(r, _)| r).collect()
+        self.0.rooms().into_iter().map(|(r, _)| r).collect()
     }
 
     /// Loads `tls_cert` and `tls_key` again (the `stellar` binary does on SIGHUP): new
@@ -455,7 +476,15 @@ impl ServerHandle {
             .map(|(i, s)| s.snapshot(i))
             .collect();
         let uptime = self.0.started.elapsed().as_millis() as u64;
-        Stats::from_workers(workers, self.0.dirs.rooms().len() as u64, uptime)
+        let mut stats = Stats::from_workers(workers, self.0.dirs.rooms().len() as u64, uptime);
+        if let Some(cluster) = &self.0.cluster {
+            let mut summary = cluster.summary();
+            if let Some(map) = summary.as_object_mut() {
+                map.insert("totalRooms".into(), self.0.rooms().len().into());
+            }
+            stats.cluster = Some(summary);
+        }
+        stats
     }
 
     /// The WebSocket/HTTP port actually bound.
@@ -579,6 +608,9 @@ impl ServerHandle {
             let _ = t.join();
         }
         self.0.timers.join();
+        if let Some(cluster) = &self.0.cluster {
+            cluster.stop();
+        }
     }
 
     /// Whether a shutdown has begun (`/health` answers 503 from then on).

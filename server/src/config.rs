@@ -6,8 +6,7 @@
 //! list as optional command-line flags (each also read from `STELLAR_<NAME>`), with the
 //! doc as each flag's help. Layers are merged as TOML tables, so an option is named the
 //! same in the file, the environment and the flags, and `stellar --help` prints the
-//! defaults straight from `Config::default()`. Options whose feature is not built yet
-//! are in the list (so the file and the flags know them) and refused when set (SPEC §5).
+//! defaults straight from `Config::default()`.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -84,8 +83,6 @@ macro_rules! default_doc {
 ///     [, serde(..)]      attributes of the `Config` field (durations as strings)
 ///     [, arg(..)]        extra clap attributes of the flag (`short`, delimiters)
 ///     [, shown ".."]     the default as `--help` shows it, when the value reads badly
-///     [, refused ".."]   the feature is not built: any other value than the default
-///                        is refused at start, naming what is missing;
 /// ```
 ///
 /// and becomes a field of [`Config`] (with its default in `Default`) and an optional
@@ -97,8 +94,7 @@ macro_rules! options {
         $name:ident: $ty:ty = $default:expr, flag $flag:ty
         $(, serde($($serde:tt)+))?
         $(, arg($($arg:tt)+))?
-        $(, shown $shown:literal)?
-        $(, refused $why:literal)?;
+        $(, shown $shown:literal)?;
     )+) => {
         /// Every option of the server, with its default. Durations are written `30s`,
         /// `500ms`, `5m` or as plain seconds.
@@ -140,26 +136,6 @@ macro_rules! options {
         /// `--help` shows these defaults as written here rather than as their value.
         const SHOWN_DEFAULTS: &[(&str, &str)] = &[$($((stringify!($name), $shown),)?)+];
 
-        impl Config {
-            /// Options whose feature is not built yet, with what is missing: set to
-            /// anything but their default, they are refused rather than ignored.
-            pub const UNSUPPORTED: &[(&str, &str)] = &[$($((stringify!($name), $why),)?)+];
-
-            /// The first option of [`Config::UNSUPPORTED`] set to another value than
-            /// its default.
-            fn unsupported_in_use(&self) -> Option<ConfigError> {
-                let default = Self::default();
-                $($(
-                    if self.$name != default.$name {
-                        return Some(ConfigError::Unsupported {
-                            option: stringify!($name),
-                            missing: $why,
-                        });
-                    }
-                )?)+
-                None
-            }
-        }
     };
 }
 
@@ -231,16 +207,26 @@ options! {
     max_header_bytes: usize = 8 * 1024, flag usize;
     /// Most HTTP header lines (431 past it).
     max_headers: usize = 64, flag usize;
-    /// Redis URL for multi-node scale-out; unset = a single node.
-    redis_url: Option<String> = None, flag String,
-        refused "Redis scale-out is not built into this server";
+    /// Redis URL (`redis://host:port/db`) for multi-node scale-out: every node started
+    /// with the same URL and `redis_prefix` is one server; unset = a single node.
+    redis_url: Option<String> = None, flag String;
+    /// Namespace of this cluster's keys and channels in Redis (several clusters can
+    /// share one Redis).
+    redis_prefix: String = "stellar".to_owned(), flag String;
+    /// How often a node refreshes its liveness in Redis. A node not heard of for twice
+    /// this is dead: its clients are out of every room everywhere within 3x this.
+    redis_refresh: Duration = Duration::from_secs(1), flag String,
+        serde(with = "duration");
     /// Messages of history kept per room, for recovery on reconnect; 0 = off.
-    history_size: usize = 0, flag usize,
-        refused "room history is not built into this server";
-    /// How long history is kept.
+    history_size: usize = 0, flag usize;
+    /// How long a room's history lives after its last message (then the next message
+    /// starts a new epoch).
     history_ttl: Duration = Duration::from_secs(300), flag String,
-        serde(with = "duration"),
-        refused "room history is not built into this server";
+        serde(with = "duration");
+    /// Room patterns (`name` or `prefix:*`, comma-separated) that keep history when
+    /// `history_size` > 0; empty = every room.
+    history_rooms: Vec<String> = Vec::new(), flag Vec<String>,
+        arg(value_delimiter = ','), shown "every room";
     /// TLS certificate chain (PEM): with `tls_key`, both ports speak TLS only (wss and
     /// HTTPS on `port`, TLS on `tcp_port`); reloaded on SIGHUP.
     tls_cert: Option<PathBuf> = None, flag PathBuf;
@@ -254,8 +240,7 @@ options! {
     /// Room patterns (`name` or `prefix:*`, comma-separated) whose members get
     /// `presence-join` / `presence-leave` events.
     presence_rooms: Vec<String> = Vec::new(), flag Vec<String>,
-        arg(value_delimiter = ','), shown "none",
-        refused "presence events are not built into this server";
+        arg(value_delimiter = ','), shown "none";
     /// Conformance-test mode: every WebSocket connection echoes each message verbatim,
     /// with no `welcome` and no envelope (`scripts/autobahn server`).
     echo: bool = false, flag bool;
@@ -271,13 +256,6 @@ pub enum ConfigError {
     },
     #[error("invalid configuration: {0}")]
     Invalid(String),
-    /// An option whose feature is not built yet was set: refused rather than accepted
-    /// and ignored (SPEC §5). Remove the option, or leave it at its default.
-    #[error("`{option}` is not supported yet: {missing}; remove the option")]
-    Unsupported {
-        option: &'static str,
-        missing: &'static str,
-    },
 }
 
 impl Config {
@@ -310,11 +288,8 @@ impl Config {
         Ok(merged)
     }
 
-    /// Rejects values that cannot work, and options whose feature is not built.
+    /// Rejects values that cannot work.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        if let Some(unsupported) = self.unsupported_in_use() {
-            return Err(unsupported);
-        }
         let positive = [
             ("max_payload", self.max_payload),
             ("max_backpressure", self.max_backpressure),
@@ -338,8 +313,7 @@ impl Config {
 
 impl Args {
     /// The clap command with each option's help ending in its default, read from
-    /// `Config::default()` so the two can never disagree, and with a note on options
-    /// that are refused because their feature is not built.
+    /// `Config::default()` so the two can never disagree.
     pub fn command_with_defaults() -> clap::Command {
         let defaults = toml::Table::try_from(Config::default()).unwrap_or_default();
         let mut cmd = <Self as clap::CommandFactory>::command();
@@ -358,12 +332,7 @@ impl Args {
                     None => "none".into(),
                 },
             };
-            let refused = Config::UNSUPPORTED
-                .iter()
-                .find(|(name, _)| *name == id)
-                .map(|(_, missing)| format!(". Not supported yet ({missing}): refused if set"))
-                .unwrap_or_default();
-            let suffix = format!("{refused} [default: {shown}]");
+            let suffix = format!(" [default: {shown}]");
             cmd = cmd.mut_arg(id, |a| {
                 let help = a.get_help().map(ToString::to_string).unwrap_or_default();
                 let long = a.get_long_help().map(ToString::to_string);
@@ -512,44 +481,6 @@ mod tests {
             let env = arg.get_env().and_then(|e| e.to_str());
             assert_eq!(env, Some(expected.as_str()), "--{id}");
         }
-    }
-
-    #[test]
-    fn unsupported_options_are_refused_by_name() {
-        let cases = [
-            ("redis_url", "redis_url = \"redis://127.0.0.1\""),
-            ("history_size", "history_size = 100"),
-            ("history_ttl", "history_ttl = \"1m\""),
-            ("presence_rooms", "presence_rooms = [\"lobby\"]"),
-        ];
-        let listed: Vec<&str> = Config::UNSUPPORTED.iter().map(|(name, _)| *name).collect();
-        let mut expected: Vec<&str> = cases.iter().map(|(name, _)| *name).collect();
-        expected.sort_unstable();
-        let mut listed_sorted = listed.clone();
-        listed_sorted.sort_unstable();
-        assert_eq!(listed_sorted, expected);
-        for (option, line) in cases {
-            let partial: toml::Table = toml::from_str(line).unwrap();
-            match Config::default().merged(partial) {
-                Err(e @ ConfigError::Unsupported { option: named, .. }) => {
-                    assert_eq!(named, option);
-                    let message = e.to_string();
-                    assert!(message.starts_with(&format!("`{option}` is not supported yet: ")));
-                    assert!(message.ends_with("; remove the option"), "{message}");
-                }
-                other => panic!("{line}: expected a refusal, got {other:?}"),
-            }
-        }
-    }
-
-    #[test]
-    fn unsupported_options_left_at_their_default_are_accepted() {
-        let partial: toml::Table = toml::from_str(
-            "history_size = 0\nhistory_ttl = \"5m\"\n\
-             presence_rooms = []\n",
-        )
-        .unwrap();
-        assert!(Config::default().merged(partial).is_ok());
     }
 
     #[test]

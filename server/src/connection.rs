@@ -174,6 +174,11 @@ impl Conn {
         !self.auth_required || self.user.borrow().is_some()
     }
 
+    /// The authenticated user's id, if any.
+    pub fn user_id(&self) -> Option<String> {
+        self.user.borrow().as_ref().map(|u| u.id.clone())
+    }
+
     /// The client as hooks and handlers see it, with its current user id.
     pub fn client_info(&self) -> ClientInfo {
         ClientInfo {
@@ -181,7 +186,7 @@ impl Conn {
             protocol: self.proto.as_str(),
             remote_address: self.remote,
             connected_at: self.connected_at,
-            user_id: self.user.borrow().as_ref().map(|u| u.id.clone()),
+            user_id: self.user_id(),
         }
     }
 

@@ -119,6 +119,10 @@ async fn heartbeat_loop(worker: Rc<Worker>) {
         let interval = worker.config().heartbeat_interval;
         monoio::time::sleep(interval).await;
         heartbeat(&worker);
+        // One worker drops the history of rooms idle past `history_ttl`.
+        if worker.index == 0 {
+            worker.shared.history.expire(worker.config().history_ttl);
+        }
     }
 }
 

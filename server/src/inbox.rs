@@ -47,6 +47,11 @@ fn apply(worker: &Worker, msg: MeshMsg) {
                 b.arrive();
             }
         }
+        MeshMsg::Recovered { id, ask, recovery } => {
+            if let Some(conn) = worker.conn(id) {
+                crate::recovery::finish(worker, &conn, ask, recovery);
+            }
+        }
         MeshMsg::Config(config) => worker.set_config(config),
         MeshMsg::RateLimits(table) => worker.set_rate_limits(table),
         MeshMsg::Shutdown { .. } => {}

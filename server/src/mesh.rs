@@ -17,28 +17,34 @@ use crate::config::Config;
 use crate::outbound::Outbound;
 use crate::rooms::RoomName;
 
-/// A client id names its worker, so `to_id` goes straight to the right inbox.
+/// A client id names its node and its worker, so `to_id` goes straight to the right
+/// node (through Redis) and the right inbox. A single node's ids have node 0 and read
+/// "worker-seq"; a cluster node's read "node-worker-seq", the node as 8 hex digits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ClientId {
+    pub node: u32,
     pub worker: u16,
     pub seq: u64,
 }
 
 impl std::fmt::Display for ClientId {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.node != 0 {
+            write!(f, "{:08x}-", self.node)?;
+        }
         write!(f, "{}-{}", self.worker, self.seq)
     }
 }
 
 impl ClientId {
-    /// The id as text ("worker-seq"), spelled out on the stack: the message path needs
-    /// it (per-client rate limits are keyed by it) and must not allocate for it.
+    /// The id as text, spelled out on the stack: the message path needs it (per-client
+    /// rate limits are keyed by it) and must not allocate for it.
     pub fn text(&self) -> IdText {
         use std::io::Write;
         let mut buf = [0u8; IdText::MAX];
         let mut rest = &mut buf[..];
-        // Cannot fail: the longest id, u16::MAX and u64::MAX, fills the buffer exactly.
-        let _ = write!(rest, "{}-{}", self.worker, self.seq);
+        // Cannot fail: the longest id fills the buffer exactly.
+        let _ = write!(rest, "{self}");
         let len = IdText::MAX - rest.len();
         IdText {
             buf,
@@ -55,8 +61,8 @@ pub struct IdText {
 }
 
 impl IdText {
-    /// `u16::MAX`, a dash, `u64::MAX`: 5 + 1 + 20 bytes.
-    const MAX: usize = 26;
+    /// 8 hex digits and a dash, `u16::MAX`, a dash, `u64::MAX`: 9 + 5 + 1 + 20 bytes.
+    const MAX: usize = 35;
 }
 
 impl std::ops::Deref for IdText {
@@ -71,8 +77,20 @@ impl std::str::FromStr for ClientId {
     type Err = ();
 
     fn from_str(s: &str) -> Result<Self, ()> {
-        let (worker, seq) = s.split_once('-').ok_or(())?;
+        let (node, rest) = match s.split('-').count() {
+            2 => (0, s),
+            3 => {
+                let (node, rest) = s.split_once('-').ok_or(())?;
+                if node.len() != 8 {
+                    return Err(());
+                }
+                (u32::from_str_radix(node, 16).map_err(|_| ())?, rest)
+            }
+            _ => return Err(()),
+        };
+        let (worker, seq) = rest.split_once('-').ok_or(())?;
         Ok(Self {
+            node,
             worker: worker.parse().map_err(|_| ())?,
             seq: seq.parse().map_err(|_| ())?,
         })
@@ -102,6 +120,12 @@ pub enum MeshMsg {
         worker: usize,
         joined: bool,
         barrier: Option<Arc<Barrier>>,
+    },
+    /// The cluster thread read a recovery for client `id` (`recovery::finish`).
+    Recovered {
+        id: ClientId,
+        ask: crate::recovery::Ask,
+        recovery: crate::history::Recovery,
     },
     /// Configuration changed at run time.
     Config(Arc<Config>),
@@ -224,17 +248,31 @@ mod tests {
 
     #[test]
     fn client_ids_round_trip_through_text() {
-        let id = ClientId { worker: 3, seq: 41 };
+        let id = ClientId {
+            node: 0,
+            worker: 3,
+            seq: 41,
+        };
         assert_eq!(id.to_string(), "3-41");
         assert_eq!(&*id.text(), "3-41");
         let longest = ClientId {
+            node: u32::MAX,
             worker: u16::MAX,
             seq: u64::MAX,
         };
         assert_eq!(&*longest.text(), longest.to_string());
+        assert_eq!(longest.to_string().parse(), Ok(longest));
         assert_eq!("3-41".parse(), Ok(id));
+        let clustered = ClientId { node: 0xab, ..id };
+        assert_eq!(clustered.to_string(), "000000ab-3-41");
+        assert_eq!("000000ab-3-41".parse(), Ok(clustered));
         assert!("3".parse::<ClientId>().is_err());
         assert!("x-1".parse::<ClientId>().is_err());
+        assert!(
+            "ab-3-41".parse::<ClientId>().is_err(),
+            "a node is 8 hex digits"
+        );
+        assert!("1-2-3-4".parse::<ClientId>().is_err());
     }
 
     /// Counts the wake-ups the inbox gives the worker.

@@ -10,12 +10,14 @@
 use std::sync::{Arc, OnceLock};
 
 use bytes::Bytes;
+use stellar_protocol::envelope::Position;
 use stellar_protocol::tcp::FrameType;
 use stellar_protocol::ws::OpCode;
 use stellar_protocol::ws::frame::{encode_server, encode_server_with};
 use stellar_protocol::{EventName, binary, envelope, tcp};
 
 use crate::compression;
+use crate::history::Pos;
 
 /// Which wire a connection speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -59,10 +61,28 @@ enum Body {
     },
 }
 
+/// What a message is, for the cluster wire (`cluster::wire`), which carries it to other
+/// nodes as is and rebuilds it there with [`Outbound::from_parts`].
+#[derive(Debug, Clone, Copy)]
+pub enum Parts<'a> {
+    Event {
+        event: &'a EventName<'static>,
+        data: &'a str,
+        room: Option<&'a str>,
+    },
+    Binary {
+        event: &'a EventName<'static>,
+        room: Option<&'a str>,
+        payload: &'a Bytes,
+    },
+}
+
 /// A message shared by its recipients; see the module docs.
 #[derive(Debug)]
 pub struct Outbound {
     body: Body,
+    /// Its place in its room's history, when the room keeps one (SPEC §8).
+    position: Option<Pos>,
     ws: OnceLock<Bytes>,
     ws_deflate: OnceLock<Bytes>,
     tcp: OnceLock<Bytes>,
@@ -87,9 +107,67 @@ impl Outbound {
         })
     }
 
+    /// A message as another node sent it (see [`Parts`]), at its place in history.
+    pub fn from_parts(parts: Parts<'_>, position: Option<Pos>) -> Arc<Self> {
+        let body = match parts {
+            Parts::Event { event, data, room } => Body::Event {
+                event: event.clone(),
+                data: data.into(),
+                room: room.map(Into::into),
+            },
+            Parts::Binary {
+                event,
+                room,
+                payload,
+            } => Body::Binary {
+                event: event.clone(),
+                room: room.map(Into::into),
+                payload: payload.clone(),
+            },
+        };
+        Self::build(body, position)
+    }
+
+    pub fn parts(&self) -> Parts<'_> {
+        match &self.body {
+            Body::Event { event, data, room } => Parts::Event {
+                event,
+                data,
+                room: room.as_deref(),
+            },
+            Body::Binary {
+                event,
+                room,
+                payload,
+            } => Parts::Binary {
+                event,
+                room: room.as_deref(),
+                payload,
+            },
+        }
+    }
+
+    pub fn position(&self) -> Option<&Pos> {
+        self.position.as_ref()
+    }
+
+    /// This message at `position` in its room's history: the same body, not yet framed
+    /// (taken over without a copy when nobody else holds it).
+    pub fn at(msg: Arc<Self>, position: Pos) -> Arc<Self> {
+        match Arc::try_unwrap(msg) {
+            Ok(msg) => Self::build(msg.body, Some(position)),
+            Err(shared) => Self::from_parts(shared.parts(), Some(position)),
+        }
+    }
+
     fn new(body: Body) -> Arc<Self> {
+        Self::build(body, None)
+    }
+
+    fn build(body: Body, position: Option<Pos>) -> Arc<Self> {
         Arc::new(Self {
             body,
+            position,
             ws: OnceLock::new(),
             ws_deflate: OnceLock::new(),
             tcp: OnceLock::new(),
@@ -110,7 +188,9 @@ impl Outbound {
     fn encode_ws_deflate(&self) -> Bytes {
         match &self.body {
             Body::Event { event, data, room } => {
-                let json = envelope::encode_event(event, data, room.as_deref());
+                let mut json = bytes::BytesMut::with_capacity(self.event_len());
+                let room = room.as_deref();
+                envelope::encode_event_at(&mut json, event, data, room, self.wire_position());
                 compression::frame(compression::BROADCAST_WINDOW_BITS, OpCode::Text, &json)
             }
             Body::Binary {
@@ -118,7 +198,7 @@ impl Outbound {
                 room,
                 payload,
             } => {
-                let msg = binary::encode(event, room.as_deref(), payload);
+                let msg = binary::encode_at(event, room.as_deref(), self.wire_position(), payload);
                 compression::frame(compression::BROADCAST_WINDOW_BITS, OpCode::Binary, &msg)
             }
         }
@@ -128,9 +208,9 @@ impl Outbound {
         match &self.body {
             Body::Event { event, data, room } => {
                 let room = room.as_deref();
-                let len = envelope::event_len(event, data, room);
-                encode_server_with(OpCode::Text, len, |buf| {
-                    envelope::encode_event_into(buf, event, data, room);
+                let position = self.wire_position();
+                encode_server_with(OpCode::Text, self.event_len(), |buf| {
+                    envelope::encode_event_at(buf, event, data, room, position);
                 })
             }
             Body::Binary {
@@ -138,9 +218,27 @@ impl Outbound {
                 room,
                 payload,
             } => {
-                let msg = binary::encode(event, room.as_deref(), payload);
+                let msg = binary::encode_at(event, room.as_deref(), self.wire_position(), payload);
                 encode_server(OpCode::Binary, &msg)
             }
+        }
+    }
+
+    fn wire_position(&self) -> Option<Position<'_>> {
+        self.position.as_ref().map(|p| Position {
+            offset: p.offset,
+            epoch: &p.epoch,
+        })
+    }
+
+    /// The length of the JSON envelope of an event.
+    fn event_len(&self) -> usize {
+        match &self.body {
+            Body::Event { event, data, room } => {
+                envelope::event_len(event, data, room.as_deref())
+                    + self.wire_position().map_or(0, |p| p.fields_len())
+            }
+            Body::Binary { .. } => 0,
         }
     }
 

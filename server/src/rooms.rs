@@ -12,14 +12,17 @@
 //! - the [`Directory`], the one shared, locked view, read by queries (`clients`,
 //!   `room_members`, `rooms`) and never per message.
 
+use std::cell::RefCell;
 use std::collections::{HashMap, HashSet};
 use std::rc::Rc;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use indexmap::IndexMap;
 
+use crate::cluster::{Cluster, Command};
 use crate::connection::Conn;
 use crate::mesh::{Barrier, ClientId, Mesh, MeshMsg};
+use crate::outbound::Outbound;
 use crate::stats::WorkerStats;
 
 /// A room name, shared between the maps and mesh messages.
@@ -53,6 +56,21 @@ pub struct Membership {
     /// Each client's rooms, for clients in at least one.
     joined: HashMap<u64, Vec<RoomName>>,
     interest: Interest,
+    /// The cluster, told of every membership change (the fifth view: the cluster-wide
+    /// directory) and of this worker's first and last member of each room.
+    cluster: Option<Arc<Cluster>>,
+    /// Members of rooms with history, by client sequence number: where their live
+    /// messages started, and those held while a recovery is read (see [`Track`]).
+    tracks: RefCell<HashMap<u64, Vec<Track>>>,
+}
+
+/// One member's place in a room with history.
+struct Track {
+    room: RoomName,
+    /// The offset of the first live message delivered to the member (0: none yet).
+    first_live: u64,
+    /// Live messages held while a recovery is being read, released after it.
+    held: Option<Vec<Arc<Outbound>>>,
 }
 
 impl Membership {
@@ -61,6 +79,7 @@ impl Membership {
         mesh: Arc<Mesh>,
         dirs: Arc<Directories>,
         stats: Arc<WorkerStats>,
+        cluster: Option<Arc<Cluster>>,
     ) -> Self {
         Self {
             worker,
@@ -70,6 +89,8 @@ impl Membership {
             members: HashMap::new(),
             joined: HashMap::new(),
             interest: Interest::default(),
+            cluster,
+            tracks: RefCell::default(),
         }
     }
 
@@ -109,12 +130,21 @@ impl Membership {
                 .or_default()
                 .insert(conn.id);
         }
+        if let Some(cluster) = &self.cluster {
+            cluster.send(Command::Member {
+                room: Arc::clone(&room),
+                id: conn.id,
+                user: conn.user_id(),
+                joined: true,
+            });
+        }
         if !first {
             return Ok(None);
         }
         self.stats.local_rooms.add(1);
         self.interest.set(&room, self.worker, true);
-        let others = self.mesh.workers() - 1;
+        // The other workers, and the cluster (which subscribes the node to the room).
+        let others = self.mesh.workers() - 1 + usize::from(self.cluster.is_some());
         if others == 0 {
             return Ok(None);
         }
@@ -125,6 +155,14 @@ impl Membership {
             joined: true,
             barrier: Some(Arc::clone(&barrier)),
         });
+        if let Some(cluster) = &self.cluster {
+            cluster.send(Command::Interest {
+                room: Arc::clone(&room),
+                worker: self.worker,
+                joined: true,
+                barrier: Some(Arc::clone(&barrier)),
+            });
+        }
         Ok(Some(barrier))
     }
 
@@ -144,15 +182,31 @@ impl Membership {
         true
     }
 
-    /// Removes `conn` from every room it is in (it is going away).
-    pub fn drop_conn(&mut self, conn: &Conn) {
-        for room in self.joined.remove(&conn.id.seq).unwrap_or_default() {
-            self.remove_member(conn.id, &room);
+    /// Removes `conn` from every room it is in (it is going away); returns those rooms.
+    pub fn drop_conn(&mut self, conn: &Conn) -> Vec<RoomName> {
+        let rooms = self.joined.remove(&conn.id.seq).unwrap_or_default();
+        for room in &rooms {
+            self.remove_member(conn.id, room);
         }
+        rooms
     }
 
-    /// The other three views of a leave; `joined` is already updated.
+    /// The other views of a leave; `joined` is already updated.
     fn remove_member(&mut self, id: ClientId, room: &RoomName) {
+        if let Some(tracks) = self.tracks.get_mut().get_mut(&id.seq) {
+            tracks.retain(|t| t.room != *room);
+            if tracks.is_empty() {
+                self.tracks.get_mut().remove(&id.seq);
+            }
+        }
+        if let Some(cluster) = &self.cluster {
+            cluster.send(Command::Member {
+                room: Arc::clone(room),
+                id,
+                user: None,
+                joined: false,
+            });
+        }
         let last = match self.members.get_mut(room) {
             Some(members) => {
                 members.swap_remove(&id.seq);
@@ -180,6 +234,81 @@ impl Membership {
             joined: false,
             barrier: None,
         });
+        if let Some(cluster) = &self.cluster {
+            cluster.send(Command::Interest {
+                room: Arc::clone(room),
+                worker: self.worker,
+                joined: false,
+                barrier: None,
+            });
+        }
+    }
+
+    /// Whether a live message of a room with history goes to member `seq` now: false
+    /// when it is held for a recovery in progress. Notes where its live messages began.
+    pub fn take_live(&self, seq: u64, room: &str, msg: &Arc<Outbound>) -> bool {
+        let offset = msg.position().map_or(0, |p| p.offset);
+        let mut tracks = self.tracks.borrow_mut();
+        let tracks = tracks.entry(seq).or_default();
+        let track = match tracks.iter_mut().position(|t| &*t.room == room) {
+            Some(at) => &mut tracks[at],
+            None => {
+                let Some(name) = self.members.get_key_value(room).map(|(n, _)| Arc::clone(n))
+                else {
+                    return true;
+                };
+                tracks.push(Track {
+                    room: name,
+                    first_live: 0,
+                    held: None,
+                });
+                tracks.last_mut().expect("pushed above")
+            }
+        };
+        if let Some(held) = &mut track.held {
+            held.push(Arc::clone(msg));
+            return false;
+        }
+        if track.first_live == 0 {
+            track.first_live = offset;
+        }
+        // Below where live delivery began: a recovery brought it already.
+        offset >= track.first_live
+    }
+
+    /// Holds member `seq`'s live messages of `room` until [`Membership::release`].
+    pub fn hold(&self, seq: u64, room: &str) {
+        let Some(name) = self.members.get_key_value(room).map(|(n, _)| Arc::clone(n)) else {
+            return;
+        };
+        let mut tracks = self.tracks.borrow_mut();
+        let tracks = tracks.entry(seq).or_default();
+        match tracks.iter_mut().find(|t| &*t.room == room) {
+            Some(track) => {
+                track.held.get_or_insert_with(Vec::new);
+            }
+            None => tracks.push(Track {
+                room: name,
+                first_live: 0,
+                held: Some(Vec::new()),
+            }),
+        }
+    }
+
+    /// Ends a hold: the offset of the first live message delivered before it (0: none)
+    /// and the messages held. From now on the member's live messages start after
+    /// `through`, what the recovery brought it up to.
+    pub fn release(&self, seq: u64, room: &str, through: u64) -> (u64, Vec<Arc<Outbound>>) {
+        let mut tracks = self.tracks.borrow_mut();
+        let Some(track) = tracks
+            .get_mut(&seq)
+            .and_then(|t| t.iter_mut().find(|t| &*t.room == room))
+        else {
+            return (0, Vec::new());
+        };
+        let first_live = track.first_live;
+        track.first_live = through + 1;
+        (first_live, track.held.take().unwrap_or_default())
     }
 
     fn tell_others(&self, msg: impl Fn() -> MeshMsg) {

@@ -22,19 +22,21 @@ use tracing::debug;
 use crate::admission;
 use crate::connection::Conn;
 use crate::ctx::Ctx;
+use crate::history::Since;
 use crate::inbound::{self, Inbound, Request};
 use crate::mesh::Barrier;
 use crate::outbound::{Outbound, Proto};
+use crate::recovery;
 use crate::rooms::JoinError;
 use crate::worker::Worker;
 
 /// What the reader does after a message.
 pub enum Flow {
     Continue,
-    /// Wait until every worker knows about a join, then send these replies and read
-    /// on: a `joined-room` means the room's messages will reach the client from any
-    /// worker.
-    Wait(Arc<Barrier>, Vec<Bytes>),
+    /// Wait until every worker (and the cluster) knows about a join, then send these
+    /// replies, start the recovery a `join-room` with `since` asked for, and read on: a
+    /// `joined-room` means the room's messages will reach the client from any worker.
+    Wait(Arc<Barrier>, Vec<Bytes>, Option<recovery::Ask>),
     /// The connection is closing: stop routing.
     Stop,
 }
@@ -42,7 +44,7 @@ pub enum Flow {
 impl Flow {
     /// Continue, or wait for a join a handler made.
     fn after(pending: Option<Arc<Barrier>>) -> Self {
-        pending.map_or(Self::Continue, |b| Self::Wait(b, Vec::new()))
+        pending.map_or(Self::Continue, |b| Self::Wait(b, Vec::new(), None))
     }
 }
 
@@ -250,8 +252,21 @@ fn verb(worker: &Rc<Worker>, conn: &Rc<Conn>, msg: &Request<'_>) -> Flow {
     };
     let ack = msg.ack.as_ref().map(|(name, c)| (name, &**c));
     match msg.event.as_str() {
-        "join-room" => join(worker, conn, &data_str(), &reserved::JOINED_ROOM, ack),
-        "subscribe" => join(worker, conn, &data_str(), &reserved::SUBSCRIBED, ack),
+        "join-room" => join(
+            worker,
+            conn,
+            msg.data.as_deref(),
+            &reserved::JOINED_ROOM,
+            ack,
+        ),
+        "subscribe" => join(
+            worker,
+            conn,
+            msg.data.as_deref(),
+            &reserved::SUBSCRIBED,
+            ack,
+        ),
+        "recover" => recover(worker, conn, msg.data.as_deref(), ack),
         "leave-room" => leave(worker, conn, &data_str(), &reserved::LEFT_ROOM, ack),
         "unsubscribe" => leave(worker, conn, &data_str(), &reserved::UNSUBSCRIBED, ack),
         "say" => say(worker, conn, msg.data.as_deref()),
@@ -364,10 +379,12 @@ fn authenticate(worker: &Rc<Worker>, conn: &Rc<Conn>, data: Option<&str>) -> Flo
     Flow::Continue
 }
 
+/// `join-room` `"room"`, or `{"room","since":{"offset","epoch"}}` to join and recover
+/// in one step.
 fn join(
     worker: &Rc<Worker>,
     conn: &Rc<Conn>,
-    room: &str,
+    data: Option<&str>,
     answer: &EventName<'_>,
     ack: Option<(&EventName<'_>, &str)>,
 ) -> Flow {
@@ -375,6 +392,28 @@ fn join(
     // learns why), else it is an `error` event.
     let refuse =
         |code, message: &str| reply(worker, conn, answer, ack, Err((code, message.into())));
+    let value: Value = data
+        .and_then(|d| serde_json::from_str(d).ok())
+        .unwrap_or(Value::Null);
+    let (room, since) = match &value {
+        Value::String(room) => (room.as_str(), None),
+        Value::Object(fields) => match fields.get("room").and_then(Value::as_str) {
+            Some(room) => match fields.get("since") {
+                None => (room, None),
+                Some(since) => match Since::from_json(since) {
+                    Some(since) => (room, Some(since)),
+                    None => {
+                        return refuse(
+                            ErrorCode::InvalidEnvelope,
+                            "`since` needs {\"offset\",\"epoch\"}",
+                        );
+                    }
+                },
+            },
+            None => ("", None),
+        },
+        _ => ("", None),
+    };
     if room.is_empty() {
         return refuse(
             ErrorCode::InvalidRoom,
@@ -394,11 +433,24 @@ fn join(
             if let Some((handler, correlation)) = ack {
                 replies.push(conn.ack_frame(handler, correlation, Ok(&name)));
             }
+            // The recovery is read once the join is known everywhere, and the client's
+            // live messages are held from now until it is answered.
+            let ask = since.map(|since| {
+                worker.hold(conn, room);
+                recovery::Ask {
+                    room: Arc::from(room),
+                    since,
+                    ack: None,
+                }
+            });
             match barrier {
-                Some(barrier) => Flow::Wait(barrier, replies),
+                Some(barrier) => Flow::Wait(barrier, replies, ask),
                 None => {
                     for reply in replies {
                         conn.send(reply, &worker.stats);
+                    }
+                    if let Some(ask) = ask {
+                        recovery::start(worker, conn, ask);
                     }
                     Flow::Continue
                 }
@@ -411,6 +463,41 @@ fn join(
             refuse(ErrorCode::MaxRooms, "the server holds max_rooms rooms")
         }
     }
+}
+
+/// `recover` `{"room","offset","epoch"}`: what a member missed of a room with history.
+fn recover(
+    worker: &Rc<Worker>,
+    conn: &Rc<Conn>,
+    data: Option<&str>,
+    ack: Option<(&EventName<'_>, &str)>,
+) -> Flow {
+    let value: Value = data
+        .and_then(|d| serde_json::from_str(d).ok())
+        .unwrap_or(Value::Null);
+    let (Some(room), Some(since)) = (
+        value.get("room").and_then(Value::as_str),
+        Since::from_json(&value),
+    ) else {
+        let message = "recover needs {\"room\",\"offset\",\"epoch\"}";
+        return reply(
+            worker,
+            conn,
+            &reserved::RECOVERED,
+            ack,
+            Err((ErrorCode::InvalidEnvelope, message.into())),
+        );
+    };
+    if !is_member(worker, conn, room) {
+        return Flow::Continue;
+    }
+    let ask = recovery::Ask {
+        room: Arc::from(room),
+        since,
+        ack: ack.map(|(name, correlation)| (name.clone().into_owned(), correlation.into())),
+    };
+    recovery::start(worker, conn, ask);
+    Flow::Continue
 }
 
 fn leave(

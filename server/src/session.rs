@@ -296,10 +296,13 @@ async fn read_loop(worker: &Rc<Worker>, conn: &Rc<Conn>, side: &mut ReadSide) {
             match side.decoder.route_next(worker, conn, &mut side.buf) {
                 None => break,
                 Some(Flow::Continue) => {}
-                Some(Flow::Wait(barrier, replies)) => {
+                Some(Flow::Wait(barrier, replies, recovery)) => {
                     barrier.wait().await;
                     for reply in replies {
                         conn.send(reply, &worker.stats);
+                    }
+                    if let Some(ask) = recovery {
+                        crate::recovery::start(&worker, &conn, ask);
                     }
                 }
                 Some(Flow::Stop) => open = false,

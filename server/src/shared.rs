@@ -91,6 +91,10 @@ pub struct Shared {
     pub(crate) per_ip: Mutex<HashMap<std::net::IpAddr, usize>>,
     /// The TLS setup when `tls_cert` and `tls_key` are set.
     pub(crate) tls: Option<crate::tls::Tls>,
+    /// The other nodes, when `redis_url` is set.
+    pub(crate) cluster: Option<Arc<crate::cluster::Cluster>>,
+    /// Room history of a single node (a cluster keeps it in Redis).
+    pub(crate) history: crate::history::Local,
 }
 
 impl Shared {
@@ -153,6 +157,35 @@ impl Shared {
                 per_ip.remove(&ip);
             }
         }
+    }
+
+    /// This node's id in the cluster; 0 for a single node.
+    pub(crate) fn node(&self) -> u32 {
+        self.cluster.as_ref().map_or(0, |c| c.node)
+    }
+
+    /// The members of `room` on every worker and every node.
+    pub(crate) fn room_members(&self, room: &str) -> Vec<crate::mesh::ClientId> {
+        let mut members = self.dirs.clients(Some(room));
+        if let Some(cluster) = &self.cluster {
+            members.extend(cluster.remote_members(room));
+            members.sort_unstable();
+        }
+        members
+    }
+
+    /// Every room with members anywhere, with its member count, by name.
+    pub(crate) fn rooms(&self) -> Vec<(String, usize)> {
+        let mut rooms = self.dirs.rooms();
+        if let Some(cluster) = &self.cluster {
+            let mut all: HashMap<String, usize> = rooms.into_iter().collect();
+            for (room, n) in cluster.remote_rooms() {
+                *all.entry(room).or_default() += n;
+            }
+            rooms = all.into_iter().collect();
+            rooms.sort_unstable();
+        }
+        rooms
     }
 
     pub(crate) fn is_shutting_down(&self) -> bool {

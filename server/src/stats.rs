@@ -133,6 +133,11 @@ pub struct Stats {
     pub tls_on_plain_port: u64,
     pub rss_bytes: u64,
     pub workers: Vec<WorkerSnapshot>,
+    /// The whole cluster, when `redis_url` is set: nodes alive, their connections, the
+    /// cluster's rooms, and this node's link to Redis (`published`, `received`,
+    /// `unpublished`: messages that could not reach Redis, `redisOutages`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<serde_json::Value>,
 }
 
 impl Stats {
@@ -277,6 +282,68 @@ impl Stats {
                 "stellar_worker_connections_active{{worker=\"{}\"}} {}\n",
                 w.worker, w.active_connections
             ));
+        }
+        if let Some(cluster) = &self.cluster {
+            let metrics = [
+                (
+                    "stellar_cluster_nodes",
+                    "gauge",
+                    "Nodes alive in the cluster",
+                    "nodes",
+                ),
+                (
+                    "stellar_cluster_connections",
+                    "gauge",
+                    "Open connections in the cluster",
+                    "connections",
+                ),
+                (
+                    "stellar_cluster_rooms",
+                    "gauge",
+                    "Rooms with members in the cluster",
+                    "totalRooms",
+                ),
+                (
+                    "stellar_cluster_redis_connected",
+                    "gauge",
+                    "1 while the link to Redis is up",
+                    "redisConnected",
+                ),
+                (
+                    "stellar_cluster_published_total",
+                    "counter",
+                    "Messages published to Redis",
+                    "published",
+                ),
+                (
+                    "stellar_cluster_received_total",
+                    "counter",
+                    "Messages received from Redis",
+                    "received",
+                ),
+                (
+                    "stellar_cluster_unpublished_total",
+                    "counter",
+                    "Messages that could not be published (Redis down)",
+                    "unpublished",
+                ),
+                (
+                    "stellar_cluster_redis_outages_total",
+                    "counter",
+                    "Times the link to Redis was lost",
+                    "redisOutages",
+                ),
+            ];
+            for (name, kind, help, key) in metrics {
+                let value = match cluster.get(key) {
+                    Some(serde_json::Value::Bool(b)) => u64::from(*b),
+                    Some(v) => v.as_u64().unwrap_or(0),
+                    None => 0,
+                };
+                out.push_str(&format!(
+                    "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}\n"
+                ));
+            }
         }
         out.push_str(&format!("# HELP stellar_uptime_seconds Seconds since start\n# TYPE stellar_uptime_seconds gauge\nstellar_uptime_seconds {}\n", self.uptime / 1000));
         out

@@ -12,8 +12,13 @@ use std::collections::HashMap;
 use std::rc::Rc;
 use std::sync::Arc;
 
+use stellar_protocol::EventName;
+use stellar_protocol::event::reserved;
+
+use crate::cluster::Command;
 use crate::config::Config;
 use crate::connection::Conn;
+use crate::fanout;
 use crate::mesh::{Barrier, ClientId, MeshMsg};
 use crate::outbound::Outbound;
 use crate::rate_limit::Limiter;
@@ -46,6 +51,7 @@ impl Worker {
             Arc::clone(&shared.mesh),
             Arc::clone(&shared.dirs),
             Arc::clone(&stats),
+            shared.cluster.clone(),
         );
         let config = shared.config();
         crate::connection::set_close_grace(config.close_timeout);
@@ -83,10 +89,10 @@ impl Worker {
         crate::api::ServerHandle(Arc::clone(&self.shared))
     }
 
-    /// The members of `room` on every worker (from the shared directory: a query, never
-    /// per message).
+    /// The members of `room` on every worker and node (from the shared directory and
+    /// the cluster's replica: a query, never per message).
     pub fn room_members(&self, room: &str) -> Vec<ClientId> {
-        self.shared.dirs.clients(Some(room))
+        self.shared.room_members(room)
     }
 
     /// Whether `conn` may send one more `event` under the rate limits. Reads the
@@ -131,6 +137,7 @@ impl Worker {
         let seq = self.next_seq.get();
         self.next_seq.set(seq + 1);
         ClientId {
+            node: self.shared.node(),
             worker: self.index as u16,
             seq,
         }
@@ -138,13 +145,31 @@ impl Worker {
 
     pub fn add_conn(&self, conn: &Rc<Conn>) {
         self.conns.borrow_mut().insert(conn.id.seq, Rc::clone(conn));
+        if let Some(cluster) = &self.shared.cluster {
+            cluster.send(Command::Client {
+                id: conn.id,
+                user: conn.user_id(),
+                connected: true,
+            });
+        }
     }
 
-    /// Forgets `conn`: its rooms, its metadata, its place in the table.
+    /// Forgets `conn`: its rooms (members of presence rooms are told), its metadata,
+    /// its place in the table.
     pub fn remove_conn(&self, conn: &Conn) {
-        self.rooms.borrow_mut().drop_conn(conn);
+        let rooms = self.rooms.borrow_mut().drop_conn(conn);
+        for room in rooms {
+            self.announce(&reserved::PRESENCE_LEAVE, conn, &room);
+        }
         self.conns.borrow_mut().remove(&conn.id.seq);
         self.meta.borrow_mut().remove(&conn.id.seq);
+        if let Some(cluster) = &self.shared.cluster {
+            cluster.send(Command::Client {
+                id: conn.id,
+                user: None,
+                connected: false,
+            });
+        }
     }
 
     /// A snapshot of every connection (for shutdown and heartbeat sweeps).
@@ -173,18 +198,56 @@ impl Worker {
     // ----- rooms -------------------------------------------------------------------
 
     /// Joins `conn` to `room` under the configured limits; see [`Membership::join`].
+    /// The other members of a presence room are told.
     pub fn join(&self, conn: &Rc<Conn>, room: &str) -> Result<Option<Arc<Barrier>>, JoinError> {
-        let config = self.config.borrow();
-        let limits = RoomLimits {
-            per_client: config.max_rooms_per_client,
-            server: config.max_rooms,
+        let limits = {
+            let config = self.config.borrow();
+            RoomLimits {
+                per_client: config.max_rooms_per_client,
+                server: config.max_rooms,
+            }
         };
-        self.rooms.borrow_mut().join(conn, room, limits)
+        let already = self.is_member(conn, room);
+        let joined = self.rooms.borrow_mut().join(conn, room, limits)?;
+        if !already {
+            self.announce(&reserved::PRESENCE_JOIN, conn, room);
+        }
+        Ok(joined)
     }
 
-    /// Removes `conn` from `room`; false if it was not a member.
+    /// Removes `conn` from `room`; false if it was not a member. The other members of a
+    /// presence room are told.
     pub fn leave(&self, conn: &Conn, room: &str) -> bool {
-        self.rooms.borrow_mut().leave(conn, room)
+        let left = self.rooms.borrow_mut().leave(conn, room);
+        if left {
+            self.announce(&reserved::PRESENCE_LEAVE, conn, room);
+        }
+        left
+    }
+
+    /// `presence-join` / `presence-leave` `{room, id, userId}` to the other members of
+    /// `room`, when it is a presence room (SPEC §8).
+    fn announce(&self, event: &EventName<'static>, conn: &Conn, room: &str) {
+        if !crate::history::matches_any(&self.config.borrow().presence_rooms, room) {
+            return;
+        }
+        let data = crate::cluster::presence_data(room, &conn.id, conn.user_id().as_deref());
+        self.publish_room(room, Outbound::event(event, &data, None), Some(conn.id));
+    }
+
+    /// Holds `conn`'s live messages of `room` while a recovery is read.
+    pub fn hold(&self, conn: &Conn, room: &str) {
+        self.rooms.borrow().hold(conn.id.seq, room);
+    }
+
+    /// Ends a hold; see [`Membership::release`].
+    pub fn release(&self, conn: &Conn, room: &str, through: u64) -> (u64, Vec<Arc<Outbound>>) {
+        self.rooms.borrow().release(conn.id.seq, room, through)
+    }
+
+    /// A connection of this worker, if it is still here.
+    pub fn conn(&self, id: ClientId) -> Option<Rc<Conn>> {
+        self.conns.borrow().get(&id.seq).cloned()
     }
 
     pub fn is_member(&self, conn: &Conn, room: &str) -> bool {
@@ -202,11 +265,16 @@ impl Worker {
 
     // ----- fan-out -----------------------------------------------------------------
 
-    /// Delivers to this worker's members of `room`.
-    pub fn deliver_room(&self, room: &str, msg: &Outbound, exclude: Option<ClientId>) {
+    /// Delivers to this worker's members of `room`. A message of a room with history
+    /// goes only to members not holding it for a recovery (and not to one a recovery
+    /// brought it to already).
+    pub fn deliver_room(&self, room: &str, msg: &Arc<Outbound>, exclude: Option<ClientId>) {
         let rooms = self.rooms.borrow();
+        let positioned = msg.position().is_some();
         for member in rooms.members(room) {
-            if Some(member.id) != exclude {
+            if Some(member.id) != exclude
+                && (!positioned || rooms.take_live(member.id.seq, room, msg))
+            {
                 member.send_outbound(msg, &self.stats);
             }
         }
@@ -228,11 +296,17 @@ impl Worker {
         }
     }
 
-    /// Sends to every member of `room` on every worker: local members by refcount, and
-    /// one mesh message to each other worker that has members. The one room fan-out:
-    /// relays, `say`, and `Ctx::to` all come here.
+    /// Sends to every member of `room`, on every worker and node (`fanout::room`). The
+    /// one room fan-out of a worker: relays, `say`, presence and `Ctx::to` come here.
     pub fn publish_room(&self, room: &str, msg: Arc<Outbound>, exclude: Option<ClientId>) {
-        self.deliver_room(room, &msg, exclude);
+        let config = self.config();
+        fanout::room(&self.shared, Some(self), &config, room, msg, exclude);
+    }
+
+    /// This worker's members by refcount, and one mesh message to each other worker
+    /// that has members.
+    pub fn fan_room(&self, room: &str, msg: &Arc<Outbound>, exclude: Option<ClientId>) {
+        self.deliver_room(room, msg, exclude);
         let mut others = self.rooms.borrow().other_workers(room);
         if others == 0 {
             return;
@@ -245,27 +319,15 @@ impl Worker {
                 w,
                 MeshMsg::Room {
                     room: Arc::clone(&name),
-                    msg: Arc::clone(&msg),
+                    msg: Arc::clone(msg),
                     exclude,
                 },
             );
         }
     }
 
-    /// Sends to every client on every worker (`Ctx::broadcast`).
+    /// Sends to every client on every worker and node (`Ctx::broadcast`).
     pub fn publish_all(&self, msg: Arc<Outbound>, exclude: Option<ClientId>) {
-        for w in 0..self.shared.mesh.workers() {
-            if w == self.index {
-                self.deliver_all(&msg, exclude);
-            } else {
-                self.shared.mesh.send(
-                    w,
-                    MeshMsg::All {
-                        msg: Arc::clone(&msg),
-                        exclude,
-                    },
-                );
-            }
-        }
+        fanout::all(&self.shared, Some(self), msg, exclude);
     }
 }

@@ -1,6 +1,6 @@
 //! The configuration as users meet it: `stellar --help` describes every option of
-//! `Config` with its default, and options whose feature is not built are refused by
-//! name, from flags, the environment, a TOML file and the library alike.
+//! `Config` with its default, and a value that cannot work is refused by name, from
+//! flags, the environment, a TOML file and the library alike.
 
 mod common;
 
@@ -9,7 +9,6 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::config;
-use stellar_server::config::ConfigError;
 use stellar_server::{Config, Driver, Server, StartError};
 
 /// Runs `stellar` with `args` and `env` until it exits (killed and failed after
@@ -44,88 +43,38 @@ fn run_to_exit(args: &[&str], env: &[(&str, &str)]) -> (bool, String) {
     (status.success(), reader.join().expect("stderr reader"))
 }
 
-/// Each refused option: its name, a flag setting it, the same in TOML.
-const REFUSED: [(&str, &[&str], &str); 4] = [
-    (
-        "redis_url",
-        &["--redis-url", "redis://127.0.0.1:6379"],
-        "redis_url = \"redis://127.0.0.1:6379\"",
-    ),
-    (
-        "history_size",
-        &["--history-size", "100"],
-        "history_size = 100",
-    ),
-    (
-        "history_ttl",
-        &["--history-ttl", "1m"],
-        "history_ttl = \"1m\"",
-    ),
-    (
-        "presence_rooms",
-        &["--presence-rooms", "lobby,game:*"],
-        "presence_rooms = [\"lobby\", \"game:*\"]",
-    ),
-];
+/// A Redis URL that cannot be one, from a flag, the environment and a TOML file.
+const BAD_REDIS_URL: &str = "not a redis url";
 
 #[test]
-fn unsupported_options_stop_the_binary_naming_the_option() {
-    let dir = std::env::temp_dir().join(format!("stellar-refused-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("temp dir");
-    for (option, flag, toml_line) in REFUSED {
-        let (ok, stderr) = run_to_exit(flag, &[]);
-        assert!(!ok, "{flag:?} was accepted");
-        assert!(
-            stderr.contains(&format!("`{option}` is not supported yet")),
-            "{flag:?}: stderr does not name the option: {stderr}"
-        );
-        let file = dir.join(format!("{option}.toml"));
-        std::fs::write(&file, format!("{toml_line}\n")).expect("write config");
-        let path = file.to_str().expect("UTF-8 path");
-        let (ok, stderr) = run_to_exit(&["--config", path], &[]);
-        assert!(!ok, "{toml_line} was accepted");
-        assert!(
-            stderr.contains(&format!("`{option}` is not supported yet")),
-            "{toml_line}: stderr does not name the option: {stderr}"
-        );
-    }
-    let (ok, stderr) = run_to_exit(&[], &[("STELLAR_REDIS_URL", "redis://127.0.0.1")]);
-    assert!(!ok && stderr.contains("`redis_url`"), "env: {stderr}");
-    let _ = std::fs::remove_dir_all(&dir);
+fn a_malformed_redis_url_stops_the_binary_naming_the_option() {
+    let (ok, stderr) = run_to_exit(&["--redis-url", BAD_REDIS_URL], &[]);
+    assert!(!ok && stderr.contains("redis_url"), "flag: {stderr}");
+    let (ok, stderr) = run_to_exit(&[], &[("STELLAR_REDIS_URL", BAD_REDIS_URL)]);
+    assert!(!ok && stderr.contains("redis_url"), "env: {stderr}");
+    let file = std::env::temp_dir().join(format!("stellar-bad-redis-{}.toml", std::process::id()));
+    std::fs::write(&file, format!("redis_url = \"{BAD_REDIS_URL}\"\n")).expect("write config");
+    let path = file.to_str().expect("UTF-8 path");
+    let (ok, stderr) = run_to_exit(&["--config", path], &[]);
+    assert!(!ok && stderr.contains("redis_url"), "file: {stderr}");
+    let _ = std::fs::remove_file(&file);
 }
 
 #[test]
-fn library_start_refuses_unsupported_options() {
-    let base = config(1, Driver::Auto);
-    let configs = [
-        Config {
-            redis_url: Some("redis://127.0.0.1:6379".into()),
-            ..base.clone()
-        },
-        Config {
-            history_size: 100,
-            ..base.clone()
-        },
-        Config {
-            history_ttl: Duration::from_secs(60),
-            ..base.clone()
-        },
-        Config {
-            presence_rooms: vec!["lobby".into()],
-            ..base.clone()
-        },
-    ];
-    for (config, (option, _, _)) in configs.into_iter().zip(REFUSED) {
-        match Server::builder().config(config).start() {
-            Err(StartError::Config(ConfigError::Unsupported { option: named, .. })) => {
-                assert_eq!(named, option);
-            }
-            Err(e) => panic!("{option}: refused for another reason: {e}"),
-            Ok(server) => {
-                server.handle().stop();
-                server.wait();
-                panic!("{option}: the server started");
-            }
+fn library_start_refuses_a_malformed_redis_url() {
+    let config = Config {
+        redis_url: Some(BAD_REDIS_URL.into()),
+        ..config(1, Driver::Auto)
+    };
+    match Server::builder().config(config).start() {
+        Err(e @ StartError::Cluster(_)) => {
+            assert!(e.to_string().contains("redis_url"), "{e}");
+        }
+        Err(e) => panic!("refused for another reason: {e}"),
+        Ok(server) => {
+            server.handle().stop();
+            server.wait();
+            panic!("the server started");
         }
     }
 }

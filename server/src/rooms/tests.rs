@@ -50,7 +50,7 @@ impl Cluster {
         let workers = (0..WORKERS)
             .map(|w| {
                 let stats = Arc::new(WorkerStats::default());
-                Membership::new(w, Arc::clone(&mesh), Arc::clone(&dirs), stats)
+                Membership::new(w, Arc::clone(&mesh), Arc::clone(&dirs), stats, None)
             })
             .collect();
         let conns = (0..WORKERS)
@@ -74,7 +74,9 @@ impl Cluster {
                 let was = self.workers[w].is_member(&self.conns[w][c], ROOMS[r]);
                 assert_eq!(self.workers[w].leave(&self.conns[w][c], ROOMS[r]), was);
             }
-            Op::Drop(w, c) => self.workers[w].drop_conn(&self.conns[w][c]),
+            Op::Drop(w, c) => {
+                self.workers[w].drop_conn(&self.conns[w][c]);
+            }
             Op::Deliver => self.deliver(),
         }
     }
@@ -162,6 +164,7 @@ impl Cluster {
 fn conn(worker: usize, seq: u64) -> Rc<Conn> {
     Rc::new(Conn::new(
         ClientId {
+            node: 0,
             worker: worker as u16,
             seq,
         },

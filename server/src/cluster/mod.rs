@@ -1,0 +1,300 @@
+//! Several nodes as one server through Redis (SPEC §8), when `redis_url` is set.
+//!
+//! The workers never touch Redis: they hand finished messages and membership changes to
+//! the cluster thread ([`Cluster::send`], a lock-free queue), which runs the Redis client
+//! (`redis`, async on a tokio runtime of its own, `engine`) and hands what arrives back to
+//! the workers through their inboxes, like any cross-core message.
+//!
+//! - **Channels**: `<prefix>:room:<room>` (subscribed while this node has members of the
+//!   room, so a node receives a room message once, whatever its number of members),
+//!   `<prefix>:all` (`broadcast`), `<prefix>:node:<node>` (`to_id`, `alert`), and
+//!   `<prefix>:dir` (membership changes, for the cluster-wide directory). A message
+//!   crosses Redis once per publish, as the bytes of `wire`.
+//! - **Directory**: each node writes its clients and memberships to Redis hashes and
+//!   announces each change on `<prefix>:dir`; every node keeps a replica of the others'
+//!   memberships ([`Remote`]), so `room_members`, `rooms` and `room-view` answer for the
+//!   whole cluster without a round trip.
+//! - **Liveness**: each node refreshes its entry in `<prefix>:nodes` every
+//!   `redis_refresh`, valid for twice that; every node sweeps entries past their time
+//!   (`lua::SWEEP`, atomic, so one node wins), and the winner announces the dead node's
+//!   departure and its clients' `presence-leave`. A dead node is out of every room within
+//!   3x `redis_refresh`.
+//! - **History** (rooms that keep it): the message goes to Redis first; a script gives it
+//!   the room's next offset, stores it in a stream and publishes it, and every node, the
+//!   sender's included, delivers it from its subscription, so all members see one order.
+//! - **Redis down**: local delivery goes on (history rooms' messages too, without a
+//!   position), what could not be published is counted, the thread reconnects with
+//!   backoff, resubscribes, writes its directory again, catches its history rooms up
+//!   from Redis, and starts a new epoch for any history room whose messages missed Redis,
+//!   so a recovery across the outage answers `recovered:false`, never a silent gap.
+
+mod engine;
+mod lua;
+pub mod wire;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use tokio::sync::mpsc;
+
+use crate::config::Config;
+use crate::mesh::{Barrier, ClientId, Mesh};
+use crate::outbound::Outbound;
+use crate::recovery::Ask;
+use crate::rooms::RoomName;
+use crate::stats::WorkerStats;
+
+/// Where a message goes in the cluster.
+#[derive(Debug, Clone)]
+pub enum Scope {
+    Room(RoomName),
+    All,
+    Client(ClientId),
+}
+
+/// Work for the cluster thread.
+pub enum Command {
+    /// A message already delivered on this node, for the other nodes.
+    Publish {
+        scope: Scope,
+        msg: Arc<Outbound>,
+        exclude: Option<ClientId>,
+    },
+    /// A message of a room with history: positioned by Redis, then delivered by every
+    /// node from its subscription (this one's included).
+    PublishHistory {
+        room: RoomName,
+        msg: Arc<Outbound>,
+        exclude: Option<ClientId>,
+        /// `history_size` and `history_ttl` at the time of the publish.
+        size: usize,
+        ttl: Duration,
+    },
+    /// A worker gained its first (`joined`) or lost its last member of `room`: the node
+    /// subscribes on its first, unsubscribes after its last, and arrives at `barrier`
+    /// once the subscription is in place.
+    Interest {
+        room: RoomName,
+        worker: usize,
+        joined: bool,
+        barrier: Option<Arc<Barrier>>,
+    },
+    /// A client joined or left a room (for the directory and presence).
+    Member {
+        room: RoomName,
+        id: ClientId,
+        user: Option<String>,
+        joined: bool,
+    },
+    /// A client connected or went away.
+    Client {
+        id: ClientId,
+        user: Option<String>,
+        connected: bool,
+    },
+    /// Recover `room` for client `id` from `since`; answered through the client's inbox.
+    Recover {
+        id: ClientId,
+        ask: Ask,
+        ttl: Duration,
+    },
+    /// Every client id in the cluster.
+    Clients(std::sync::mpsc::Sender<Vec<String>>),
+    Shutdown,
+}
+
+/// Counters of the cluster link, for `/stats` and `/metrics`.
+#[derive(Default)]
+pub struct Counters {
+    pub connected: AtomicBool,
+    /// Messages this node published to Redis.
+    pub published: AtomicU64,
+    /// Messages this node received from Redis and delivered.
+    pub received: AtomicU64,
+    /// Messages that could not be published (Redis down): their other nodes' members
+    /// missed them.
+    pub unpublished: AtomicU64,
+    /// Times the link to Redis was lost.
+    pub outages: AtomicU64,
+    /// Dead nodes this node removed.
+    pub nodes_swept: AtomicU64,
+}
+
+/// The other nodes' room memberships, replicated from `<prefix>:dir`.
+#[derive(Default)]
+pub struct Remote {
+    rooms: HashMap<String, BTreeMap<ClientId, String>>,
+}
+
+impl Remote {
+    pub fn insert(&mut self, room: &str, id: ClientId, user: String) {
+        self.rooms
+            .entry(room.to_owned())
+            .or_default()
+            .insert(id, user);
+    }
+
+    pub fn remove(&mut self, room: &str, id: ClientId) {
+        if let Some(members) = self.rooms.get_mut(room) {
+            members.remove(&id);
+            if members.is_empty() {
+                self.rooms.remove(room);
+            }
+        }
+    }
+
+    /// Forgets every member of `node`.
+    pub fn remove_node(&mut self, node: u32) {
+        self.rooms.retain(|_, members| {
+            members.retain(|id, _| id.node != node);
+            !members.is_empty()
+        });
+    }
+
+    pub fn clear(&mut self) {
+        self.rooms.clear();
+    }
+}
+
+/// This node's side of the cluster: see the module docs.
+pub struct Cluster {
+    /// This node's id, the first part of its clients' ids (never 0).
+    pub node: u32,
+    commands: mpsc::UnboundedSender<Command>,
+    pub counters: Counters,
+    remote: Mutex<Remote>,
+    /// The cluster section of `/stats`, refreshed by the cluster thread.
+    summary: Mutex<Value>,
+    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+impl Cluster {
+    /// Starts the cluster thread for `config.redis_url`. It connects in the background:
+    /// a node whose Redis is down serves its own clients and keeps trying.
+    pub fn start(
+        config: &Config,
+        mesh: Arc<Mesh>,
+        stats: Vec<Arc<WorkerStats>>,
+    ) -> std::io::Result<Arc<Self>> {
+        let url = config.redis_url.clone().unwrap_or_default();
+        let (commands, rx) = mpsc::unbounded_channel();
+        let cluster = Arc::new(Self {
+            node: new_node_id(),
+            commands,
+            counters: Counters::default(),
+            remote: Mutex::default(),
+            summary: Mutex::new(Value::Null),
+            thread: Mutex::new(None),
+        });
+        let engine = engine::Engine::new(Arc::clone(&cluster), mesh, stats, config)
+            .map_err(|e| std::io::Error::other(format!("redis_url `{url}`: {e}")))?;
+        let thread = std::thread::Builder::new()
+            .name("stellar-cluster".into())
+            .spawn(move || engine.run(rx))?;
+        *lock(&cluster.thread) = Some(thread);
+        tracing::info!(node = format!("{:08x}", cluster.node), %url, "cluster node");
+        Ok(cluster)
+    }
+
+    /// Hands `command` to the cluster thread; never blocks.
+    pub fn send(&self, command: Command) {
+        // Fails only once the thread has stopped (shutdown): nothing is left to do.
+        let _ = self.commands.send(command);
+    }
+
+    /// Members of `room` on the other nodes.
+    pub fn remote_members(&self, room: &str) -> Vec<ClientId> {
+        lock(&self.remote)
+            .rooms
+            .get(room)
+            .map(|m| m.keys().copied().collect())
+            .unwrap_or_default()
+    }
+
+    /// Rooms with members on the other nodes, with their member counts there.
+    pub fn remote_rooms(&self) -> Vec<(String, usize)> {
+        lock(&self.remote)
+            .rooms
+            .iter()
+            .map(|(r, m)| (r.clone(), m.len()))
+            .collect()
+    }
+
+    pub(crate) fn remote(&self) -> std::sync::MutexGuard<'_, Remote> {
+        lock(&self.remote)
+    }
+
+    /// Every client id of the cluster, asked of Redis (at most `timeout`); `None` when
+    /// Redis did not answer.
+    pub fn clients(&self, timeout: Duration) -> Option<Vec<String>> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        self.send(Command::Clients(tx));
+        rx.recv_timeout(timeout).ok()
+    }
+
+    /// The `cluster` section of `/stats`.
+    pub fn summary(&self) -> Value {
+        let mut summary = lock(&self.summary).clone();
+        let c = &self.counters;
+        let link = json!({
+            "node": format!("{:08x}", self.node),
+            "redisConnected": c.connected.load(Ordering::Relaxed),
+            "published": c.published.load(Ordering::Relaxed),
+            "received": c.received.load(Ordering::Relaxed),
+            "unpublished": c.unpublished.load(Ordering::Relaxed),
+            "redisOutages": c.outages.load(Ordering::Relaxed),
+            "nodesSwept": c.nodes_swept.load(Ordering::Relaxed),
+        });
+        match summary.as_object_mut() {
+            Some(map) => {
+                if let Some(link) = link.as_object() {
+                    map.extend(link.clone());
+                }
+                summary
+            }
+            None => link,
+        }
+    }
+
+    fn set_summary(&self, value: Value) {
+        *lock(&self.summary) = value;
+    }
+
+    /// Stops the cluster thread (its node entry is removed from Redis on the way out).
+    pub fn stop(&self) {
+        self.send(Command::Shutdown);
+        if let Some(thread) = lock(&self.thread).take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// The data of `presence-join` / `presence-leave`: `{"room","id","userId"}`.
+pub fn presence_data(room: &str, id: &ClientId, user: Option<&str>) -> String {
+    json!({ "room": room, "id": id.to_string(), "userId": user }).to_string()
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// A random node id, never 0 (0 is a single node's).
+fn new_node_id() -> u32 {
+    use std::hash::{BuildHasher, Hasher};
+    loop {
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u128(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos()),
+        );
+        h.write_u32(std::process::id());
+        let id = h.finish() as u32;
+        if id != 0 {
+            return id;
+        }
+    }
+}
