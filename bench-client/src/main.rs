@@ -9,6 +9,7 @@
 //! (the nodes of one cluster) the clients are dealt over them so that every room has
 //! members, and the publishers, on every node.
 
+mod broker;
 mod conn;
 mod pacer;
 mod report;
@@ -100,6 +101,13 @@ struct Args {
     /// list (one per node) is summed.
     #[arg(long, value_delimiter = ',')]
     server_pid: Vec<String>,
+    /// Redis between the nodes of a cluster (`host:port`): its `INFO commandstats` is
+    /// read at the window's start and end, for the broker's commands per message.
+    #[arg(long)]
+    broker: Option<String>,
+    /// PID of the broker (`redis-server`), for its CPU time over the window.
+    #[arg(long)]
+    broker_pid: Option<String>,
     /// Label of the server in reports.
     #[arg(long, default_value = "stellar")]
     label: String,
@@ -330,9 +338,13 @@ fn run(args: &Args, servers: Vec<SocketAddr>, tls: Option<tls::Connector>) -> Re
     let mut server_cpu = (None, None);
     let mut gen_window_cpu = (0.0, 0.0);
     let mut rss_after = None;
+    let mut broker_window = (None, None);
+    let mut broker_cpu = (None, None);
     if !measuring {
         wait(from);
         server_cpu.0 = report::cpu_seconds_of(&args.server_pid);
+        broker_window.0 = args.broker.as_deref().and_then(read_broker);
+        broker_cpu.0 = args.broker_pid.as_deref().and_then(report::cpu_seconds);
         gen_window_cpu.0 = report::cpu_seconds("self").unwrap_or(0.0);
         while run.now_ns() < until {
             bar.set_position(
@@ -341,6 +353,8 @@ fn run(args: &Args, servers: Vec<SocketAddr>, tls: Option<tls::Connector>) -> Re
             std::thread::sleep(Duration::from_millis(100));
         }
         server_cpu.1 = report::cpu_seconds_of(&args.server_pid);
+        broker_window.1 = args.broker.as_deref().and_then(read_broker);
+        broker_cpu.1 = args.broker_pid.as_deref().and_then(report::cpu_seconds);
         gen_window_cpu.1 = report::cpu_seconds("self").unwrap_or(0.0);
         rss_after = report::rss_bytes_of(&args.server_pid);
         // Let deliveries in flight arrive.
@@ -439,6 +453,17 @@ fn run(args: &Args, servers: Vec<SocketAddr>, tls: Option<tls::Connector>) -> Re
             Some((gen_window_cpu.1 - gen_window_cpu.0) / (seconds * args.cpus.len() as f64))
         },
         generator_threads: args.cpus.len(),
+        broker: match broker_window {
+            (Some(before), Some(after)) => Some(report::BrokerUse::of(
+                before.until(&after),
+                match broker_cpu {
+                    (Some(a), Some(b)) => Some(b - a),
+                    _ => None,
+                },
+                sent,
+            )),
+            _ => None,
+        },
     };
     if let Some(out) = &args.out {
         let svg = out.with_extension("svg");
@@ -448,6 +473,13 @@ fn run(args: &Args, servers: Vec<SocketAddr>, tls: Option<tls::Connector>) -> Re
         }
     }
     report
+}
+
+/// The broker's counts now, or `None` (said on stderr) if it cannot be read.
+fn read_broker(addr: &str) -> Option<broker::Commandstats> {
+    broker::read(addr)
+        .inspect_err(|e| eprintln!("stellar-bench: --broker {addr}: {e}"))
+        .ok()
 }
 
 /// One pinned generator thread running clients `t, t + count, t + 2·count, ...`.

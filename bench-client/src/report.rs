@@ -1,12 +1,14 @@
 //! What a run reports: a table on stdout, a JSON result file and an SVG plot of the
 //! latency percentiles (HdrHistogram), all under `results/`.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
 use hdrhistogram::Histogram;
 use plotters::prelude::*;
 use serde::Serialize;
+
+use crate::broker::CommandUse;
 
 /// Latency percentiles in microseconds.
 #[derive(Debug, Serialize, Default)]
@@ -92,6 +94,37 @@ pub struct Report {
     /// Generator CPU over the window (connect: over the storm) per generator thread;
     /// near 1.0 the generator, not the server, limits the run.
     pub generator_cpu_share: Option<f64>,
+    /// What the window's messages cost the broker between the nodes (`--broker`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub broker: Option<BrokerUse>,
+}
+
+/// The broker's work over the measured window, per message sent in it.
+#[derive(Debug, Serialize)]
+pub struct BrokerUse {
+    /// Calls and µs inside the broker, by command (the generator's INFO excluded).
+    pub commands: BTreeMap<String, CommandUse>,
+    /// PUBLISH calls per message.
+    pub publish_per_message: f64,
+    /// Calls of every command per message.
+    pub commands_per_message: f64,
+    /// The broker process's CPU seconds over the window (`--broker-pid`).
+    pub cpu_seconds: Option<f64>,
+    pub cpu_us_per_message: Option<f64>,
+}
+
+impl BrokerUse {
+    pub fn of(commands: BTreeMap<String, CommandUse>, cpu_seconds: Option<f64>, sent: u64) -> Self {
+        let per = |n: f64| if sent == 0 { 0.0 } else { n / sent as f64 };
+        let calls = |name: &str| commands.get(name).map_or(0, |c| c.calls);
+        Self {
+            publish_per_message: per(calls("publish") as f64),
+            commands_per_message: per(commands.values().map(|c| c.calls).sum::<u64>() as f64),
+            cpu_us_per_message: cpu_seconds.filter(|_| sent > 0).map(|s| per(s * 1e6)),
+            cpu_seconds,
+            commands,
+        }
+    }
 }
 
 /// A generator thread busier than this in the window is the bottleneck of the run.
@@ -152,6 +185,15 @@ impl Report {
         }
         if let Some(b) = self.server_rss_bytes_per_connection {
             println!("  server RSS {:.0} bytes per connection", b);
+        }
+        if let Some(b) = &self.broker {
+            let cpu = b
+                .cpu_us_per_message
+                .map_or(String::new(), |us| format!(", {us:.1} µs of its CPU"));
+            println!(
+                "  broker per message: {:.2} PUBLISH, {:.2} commands{cpu}",
+                b.publish_per_message, b.commands_per_message
+            );
         }
         println!(
             "  generator CPU {:.2}s over {} threads",
