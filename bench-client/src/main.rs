@@ -16,6 +16,7 @@ mod report;
 mod scenario;
 mod socketio;
 mod tls;
+mod window;
 
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
@@ -120,6 +121,11 @@ struct Args {
     /// Exit non-zero when errors exceed this.
     #[arg(long, default_value_t = 0)]
     max_errors: u64,
+    /// Closed loop: each sender keeps this many messages in flight and sends the next
+    /// when one of its own has reached every receiver (broadcast, fanout, binary: the
+    /// room's other members; echo, ack: itself). `--rate` is then ignored.
+    #[arg(long)]
+    window: Option<usize>,
 }
 
 fn main() -> std::process::ExitCode {
@@ -250,6 +256,8 @@ fn run(args: &Args, servers: Vec<SocketAddr>, tls: Option<tls::Connector>) -> Re
         _ => 0,
     };
     let room_of = assign_rooms(args.clients, rooms, args.seed);
+    let closed_loop = window::Window::plan(args.window, args.scenario, &room_of, rooms, publishers);
+    let window = closed_loop.as_ref().map(|w| w.size as usize);
     let run = Arc::new(Run {
         scenario: args.scenario,
         proto: args.proto,
@@ -273,6 +281,7 @@ fn run(args: &Args, servers: Vec<SocketAddr>, tls: Option<tls::Connector>) -> Re
         done: AtomicBool::new(false),
         counters: Counters::default(),
         close_codes: Mutex::default(),
+        closed_loop,
     });
     let rss_before = report::rss_bytes_of(&args.server_pid);
     let gen_cpu_before = report::cpu_seconds("self").unwrap_or(0.0);
@@ -398,7 +407,7 @@ fn run(args: &Args, servers: Vec<SocketAddr>, tls: Option<tls::Connector>) -> Re
         clients: args.clients,
         rooms,
         publishers,
-        target_rate: args.rate,
+        target_rate: if window.is_some() { 0.0 } else { args.rate },
         payload: args.payload,
         seconds,
         connected,
@@ -464,6 +473,11 @@ fn run(args: &Args, servers: Vec<SocketAddr>, tls: Option<tls::Connector>) -> Re
             )),
             _ => None,
         },
+        window,
+        latency_percentiles_us: report::percentile_curve(&latency),
+        finished_unix: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs()),
     };
     if let Some(out) = &args.out {
         let svg = out.with_extension("svg");

@@ -68,6 +68,11 @@ impl Sender {
         })
     }
 
+    /// Publisher number (broadcast) or client index (echo/ack).
+    pub fn id(&self) -> usize {
+        self.id
+    }
+
     fn hand(&self, t: u64) {
         self.due.borrow_mut().push_back(t);
         if let Some(w) = self.waker.borrow_mut().take() {
@@ -249,11 +254,11 @@ fn clock(run: &Run, tickets: &Tickets, schedules: &crossbeam_channel::Receiver<(
 }
 
 /// Most messages one sender puts in one write.
-const MAX_BATCH: usize = 64;
+pub(crate) const MAX_BATCH: usize = 64;
 
 /// Appends message `k` of sender `s`, stamped with its intended time `t`, to `batch`
 /// (`data` is scratch space for its JSON data).
-fn frame_into(
+pub(crate) fn frame_into(
     batch: &mut BytesMut,
     data: &mut String,
     run: &Run,
@@ -292,7 +297,7 @@ fn frame_into(
 /// `len` bytes of telemetry-like text (readings with varying digits, as a sensor or game
 /// state feed sends), so compression is measured on data that compresses like real
 /// traffic rather than on one repeated byte. Deterministic; no JSON escapes needed.
-fn telemetry_pad(len: usize) -> String {
+pub(crate) fn telemetry_pad(len: usize) -> String {
     let mut out = String::with_capacity(len + 32);
     let mut seed: u32 = 0x2545_f491;
     let mut i = 0u32;

@@ -94,6 +94,15 @@ pub struct Report {
     /// Generator CPU over the window (connect: over the storm) per generator thread;
     /// near 1.0 the generator, not the server, limits the run.
     pub generator_cpu_share: Option<f64>,
+    /// `--window`: messages each sender kept in flight (closed loop; `target_rate` is
+    /// then 0). `None`: open loop at `target_rate`.
+    pub window: Option<usize>,
+    /// `[percentile, latency µs]` from p0 to p99.999 at ten points per "nine" (0, 20.6,
+    /// 36.9, …, 90, …, 99, …, 99.9, …), the HdrHistogram percentile curve `scripts/bench`
+    /// plots; `latency_us.max` is the end of the curve.
+    pub latency_percentiles_us: Vec<[f64; 2]>,
+    /// When the run ended, in seconds since the Unix epoch (the date on the charts).
+    pub finished_unix: u64,
     /// What the window's messages cost the broker between the nodes (`--broker`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub broker: Option<BrokerUse>,
@@ -199,6 +208,9 @@ impl Report {
             "  generator CPU {:.2}s over {} threads",
             self.generator_cpu_seconds, self.generator_threads
         );
+        if let Some(w) = self.window {
+            println!("  closed loop: {w} messages in flight per sender (--rate ignored)");
+        }
         if let Some(share) = self.generator_cpu_share {
             let bound = if share >= GENERATOR_BOUND {
                 " — GENERATOR-BOUND: the server was not the limit"
@@ -219,6 +231,28 @@ impl Report {
         let text = serde_json::to_string_pretty(self).map_err(std::io::Error::other)?;
         std::fs::write(path, text)
     }
+}
+
+/// Points of the percentile curve per "nine" of [`Report::latency_percentiles_us`].
+const CURVE_STEPS_PER_NINE: u32 = 10;
+/// The curve ends at five nines (p99.999).
+const CURVE_NINES: u32 = 5;
+
+/// `[percentile, latency µs]` at `CURVE_STEPS_PER_NINE` points per nine, up to
+/// p99.999; empty for an empty histogram.
+pub fn percentile_curve(h: &Histogram<u64>) -> Vec<[f64; 2]> {
+    if h.is_empty() {
+        return Vec::new();
+    }
+    (0..=CURVE_NINES * CURVE_STEPS_PER_NINE)
+        .map(|i| {
+            let nines = f64::from(i) / f64::from(CURVE_STEPS_PER_NINE);
+            let q = 1.0 - 10f64.powf(-nines);
+            // Rounded so the JSON reads 99.9, not 99.90000000000001.
+            let percentile = (q * 100.0 * 1e6).round() / 1e6;
+            [percentile, h.value_at_quantile(q) as f64 / 1000.0]
+        })
+        .collect()
 }
 
 /// Plots latency against percentile (log scale of 1/(1-q)), the usual HdrHistogram view.
@@ -295,4 +329,31 @@ pub fn rss_bytes(pid: &str) -> Option<u64> {
         .parse::<u64>()
         .ok()
         .map(|kib| kib * 1024)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentile_curve_runs_from_p0_to_five_nines_and_never_falls() {
+        let mut h = Histogram::<u64>::new_with_bounds(1_000, 60_000_000_000, 3).expect("bounds");
+        for us in 1..=100_000u64 {
+            h.record(us * 1_000).expect("in range");
+        }
+        let curve = percentile_curve(&h);
+        assert_eq!(curve.len(), 51);
+        assert_eq!(curve[0][0], 0.0);
+        assert_eq!(curve[10][0], 90.0);
+        assert_eq!(curve[20][0], 99.0);
+        assert_eq!(curve[30][0], 99.9);
+        assert_eq!(curve[50][0], 99.999);
+        assert!(
+            (curve[20][1] - 99_000.0).abs() < 100.0,
+            "p99 {}",
+            curve[20][1]
+        );
+        assert!(curve.windows(2).all(|w| w[0][1] <= w[1][1]));
+        assert!(percentile_curve(&Histogram::<u64>::new(3).expect("3 sigfigs")).is_empty());
+    }
 }

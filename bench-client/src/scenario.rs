@@ -14,9 +14,10 @@ use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 
-use crate::conn::{self, Inbound, Proto, Reader};
+use crate::conn::{self, Inbound, Proto, Reader, Writer};
 use crate::pacer::{Pacer, Sender};
 use crate::tls::{Connector, Stream};
+use crate::window::{self, Window};
 
 /// The scenarios of SPEC §9.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
@@ -83,6 +84,8 @@ pub struct Run {
     pub done: AtomicBool,
     pub counters: Counters,
     pub close_codes: Mutex<HashMap<String, u64>>,
+    /// `--window`: senders run closed-loop with this state; `None` = open loop.
+    pub closed_loop: Option<Window>,
 }
 
 impl Run {
@@ -284,8 +287,7 @@ pub async fn client_with_slot(
         Scenario::Echo | Scenario::Ack => {
             let interval = Duration::from_secs_f64(run.clients as f64 / run.rate);
             let sender = Sender::new(index, interval, index, run.clients, None, 1);
-            pacer.add(Rc::clone(&sender));
-            monoio::spawn(sender.run(Arc::clone(&run), writer));
+            start_sending(&run, &pacer, sender, writer);
             receive(run, reader, tally, 1).await;
         }
         Scenario::Broadcast | Scenario::Fanout | Scenario::Binary => {
@@ -293,12 +295,21 @@ pub async fn client_with_slot(
                 let interval = Duration::from_secs_f64(run.publishers as f64 / run.rate);
                 let receivers = run.room_size(run.room_of[index]).saturating_sub(1) as u64;
                 let sender = Sender::new(p, interval, p, run.publishers, Some(room), receivers);
-                pacer.add(Rc::clone(&sender));
-                monoio::spawn(sender.run(Arc::clone(&run), writer));
+                start_sending(&run, &pacer, sender, writer);
             }
             let publishers = run.publishers.max(1);
             receive(run, reader, tally, publishers).await;
         }
+    }
+}
+
+/// Starts `sender` on the open-loop schedule of `pacer`, or closed-loop with `--window`.
+fn start_sending(run: &Arc<Run>, pacer: &Pacer, sender: Rc<Sender>, writer: Writer) {
+    if run.closed_loop.is_some() {
+        monoio::spawn(window::send(Arc::clone(run), sender, writer));
+    } else {
+        pacer.add(Rc::clone(&sender));
+        monoio::spawn(sender.run(Arc::clone(run), writer));
     }
 }
 
@@ -339,6 +350,10 @@ async fn receive(run: Arc<Run>, mut reader: Reader, tally: Rc<Tally>, publishers
                 return;
             }
         };
+        // Warm-up deliveries too: a closed-loop sender waits for every one.
+        if let Some(w) = &run.closed_loop {
+            w.returned(p);
+        }
         // Everything one read brought arrived at the same moment.
         let now = run.ns_at(reader.read_at());
         if run.in_window(now) {

@@ -240,3 +240,31 @@ fn echo_over_two_servers_is_counted_exactly() {
     );
     assert_exact(&report, 20, 1);
 }
+
+/// The closed loop of `--window`: four publishers, each keeping 8 messages in flight.
+const BROADCAST_WINDOW: &str = "broadcast --clients 40 --rooms 4 --publishers 4 --window 8";
+
+#[test]
+fn closed_loop_broadcast_over_websocket_is_counted_exactly() {
+    let report = bench("broadcast-window-ws", Wire::Ws, BROADCAST_WINDOW);
+    assert_exact(&report, 40, 9);
+    assert_eq!(report["window"], 8);
+    assert_eq!(report["target_rate"], 0.0, "--rate is not what paced it");
+}
+
+#[test]
+fn closed_loop_broadcast_over_tcp_is_counted_exactly() {
+    let report = bench("broadcast-window-tcp", Wire::Tcp, BROADCAST_WINDOW);
+    assert_exact(&report, 40, 9);
+}
+
+#[test]
+fn closed_loop_acks_are_answered_to_each_caller() {
+    let report = bench("ack-window", Wire::Ws, "ack --clients 20 --window 4");
+    assert_exact(&report, 20, 1);
+    assert_eq!(report["window"], 4);
+    let curve = report["latency_percentiles_us"]
+        .as_array()
+        .expect("percentile curve in the report");
+    assert_eq!(curve.len(), 51, "p0 to p99.999, ten points per nine");
+}

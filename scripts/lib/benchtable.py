@@ -45,6 +45,7 @@ def summarize(rs):
         "throughput_per_sec": med([r.get("throughput_per_sec") for r in rs]),
         "p50_us": med([r["latency_us"]["p50"] for r in rs]),
         "p99_us": med([r["latency_us"]["p99"] for r in rs]),
+        "p99_range_us": [min(r["latency_us"]["p99"] for r in rs), max(r["latency_us"]["p99"] for r in rs)],
         "loss_ratio": med([r["loss_ratio"] for r in rs]),
         "server_cpu_ns_per_delivery": med([r["server_cpu_ns_per_delivery"] for r in rs]),
         "server_cpu_ns_per_connection": med([r.get("server_cpu_ns_per_connection") for r in rs]),

@@ -502,7 +502,8 @@ impl ServerHandle {
     }
 
     /// Changes options at run time from a partial TOML table. Limits apply to new
-    /// messages and connections; ports, workers and driver need a restart.
+    /// messages and connections; ports, workers, driver and the `redis_*` options need a
+    /// restart, and a cluster's other nodes keep their own configuration.
     pub fn update_config(&self, partial: toml::Table) -> Result<(), ConfigError> {
         let merged = Arc::new(self.0.config().merged(partial)?);
         *self

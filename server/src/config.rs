@@ -217,6 +217,10 @@ options! {
     /// this is dead: its clients are out of every room everywhere within 3x this.
     redis_refresh: Duration = Duration::from_secs(1), flag String,
         serde(with = "duration");
+    /// Messages waiting for the cluster thread, at most (Redis slower than the
+    /// publishers): past it, messages are not published to the other nodes (counted in
+    /// `unpublished`; a history room's epoch ends), and local delivery goes on.
+    redis_max_pending: usize = 100_000, flag usize;
     /// Messages of history kept per room, for recovery on reconnect; 0 = off.
     history_size: usize = 0, flag usize;
     /// How long a room's history lives after its last message (then the next message
@@ -295,6 +299,7 @@ impl Config {
             ("max_backpressure", self.max_backpressure),
             ("max_header_bytes", self.max_header_bytes),
             ("max_headers", self.max_headers),
+            ("redis_max_pending", self.redis_max_pending),
         ];
         if let Some((name, _)) = positive.iter().find(|(_, v)| *v == 0) {
             return Err(ConfigError::Invalid(format!("{name} must be positive")));

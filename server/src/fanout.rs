@@ -31,13 +31,22 @@ pub fn room(
 ) {
     if history::keeps_history(config, room) {
         match &shared.cluster {
-            Some(cluster) => cluster.send(Command::PublishHistory {
-                room: Arc::from(room),
-                msg,
-                exclude,
-                size: config.history_size,
-                ttl: config.history_ttl,
-            }),
+            Some(cluster) => {
+                let name: Arc<str> = Arc::from(room);
+                let refused = cluster.publish(Command::PublishHistory {
+                    room: Arc::clone(&name),
+                    msg,
+                    exclude,
+                    size: config.history_size,
+                    ttl: config.history_ttl,
+                });
+                // Over `redis_max_pending`: delivered here without a position, like
+                // when Redis is down, and the room's epoch ends.
+                if let Some(Command::PublishHistory { msg, .. }) = refused {
+                    deliver_room(shared, worker, room, &msg, exclude);
+                    cluster.send(Command::Taint(name));
+                }
+            }
             None => shared.history.append(room, msg, config, |msg| {
                 deliver_room(shared, worker, room, msg, exclude);
             }),
@@ -46,7 +55,7 @@ pub fn room(
     }
     deliver_room(shared, worker, room, &msg, exclude);
     if let Some(cluster) = &shared.cluster {
-        cluster.send(Command::Publish {
+        cluster.publish(Command::Publish {
             scope: Scope::Room(Arc::from(room)),
             msg,
             exclude,
@@ -101,7 +110,7 @@ pub fn all(
         }
     }
     if let Some(cluster) = &shared.cluster {
-        cluster.send(Command::Publish {
+        cluster.publish(Command::Publish {
             scope: Scope::All,
             msg,
             exclude,
@@ -117,7 +126,7 @@ pub fn client(shared: &Shared, id: ClientId, msg: Arc<Outbound>) {
             .mesh
             .send(id.worker as usize, MeshMsg::Client { id, msg });
     } else if let Some(cluster) = &shared.cluster {
-        cluster.send(Command::Publish {
+        cluster.publish(Command::Publish {
             scope: Scope::Client(id),
             msg,
             exclude: None,

@@ -9,7 +9,7 @@
 
 use std::collections::hash_map::RandomState;
 use std::collections::{HashMap, VecDeque};
-use std::hash::{BuildHasher, Hash, Hasher};
+use std::hash::BuildHasher;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -83,9 +83,8 @@ pub fn matches_any(patterns: &[String], room: &str) -> bool {
 /// A fresh epoch: 16 random hex digits (std's per-process random hash keys, mixed with
 /// the time, so two nodes or two restarts never share one).
 pub fn new_epoch() -> Arc<str> {
-    let mut hasher = RandomState::new().build_hasher();
-    std::time::SystemTime::now().hash(&mut hasher);
-    Arc::from(format!("{:016x}", hasher.finish()))
+    let seed = RandomState::new().hash_one(std::time::SystemTime::now());
+    Arc::from(format!("{seed:016x}"))
 }
 
 /// The answer for a client at `since`, given a history holding offsets
@@ -159,9 +158,7 @@ impl Default for Local {
 
 impl Local {
     fn shard(&self, room: &str) -> std::sync::MutexGuard<'_, HashMap<RoomName, Log>> {
-        let mut h = self.hasher.build_hasher();
-        room.hash(&mut h);
-        self.shards[h.finish() as usize % SHARDS]
+        self.shards[self.hasher.hash_one(room) as usize % SHARDS]
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }

@@ -302,7 +302,7 @@ async fn read_loop(worker: &Rc<Worker>, conn: &Rc<Conn>, side: &mut ReadSide) {
                         conn.send(reply, &worker.stats);
                     }
                     if let Some(ask) = recovery {
-                        crate::recovery::start(&worker, &conn, ask);
+                        crate::recovery::start(worker, conn, ask);
                     }
                 }
                 Some(Flow::Stop) => open = false,

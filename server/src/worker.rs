@@ -299,7 +299,9 @@ impl Worker {
     /// Sends to every member of `room`, on every worker and node (`fanout::room`). The
     /// one room fan-out of a worker: relays, `say`, presence and `Ctx::to` come here.
     pub fn publish_room(&self, room: &str, msg: Arc<Outbound>, exclude: Option<ClientId>) {
-        let config = self.config();
+        // Borrowed, not cloned: this runs for every relay, and nothing in the fan-out
+        // changes the configuration.
+        let config = self.config.borrow();
         fanout::room(&self.shared, Some(self), &config, room, msg, exclude);
     }
 

@@ -459,3 +459,86 @@ fn redis_down_keeps_local_delivery_counts_the_loss_and_recovery_says_so() {
     assert_eq!(reply["data"]["recovered"], false, "{reply}");
     assert_ne!(reply["data"]["epoch"], epoch.as_str());
 }
+
+#[test]
+fn presence_and_room_view_are_cluster_wide() {
+    let redis = Redis::start();
+    let a = TestServer::with(node(&redis, "t7", 0));
+    let b = TestServer::with(node(&redis, "t7", 0));
+    wait_for_nodes(&[&a, &b], 2);
+    let mut watcher = a.ws();
+    watcher.join("chat:1");
+    let mut leaver = b.ws();
+    leaver.join("chat:1");
+    let mut quitter = b.ws();
+    quitter.join("chat:1");
+    for joined in [&leaver.id, &quitter.id] {
+        assert_eq!(
+            watcher.recv_event("presence-join")["data"]["id"],
+            joined.as_str()
+        );
+    }
+    eventually("the replica has b's members", || {
+        a.handle.room_members("chat:1").len() == 3
+    });
+    let view = watcher.request("room-view", json!("chat:1"), "v#1");
+    assert_eq!(view["data"]["membersCount"], 3, "{view}");
+
+    leaver.send(json!({"event": "leave-room", "data": "chat:1"}));
+    assert_eq!(
+        watcher.recv_event("presence-leave")["data"],
+        json!({"room": "chat:1", "id": leaver.id, "userId": null})
+    );
+    let quitter_id = quitter.id.clone();
+    drop(quitter);
+    assert_eq!(
+        watcher.recv_event("presence-leave")["data"]["id"],
+        quitter_id.as_str()
+    );
+    eventually("the replica follows", || {
+        a.handle.room_members("chat:1") == vec![watcher.id.clone()]
+    });
+    assert_eq!(a.handle.rooms(), b.handle.rooms());
+}
+
+#[test]
+fn past_redis_max_pending_messages_stay_local_and_are_counted_exactly() {
+    let redis = Redis::start();
+    let a = TestServer::with(Config {
+        redis_max_pending: 1,
+        ..node(&redis, "t8", 0)
+    });
+    let b = TestServer::with(node(&redis, "t8", 0));
+    wait_for_nodes(&[&a, &b], 2);
+    let mut sender = a.ws();
+    let mut local = a.ws();
+    let mut remote = b.ws();
+    for c in [&mut sender, &mut local, &mut remote] {
+        c.join("p");
+    }
+    for i in 0..1000 {
+        sender.send(json!({"event": "m", "room": "p", "data": i}));
+    }
+    let got: Vec<Value> = read_events(&mut local, "m", 1000);
+    assert_eq!(got, (0..1000).map(|i| json!(i)).collect::<Vec<_>>());
+    remote
+        .ws
+        .get_ref()
+        .set_read_timeout(Some(Duration::from_millis(500)))
+        .expect("timeout");
+    let mut arrived = 0u64;
+    while let Ok(Message::Text(_)) = remote.ws.read() {
+        arrived += 1;
+    }
+    let cluster = a.handle.stats().cluster.unwrap_or_default();
+    let unpublished = cluster["unpublished"].as_u64().expect("unpublished");
+    assert!(
+        unpublished > 0,
+        "a burst of 1000 past a bound of 1: {cluster}"
+    );
+    assert_eq!(
+        arrived + unpublished,
+        1000,
+        "every message delivered or counted"
+    );
+}

@@ -143,7 +143,7 @@ fn joining_with_since_while_messages_flow_has_no_gap_and_no_duplicate() {
         while flag.load(Ordering::Relaxed) {
             handle.to("busy", "m", &json!(i)).expect("to");
             i += 1;
-            if i % 50 == 0 {
+            if i.is_multiple_of(50) {
                 std::thread::sleep(std::time::Duration::from_millis(1));
             }
         }

@@ -484,7 +484,18 @@ impl Engine {
                     Command::Clients(reply) => {
                         tokio::task::spawn_local(Rc::clone(&self).all_clients(reply));
                     }
-                    other => self.queue(other, &mut out),
+                    Command::Taint(room) => {
+                        self.state.tainted.borrow_mut().insert(room);
+                    }
+                    other => {
+                        if matches!(
+                            other,
+                            Command::Publish { .. } | Command::PublishHistory { .. }
+                        ) {
+                            self.cluster.taken();
+                        }
+                        self.queue(other, &mut out);
+                    }
                 }
             }
             self.flush(out).await;
@@ -594,6 +605,7 @@ impl Engine {
             Command::Interest { .. }
             | Command::Recover { .. }
             | Command::Clients(_)
+            | Command::Taint(_)
             | Command::Shutdown => {}
         }
     }

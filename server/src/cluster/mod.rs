@@ -33,7 +33,7 @@ mod lua;
 pub mod wire;
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -101,6 +101,9 @@ pub enum Command {
         ask: Ask,
         ttl: Duration,
     },
+    /// A room with history had a message delivered here without reaching Redis: its
+    /// epoch ends once the link allows.
+    Taint(RoomName),
     /// Every client id in the cluster.
     Clients(std::sync::mpsc::Sender<Vec<String>>),
     Shutdown,
@@ -164,6 +167,9 @@ pub struct Cluster {
     /// This node's id, the first part of its clients' ids (never 0).
     pub node: u32,
     commands: mpsc::UnboundedSender<Command>,
+    /// Messages handed to the cluster thread and not yet taken, against `max_pending`.
+    pending: AtomicUsize,
+    max_pending: usize,
     pub counters: Counters,
     remote: Mutex<Remote>,
     /// The cluster section of `/stats`, refreshed by the cluster thread.
@@ -184,6 +190,8 @@ impl Cluster {
         let cluster = Arc::new(Self {
             node: new_node_id(),
             commands,
+            pending: AtomicUsize::new(0),
+            max_pending: config.redis_max_pending,
             counters: Counters::default(),
             remote: Mutex::default(),
             summary: Mutex::new(Value::Null),
@@ -203,6 +211,24 @@ impl Cluster {
     pub fn send(&self, command: Command) {
         // Fails only once the thread has stopped (shutdown): nothing is left to do.
         let _ = self.commands.send(command);
+    }
+
+    /// Hands a message (`Publish` or `PublishHistory`) to the cluster thread, unless
+    /// `redis_max_pending` are waiting already (Redis slower than the publishers): then
+    /// it is counted as unpublished and given back.
+    pub fn publish(&self, command: Command) -> Option<Command> {
+        if self.pending.fetch_add(1, Ordering::AcqRel) >= self.max_pending {
+            self.pending.fetch_sub(1, Ordering::AcqRel);
+            self.counters.unpublished.fetch_add(1, Ordering::Relaxed);
+            return Some(command);
+        }
+        self.send(command);
+        None
+    }
+
+    /// The cluster thread took a message handed over by [`Cluster::publish`].
+    fn taken(&self) {
+        self.pending.fetch_sub(1, Ordering::AcqRel);
     }
 
     /// Members of `room` on the other nodes.
