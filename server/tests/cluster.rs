@@ -542,3 +542,59 @@ fn past_redis_max_pending_messages_stay_local_and_are_counted_exactly() {
         "every message delivered or counted"
     );
 }
+
+#[test]
+fn a_live_node_taken_for_dead_registers_its_members_again() {
+    let redis = Redis::start();
+    let a = TestServer::with(node(&redis, "t9", 0));
+    let b = TestServer::with(node(&redis, "t9", 0));
+    wait_for_nodes(&[&a, &b], 2);
+    let mut watcher = b.ws();
+    watcher.join("chat:x");
+    let mut member = a.ws();
+    member.join("chat:x");
+    watcher.recv_event("presence-join");
+    let node = a.handle.stats().cluster.unwrap_or_default()["node"]
+        .as_str()
+        .expect("node id")
+        .to_owned();
+    // As if `a` had stalled past its liveness: its entry set long expired, until `b`
+    // sweeps it before `a`'s own refresh puts it back.
+    watcher
+        .ws
+        .get_ref()
+        .set_read_timeout(Some(Duration::from_millis(5)))
+        .expect("timeout");
+    let deadline = Instant::now() + common::TIMEOUT;
+    let left = loop {
+        assert!(Instant::now() < deadline, "b never took a for dead");
+        let status = Command::new("redis-cli")
+            .args([
+                "-p",
+                &redis.port.to_string(),
+                "HSET",
+                "t9:nodes",
+                &node,
+                "1",
+            ])
+            .stdout(Stdio::null())
+            .status()
+            .expect("redis-cli");
+        assert!(status.success());
+        if let Ok(Message::Text(t)) = watcher.ws.read() {
+            break serde_json::from_str::<Value>(&t).expect("JSON");
+        }
+    };
+    assert_eq!(left["event"], "presence-leave", "{left}");
+    eventually("a registers again and b sees its member", || {
+        b.handle.room_members("chat:x").contains(&member.id)
+    });
+    // And the link goes on: a message from a's member reaches b's watcher.
+    watcher
+        .ws
+        .get_ref()
+        .set_read_timeout(Some(common::TIMEOUT))
+        .expect("timeout");
+    member.send(json!({"event": "m", "room": "chat:x", "data": 1}));
+    assert_eq!(watcher.recv_event("m")["data"], 1);
+}

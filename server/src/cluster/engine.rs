@@ -248,37 +248,8 @@ impl Engine {
     /// messages missed Redis ended, the other nodes' memberships read afresh, and rooms
     /// with history caught up from where this node stopped.
     async fn resync(&self, con: &mut MultiplexedConnection) -> redis::RedisResult<()> {
+        self.register(con, false).await?;
         let me = self.me();
-        let mut pipe = redis::pipe();
-        pipe.cmd("DEL")
-            .arg(self.keys.members(me))
-            .arg(self.keys.clients(me))
-            .ignore();
-        for (id, user) in self.state.clients.borrow().iter() {
-            pipe.cmd("HSET")
-                .arg(self.keys.clients(me))
-                .arg(id.to_string())
-                .arg(user)
-                .ignore();
-        }
-        for ((room, id), user) in self.state.members.borrow().iter() {
-            pipe.cmd("HSET")
-                .arg(self.keys.members(me))
-                .arg(member_field(*id, room))
-                .arg(user)
-                .ignore();
-        }
-        for room in self.state.tainted.borrow_mut().drain() {
-            let [meta, stream] = self.keys.history(&room);
-            pipe.cmd("DEL").arg(meta).arg(stream).ignore();
-        }
-        pipe.cmd("HSET")
-            .arg(self.keys.nodes())
-            .arg(format!("{me:08x}"))
-            .arg(now_ms() + 2 * self.refresh.as_millis() as u64)
-            .ignore();
-        pipe.query_async::<()>(con).await?;
-
         let nodes: HashMap<String, u64> = redis::cmd("HGETALL")
             .arg(self.keys.nodes())
             .query_async(con)
@@ -339,6 +310,52 @@ impl Engine {
             }
         }
         Ok(())
+    }
+
+    /// Writes this node's liveness, clients and memberships to Redis afresh, and ends
+    /// the epochs of rooms whose messages missed Redis. With `announce`, the memberships
+    /// are also announced to the other nodes (after this node was taken for dead).
+    async fn register(
+        &self,
+        con: &mut MultiplexedConnection,
+        announce: bool,
+    ) -> redis::RedisResult<()> {
+        let me = self.me();
+        let mut pipe = redis::pipe();
+        pipe.cmd("DEL")
+            .arg(self.keys.members(me))
+            .arg(self.keys.clients(me))
+            .ignore();
+        for (id, user) in self.state.clients.borrow().iter() {
+            pipe.cmd("HSET")
+                .arg(self.keys.clients(me))
+                .arg(id.to_string())
+                .arg(user)
+                .ignore();
+        }
+        for ((room, id), user) in self.state.members.borrow().iter() {
+            pipe.cmd("HSET")
+                .arg(self.keys.members(me))
+                .arg(member_field(*id, room))
+                .arg(user)
+                .ignore();
+            if announce {
+                pipe.cmd("PUBLISH")
+                    .arg(self.keys.dir())
+                    .arg(json!(["+", id.to_string(), &**room, user]).to_string())
+                    .ignore();
+            }
+        }
+        for room in self.state.tainted.borrow_mut().drain() {
+            let [meta, stream] = self.keys.history(&room);
+            pipe.cmd("DEL").arg(meta).arg(stream).ignore();
+        }
+        pipe.cmd("HSET")
+            .arg(self.keys.nodes())
+            .arg(format!("{me:08x}"))
+            .arg(now_ms() + 2 * self.refresh.as_millis() as u64)
+            .ignore();
+        pipe.query_async::<()>(con).await
     }
 
     /// A message from the subscription, handed to the workers it concerns.
@@ -829,19 +846,28 @@ impl Engine {
             .iter()
             .map(|s| s.snapshot(0).active_connections)
             .sum();
-        redis::pipe()
+        let (added, kept): (u64, usize) = redis::pipe()
             .cmd("HSET")
             .arg(self.keys.nodes())
             .arg(&me)
             .arg(now + 2 * self.refresh.as_millis() as u64)
-            .ignore()
             .cmd("HSET")
             .arg(self.keys.node_stats())
             .arg(&me)
             .arg(json!({ "connections": connections }).to_string())
             .ignore()
-            .query_async::<()>(con)
+            .cmd("HLEN")
+            .arg(self.keys.members(self.me()))
+            .query_async(con)
             .await?;
+        if added == 1 || kept != self.state.members.borrow().len() {
+            // Another node took this one for dead (it was silent past twice the refresh,
+            // e.g. stalled) and removed its clients: they are written and announced again.
+            // (A count off for a moment while a batch is in flight is answered the same
+            // way: rewriting is idempotent.)
+            warn!("cluster: this node's entries were removed as dead; registering again");
+            self.register(con, true).await?;
+        }
 
         let nodes: HashMap<String, u64> = redis::cmd("HGETALL")
             .arg(self.keys.nodes())
@@ -878,23 +904,23 @@ impl Engine {
         node: &str,
         now: u64,
     ) -> redis::RedisResult<()> {
-        let members: Vec<String> = self
+        let members: Option<Vec<String>> = self
             .sweep
             .key(self.keys.nodes())
             .arg(&self.keys.prefix)
             .arg(node)
             .arg(now)
+            .arg(json!(["x", node]).to_string())
             .invoke_async(con)
             .await?;
-        let Ok(dead) = u32::from_str_radix(node, 16) else {
+        // Alive after all, or removed by another node first.
+        let Some(members) = members else {
             return Ok(());
         };
-        self.cluster.remote().remove_node(dead);
+        if let Ok(dead) = u32::from_str_radix(node, 16) {
+            self.cluster.remote().remove_node(dead);
+        }
         let mut pipe = redis::pipe();
-        pipe.cmd("PUBLISH")
-            .arg(self.keys.dir())
-            .arg(json!(["x", node]).to_string())
-            .ignore();
         let mut removed = 0;
         for pair in members.chunks_exact(2) {
             let Some((id, room)) = parse_member_field(&pair[0]) else {
@@ -913,7 +939,9 @@ impl Engine {
                 .arg(wire::encode(0, &msg, None, None))
                 .ignore();
         }
-        pipe.query_async::<()>(con).await?;
+        if pipe.cmd_iter().next().is_some() {
+            pipe.query_async::<()>(con).await?;
+        }
         self.cluster
             .counters
             .nodes_swept

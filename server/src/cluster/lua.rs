@@ -48,16 +48,19 @@ return {epoch, off, first, out}
 ";
 
 /// Removes a dead node: if its liveness entry has expired, deletes it with its clients
-/// and memberships and returns the memberships (`room\nid` and user id, flattened); an
-/// empty answer when the node is alive or another node removed it first.
-/// KEYS: nodes hash. ARGV: prefix, node, now in ms.
+/// and memberships, announces its departure on the directory channel (in the script, so
+/// every node sees it before anything the node itself may announce afterwards), and
+/// returns the memberships (`id\nroom` and user id, flattened); nil when the node is
+/// alive or another node removed it first.
+/// KEYS: nodes hash. ARGV: prefix, node, now in ms, the departure message.
 pub const SWEEP: &str = r"
 local expiry = redis.call('HGET', KEYS[1], ARGV[2])
-if not expiry or tonumber(expiry) >= tonumber(ARGV[3]) then return {} end
+if not expiry or tonumber(expiry) >= tonumber(ARGV[3]) then return false end
 redis.call('HDEL', KEYS[1], ARGV[2])
 redis.call('HDEL', ARGV[1] .. ':nodestats', ARGV[2])
 local key = ARGV[1] .. ':members:' .. ARGV[2]
 local members = redis.call('HGETALL', key)
 redis.call('DEL', key, ARGV[1] .. ':clients:' .. ARGV[2])
+redis.call('PUBLISH', ARGV[1] .. ':dir', ARGV[4])
 return members
 ";
