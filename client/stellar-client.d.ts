@@ -45,6 +45,11 @@ declare class StellarClient {
   on(event: 'welcome', handler: (welcome: { id: string; message: string; context: string }) => void): StellarClient.Subscription;
   on(event: 'alert', handler: (alert: { message: string }) => void): StellarClient.Subscription;
   on(event: 'say', handler: (say: StellarClient.Say, message: StellarClient.Message) => void): StellarClient.Subscription;
+  /** A room's recovery was answered (after a reconnect, or `recover`). `recovered: false`:
+   * you missed messages that are gone; resync the room's state. */
+  on(event: 'recovered', handler: (answer: StellarClient.Recovered) => void): StellarClient.Subscription;
+  /** Members of presence rooms (the server's `presence_rooms`) joining and leaving. */
+  on(event: 'presence-join' | 'presence-leave', handler: (presence: StellarClient.Presence) => void): StellarClient.Subscription;
   /** Any other event; `data` is a Uint8Array for binary events. */
   on(event: string, handler: (data: any, message: StellarClient.Message) => void): StellarClient.Subscription;
   /** Like `on`, for the first matching message only. */
@@ -58,6 +63,10 @@ declare class StellarClient {
   leave(room: string): Promise<string>;
   roomLeave(room: string): Promise<string>;
   roomView(room?: string): Promise<StellarClient.RoomView>;
+  /** Asks for what was missed in a member room since its last message (rooms with
+   * history). Also emitted as `recovered`. Rejects `not_member`, `disconnected` (the
+   * reconnect recovers by itself), `invalid_room` (the room keeps no history). */
+  recover(room: string): Promise<StellarClient.Recovered>;
   /** This connection's details; the first answer is cached until the next connection. */
   detailsView(): Promise<StellarClient.Details>;
   /** A file of the server's `public_dir`. */
@@ -101,7 +110,7 @@ declare namespace StellarClient {
 
   interface StellarError extends Error {
     /** The server's error code, or the client's: `closed`, `disconnected`, `timeout`,
-     * `queue_full`, `bad_message`, `connect_failed`, `invalid_event`, `no_room`. */
+     * `queue_full`, `bad_message`, `connect_failed`, `invalid_event`, `no_room`, `not_member`. */
     code: string;
   }
 
@@ -109,6 +118,9 @@ declare namespace StellarClient {
     event: string;
     data?: any;
     room?: string;
+    /** Position in the room's history (rooms with history only). */
+    offset?: number;
+    epoch?: string;
     error?: { code: string; message: string };
     _binary?: true;
   }
@@ -118,6 +130,24 @@ declare namespace StellarClient {
     from: string;
     message: unknown;
     sentAt: number;
+  }
+
+  /** The answer to a recovery. `recovered: true`: every missed message was delivered,
+   * in order, before it. `recovered: false`: you missed messages that are gone (history
+   * too short, expired, or a new epoch; or no position was known): resync the room.
+   * `offset`/`epoch`: where the room stands now. */
+  interface Recovered {
+    room: string;
+    recovered: boolean;
+    offset: number;
+    epoch: string;
+  }
+
+  interface Presence {
+    room: string;
+    /** The connection id of who joined or left. */
+    id: string;
+    userId: string | null;
   }
 
   interface RoomView {

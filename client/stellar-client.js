@@ -17,7 +17,7 @@
   // Server answers to the reserved verbs, re-emitted as `api` (the framework's
   // "context: api" messages).
   var API_EVENTS = {};
-  'welcome joined-room left-room subscribed unsubscribed pong auth_success auth_error'.split(' ')
+  'welcome joined-room left-room subscribed unsubscribed pong auth_success auth_error recovered'.split(' ')
     .forEach(function (event) { API_EVENTS[event] = true; });
   var textEncoder = new TextEncoder();
   var textDecoder = new TextDecoder();
@@ -53,7 +53,8 @@
     if (4 + length > bytes.length) return null;
     var header = JSON.parse(textDecoder.decode(bytes.subarray(4, 4 + length)));
     if (!header || typeof header !== 'object') return null;
-    return { event: header.event, room: header.room, data: bytes.slice(4 + length), _binary: true };
+    return { event: header.event, room: header.room, data: bytes.slice(4 + length), _binary: true,
+      offset: header.offset, epoch: header.epoch };
   }
 
   function binaryFrame(event, room, payload) {
@@ -104,6 +105,9 @@
     this.interceptors = [];
     /** Rooms this client is in, rejoined after every reconnect. */
     this.rooms = new Set();
+    /** Room → {offset, epoch} of its last message (rooms with history, SPEC §8): a
+     * rejoin asks for what came after it. */
+    this._positions = new Map();
     /** 'closed' | 'connecting' | 'connected' | 'reconnecting' */
     this.state = 'closed';
     this.id = null;
@@ -219,9 +223,14 @@
     this._attempt = 0;
     this._details = null;
     if (this.defaultRoom) this.rooms.add(this.defaultRoom);
+    // A room with a known position is rejoined with `since`: the server sends what was
+    // missed, in order, then `recovered`, before any new message of the room.
     var joins = Array.from(this.rooms, function (room) {
-      return self._request('join-room', room, true).catch(function (error) {
+      var at = self._positions.get(room);
+      var join = at ? { room: room, since: { offset: at.offset, epoch: at.epoch } } : room;
+      return self._request('join-room', join, true).catch(function (error) {
         self.rooms.delete(room);
+        self._positions.delete(room);
         self._emit('error', error);
       });
     });
@@ -300,8 +309,13 @@
       return this._emit('error', fail('bad_message', 'unreadable message from the server: ' + text));
     }
     if (message._isAck) return this._answer(message);
+    // One check per message; only messages of rooms with history carry an offset.
+    if (message.offset !== undefined) {
+      this._track(message.room !== undefined ? message.room : message.data && message.data.room, message);
+    }
     this._emit('message', message, message);
     var event = message.event;
+    if (event === 'recovered' && message.data) this._track(message.data.room, message.data);
     if (event === 'welcome' && !this._live) this._welcome(message.data);
     if (API_EVENTS[event] === true) this._emit('api', message);
     if (event === 'error') {
@@ -309,6 +323,17 @@
       return this._emit('error', fail(data.code || 'error', data.message || 'server error'));
     }
     this._emit(event, message.data, message);
+  };
+
+  /** `room`'s position is now `at` ({offset, epoch}): messages come in order. */
+  proto._track = function (room, at) {
+    var position = this._positions.get(room);
+    if (position) {
+      position.offset = at.offset;
+      position.epoch = at.epoch;
+    } else {
+      this._positions.set(room, { offset: at.offset, epoch: at.epoch });
+    }
   };
 
   proto._answer = function (message) {
@@ -569,6 +594,8 @@
   /** Joins `room`; rejects with the server's refusal (`forbidden`, `too_many_rooms`). */
   proto.join = proto.roomAdd = function (room) {
     var self = this;
+    // A position kept from before a leave is not this membership's.
+    if (!this.rooms.has(room)) this._positions.delete(room);
     return this._request('join-room', room).then(function () {
       self.rooms.add(room);
       return room;
@@ -577,8 +604,25 @@
 
   proto.leave = proto.roomLeave = function (room) {
     this.rooms.delete(room);
+    this._positions.delete(room);
     if (!this._live) return Promise.resolve(room);
     return this._request('leave-room', room).then(function () { return room; });
+  };
+
+  /** Asks the server (SPEC §8) for what this client missed in `room` since its last
+   * message; resolves with `{room, recovered, offset, epoch}`, also emitted as `recovered`.
+   * `recovered: false`: messages were missed and are gone (or there was no position yet). */
+  proto.recover = function (room) {
+    var self = this;
+    if (!this.rooms.has(room)) return Promise.reject(fail('not_member', 'recover: not in room ' + room));
+    // Offline, the rejoin recovers; a recovery queued behind it would ask twice.
+    if (this.state !== 'connected') return Promise.reject(fail('disconnected', 'recover: not connected'));
+    var at = this._positions.get(room) || { offset: 0, epoch: '' };
+    return this._request('recover', { room: room, offset: at.offset, epoch: at.epoch }).then(function (answer) {
+      self._track(room, answer);
+      self._emit('recovered', answer, { event: 'recovered', data: answer });
+      return answer;
+    });
   };
 
   /** `{room, membersCount, members}` */

@@ -31,6 +31,13 @@ async function main(): Promise<void> {
   client.interceptors.push((params, next) => next((response: unknown) => ({ wrapped: response })));
   const view: StellarClient.RoomView = await client.roomView('lobby');
   console.log(view.membersCount, await client.join('x'), await client.roomAdd('y'), await client.leave('x'), await client.roomLeave('y'));
+  client.on('recovered', ({ room, recovered, offset, epoch }) => {
+    if (!recovered) console.log('resync', room, offset, epoch.length);
+  }).to('lobby');
+  client.on('presence-join', (p) => console.log(p.room, p.id, p.userId ?? 'anonymous'));
+  const answer: StellarClient.Recovered = await client.recover('lobby');
+  const where: number = answer.offset;
+  console.log(where);
   const file = await client.file('a.txt');
   console.log(file.mime, client.state, client.rooms.has('lobby'));
   client.setDefaultRoom('other').setDefaultRoom(null);
@@ -39,6 +46,8 @@ async function main(): Promise<void> {
   new StellarClient({ urll: 'x' });
   // @ts-expect-error emitBinary takes bytes
   client.emitBinary('x', 'text');
+  // @ts-expect-error recover needs the room
+  client.recover();
   // @ts-expect-error state is read-only
   client.state = 'connected';
 }
