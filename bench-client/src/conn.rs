@@ -1,11 +1,14 @@
 //! One load-generator connection: TCP connect from a chosen loopback source address,
 //! the WebSocket handshake (or the TCP protocol's CONNECT), and framing of what the
 //! scenarios send and receive, over a plain or TLS [`Stream`]. Built on the project's
-//! own sans-IO codecs.
+//! own sans-IO codecs (and [`crate::socketio`] for socket.io's envelope).
 
+use std::cell::RefCell;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::ops::Range;
 use std::os::fd::{FromRawFd, IntoRawFd, RawFd};
+use std::rc::Rc;
+use std::task::{Poll, Waker};
 use std::time::Instant;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
@@ -21,6 +24,7 @@ use stellar_protocol::ws::{
     DecoderConfig, Decompressor, DeflateParams, Message, MessageDecoder, OpCode, Role,
 };
 
+use crate::socketio;
 use crate::tls::Stream;
 
 /// Connections per loopback source address: below the ~28 k ephemeral ports one
@@ -33,6 +37,9 @@ pub const CONNS_PER_SOURCE: usize = 20_000;
 pub enum Proto {
     Ws,
     Tcp,
+    /// socket.io 4 (engine.io v4 over WebSocket): for socket.io servers, which do not
+    /// read Stellar's envelope. Broadcast, fanout, echo, ack, connect and idle.
+    Socketio,
 }
 
 /// A message received, reduced to what scenarios look at, borrowed from the reader
@@ -52,6 +59,11 @@ pub enum Inbound<'a> {
 enum Found {
     Event {
         event: Range<usize>,
+        data: Range<usize>,
+    },
+    /// An event whose name is not in the message (socket.io's CONNECT and ACK).
+    Named {
+        event: &'static [u8],
         data: Range<usize>,
     },
     Binary(Range<usize>),
@@ -118,6 +130,10 @@ fn bind_and_connect(fd: RawFd, source: IpAddr, server: SocketAddr) -> std::io::R
 /// The reading half with its decoder.
 pub struct Reader {
     half: OwnedReadHalf<Stream>,
+    /// The connection's writing half, for the answers the reader owes the server
+    /// (socket.io's pongs).
+    side: Rc<WriteSide>,
+    proto: Proto,
     buf: BytesMut,
     decoder: Decoder,
     /// When the last read completed.
@@ -140,16 +156,73 @@ enum Decoder {
 
 /// The writing half.
 pub struct Writer {
-    half: OwnedWriteHalf<Stream>,
+    side: Rc<WriteSide>,
     proto: Proto,
     mask: u32,
     /// The JSON of the message being framed, reused from message to message.
     json: BytesMut,
 }
 
+/// A connection's writing half, shared by its [`Writer`] and its [`Reader`]. Whoever
+/// writes takes the half out for the write and puts it back, so two frames never
+/// interleave on the wire; the reader never waits for it (it must keep reading), it
+/// leaves its pongs owed and the writer sends them after its own write.
+struct WriteSide {
+    half: RefCell<Option<OwnedWriteHalf<Stream>>>,
+    /// The writer's task, waiting while the reader holds the half.
+    waiter: RefCell<Option<Waker>>,
+    /// PONG texts owed while the writer held the half.
+    owed: RefCell<Vec<Bytes>>,
+}
+
+/// The mask of the frames the reader writes: masks need only be unpredictable to
+/// proxies, and a pong carries nothing to hide.
+const READER_MASK: [u8; 4] = [0x5a, 0x3c, 0xa5, 0xc3];
+
+impl WriteSide {
+    fn new(half: OwnedWriteHalf<Stream>) -> Rc<Self> {
+        Rc::new(Self {
+            half: RefCell::new(Some(half)),
+            waiter: RefCell::default(),
+            owed: RefCell::default(),
+        })
+    }
+
+    /// The half, once the reader has put it back.
+    async fn take(&self) -> OwnedWriteHalf<Stream> {
+        std::future::poll_fn(|cx| match self.half.borrow_mut().take() {
+            Some(half) => Poll::Ready(half),
+            None => {
+                *self.waiter.borrow_mut() = Some(cx.waker().clone());
+                Poll::Pending
+            }
+        })
+        .await
+    }
+
+    fn put(&self, half: OwnedWriteHalf<Stream>) {
+        *self.half.borrow_mut() = Some(half);
+        if let Some(w) = self.waiter.borrow_mut().take() {
+            w.wake();
+        }
+    }
+
+    /// Writes `frame` now if the half is free, else leaves it for the writer.
+    async fn answer(&self, frame: Bytes) {
+        let half = self.half.borrow_mut().take();
+        match half {
+            Some(mut half) => {
+                let _ = half.write_all(frame).await;
+                self.put(half);
+            }
+            None => self.owed.borrow_mut().push(frame),
+        }
+    }
+}
+
 /// Completes the opening over a connected (and, for TLS, handshaken) stream: WebSocket
-/// handshake or nothing for TCP. The server's first message (`welcome` / CONNECT) is
-/// left for the caller to read.
+/// handshake (and socket.io's CONNECT) or nothing for TCP. The server's first message
+/// (`welcome` / CONNECT / socket.io's CONNECT answer) is left for the caller to read.
 pub async fn open(
     stream: Stream,
     proto: Proto,
@@ -159,14 +232,19 @@ pub async fn open(
     let mut stream = stream;
     let mut buf = BytesMut::with_capacity(4096);
     let mut deflate = false;
-    if proto == Proto::Ws {
+    if proto != Proto::Tcp {
+        let path = if proto == Proto::Socketio {
+            socketio::PATH
+        } else {
+            "/"
+        };
         let offer = if offer_deflate {
             "Sec-WebSocket-Extensions: permessage-deflate\r\n"
         } else {
             ""
         };
         let request = format!(
-            "GET / HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+            "GET {path} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
 Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n{offer}\r\n"
         );
         let (res, _) = stream.write_all(request.into_bytes()).await;
@@ -187,8 +265,16 @@ Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n{off
             }
         }
     }
+    if proto == Proto::Socketio {
+        // The server's OPEN packet need not be awaited: socket.io reads a CONNECT sent
+        // right after the upgrade.
+        let (res, _) = stream
+            .write_all(encode_client(OpCode::Text, socketio::CONNECT, READER_MASK))
+            .await;
+        res?;
+    }
     let decoder = match proto {
-        Proto::Ws => Decoder::Ws(
+        Proto::Ws | Proto::Socketio => Decoder::Ws(
             MessageDecoder::new(DecoderConfig {
                 role: Role::Client,
                 max_message_size: 64 << 20,
@@ -209,9 +295,12 @@ Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n{off
         Proto::Tcp => Decoder::Tcp(TcpDecoder::new(64 << 20)),
     };
     let (half, write) = stream.into_split();
+    let side = WriteSide::new(write);
     Ok((
         Reader {
             half,
+            side: Rc::clone(&side),
+            proto,
             buf,
             decoder,
             read_at: Instant::now(),
@@ -220,7 +309,7 @@ Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n{off
             in_scratch: false,
         },
         Writer {
-            half: write,
+            side,
             proto,
             mask: 0x9e37_79b9,
             json: BytesMut::new(),
@@ -255,6 +344,7 @@ impl Reader {
             match self.decode() {
                 Some(Step::Got(found)) => break found,
                 Some(Step::Skip) => continue,
+                Some(Step::Answer(frame)) => self.side.answer(frame).await,
                 None => match read_append(&mut self.half, &mut self.buf).await {
                     Ok(n) if n > 0 => self.read_at = Instant::now(),
                     _ => break Found::Closed(None),
@@ -271,6 +361,10 @@ impl Reader {
                 event: &src[event],
                 data: &src[data],
             },
+            Found::Named { event, data } => Inbound::Event {
+                event,
+                data: &src[data],
+            },
             Found::Binary(range) => Inbound::Binary(&src[range]),
             Found::Closed(code) => Inbound::Closed(code),
         }
@@ -279,6 +373,7 @@ impl Reader {
     /// Decodes the next message from `buf`; `None` when more bytes are needed.
     fn decode(&mut self) -> Option<Step> {
         self.in_scratch = false;
+        let proto = self.proto;
         let decoded = match &mut self.decoder {
             Decoder::Ws(d, inflater) => match d.decode_in_place(&mut self.buf) {
                 Ok(Some(frame)) if frame.compressed => {
@@ -293,14 +388,14 @@ impl Reader {
                     self.scratch.clear();
                     self.scratch.extend_from_slice(&plain);
                     return Some(match frame.opcode {
-                        OpCode::Text => found_event(&self.scratch, 0..plain.len()),
+                        OpCode::Text => found_event(&self.scratch, 0..plain.len(), proto),
                         _ => Step::Got(Found::Binary(0..plain.len())),
                     });
                 }
                 Ok(Some(frame)) => {
                     self.taken = frame.len;
                     return Some(match frame.opcode {
-                        OpCode::Text => found_event(&self.buf, frame.payload),
+                        OpCode::Text => found_event(&self.buf, frame.payload, proto),
                         _ => Step::Got(Found::Binary(frame.payload)),
                     });
                 }
@@ -331,7 +426,7 @@ impl Reader {
         Some(match assembled {
             Assembled::Ws(Message::Text(t)) => {
                 self.scratch.extend_from_slice(t.as_bytes());
-                found_event(&self.scratch, 0..t.len())
+                found_event(&self.scratch, 0..t.len(), proto)
             }
             Assembled::Ws(Message::Binary(b)) => {
                 self.scratch.extend_from_slice(&b);
@@ -370,16 +465,43 @@ enum Assembled {
 enum Step {
     Got(Found),
     Skip,
+    /// A frame the server is owed (socket.io's PONG), to write before reading on.
+    Answer(Bytes),
 }
 
 /// The event in the text at `text` of `src`, or a skip if it is not one.
-fn found_event(src: &[u8], text: Range<usize>) -> Step {
+fn found_event(src: &[u8], text: Range<usize>, proto: Proto) -> Step {
+    if proto == Proto::Socketio {
+        return found_socketio(src, text);
+    }
     match parse_event(&src[text.clone()]) {
         Some((event, data)) => Step::Got(Found::Event {
             event: text.start + event.start..text.start + event.end,
             data: text.start + data.start..text.start + data.end,
         }),
         None => Step::Skip,
+    }
+}
+
+/// What a socket.io text says, as ranges of `src`.
+fn found_socketio(src: &[u8], text: Range<usize>) -> Step {
+    let shift = |r: Range<usize>| text.start + r.start..text.start + r.end;
+    match socketio::parse(&src[text.clone()]) {
+        socketio::Packet::Event { event, data } => Step::Got(Found::Event {
+            event: shift(event),
+            data: shift(data),
+        }),
+        socketio::Packet::Named { event, data } => Step::Got(Found::Named {
+            event,
+            data: shift(data),
+        }),
+        socketio::Packet::Ping { payload } => {
+            let mut pong = BytesMut::new();
+            socketio::pong_into(&mut pong, &src[shift(payload)]);
+            Step::Answer(encode_client(OpCode::Text, &pong, READER_MASK))
+        }
+        socketio::Packet::Closed => Step::Got(Found::Closed(None)),
+        socketio::Packet::Other => Step::Skip,
     }
 }
 
@@ -453,6 +575,11 @@ impl Writer {
                 let mask = self.next_mask();
                 encode_client_into(out, OpCode::Text, &self.json, mask);
             }
+            (Proto::Socketio, _) => {
+                socketio::event_into(&mut self.json, event, data, room);
+                let mask = self.next_mask();
+                encode_client_into(out, OpCode::Text, &self.json, mask);
+            }
             (Proto::Tcp, Some(room)) => {
                 self.json.put_slice(b"{\"room\":");
                 envelope::write_json_string(&mut self.json, room);
@@ -498,13 +625,18 @@ impl Writer {
                 self.json.put_u8(b'}');
                 tcp::frame::encode_into(out, FrameType::AckReq, name, &self.json);
             }
+            Proto::Socketio => {
+                socketio::request_into(&mut self.json, name, data, correlation);
+                let mask = self.next_mask();
+                encode_client_into(out, OpCode::Text, &self.json, mask);
+            }
         }
     }
 
     /// Joins a room (the answer is read by the caller).
     pub async fn join(&mut self, room: &str) -> std::io::Result<()> {
         match self.proto {
-            Proto::Ws => {
+            Proto::Ws | Proto::Socketio => {
                 self.send_event(
                     &reserved::JOIN_ROOM,
                     &serde_json::Value::from(room).to_string(),
@@ -536,15 +668,25 @@ impl Writer {
         encode_client_into(out, OpCode::Binary, &msg, mask);
     }
 
+    /// Writes `frame`, then any pongs the reader left owed meanwhile.
     pub async fn send_raw(&mut self, frame: Bytes) -> std::io::Result<()> {
-        let (res, _) = self.half.write_all(frame).await;
+        let mut half = self.side.take().await;
+        let (mut res, _) = half.write_all(frame).await;
+        loop {
+            let owed = self.side.owed.borrow_mut().pop();
+            match owed {
+                Some(pong) if res.is_ok() => res = half.write_all(pong).await.0,
+                _ => break,
+            }
+        }
+        self.side.put(half);
         res.map(|_| ())
     }
 
     /// Sends a close (WebSocket 1000 or TCP DISCONNECT).
     pub async fn close(&mut self) {
         let frame = match self.proto {
-            Proto::Ws => {
+            Proto::Ws | Proto::Socketio => {
                 let mask = self.next_mask();
                 encode_client(OpCode::Close, &1000u16.to_be_bytes(), mask)
             }
@@ -701,6 +843,81 @@ mod tests {
                 "cut {cut}"
             );
         }
+    }
+
+    /// The next text message a client sent, as a socket.io peer reads it.
+    fn client_text(s: &mut std::net::TcpStream, buf: &mut BytesMut) -> String {
+        let mut decoder = MessageDecoder::new(DecoderConfig::default());
+        loop {
+            if let Ok(Some(Message::Text(t))) = decoder.decode(buf) {
+                return t.as_str().to_owned();
+            }
+            let mut chunk = [0u8; 512];
+            let n = s.read(&mut chunk).expect("read");
+            assert!(n > 0, "client hung up");
+            buf.extend_from_slice(&chunk[..n]);
+        }
+    }
+
+    #[test]
+    fn socketio_connects_and_answers_pings_with_pongs() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let peer = std::thread::spawn(move || {
+            let (mut s, _) = listener.accept().expect("accept");
+            let mut request = Vec::new();
+            let mut byte = [0u8];
+            while !request.ends_with(b"\r\n\r\n") && s.read(&mut byte).expect("read") == 1 {
+                request.push(byte[0]);
+            }
+            s.write_all(b"HTTP/1.1 101 Switching Protocols\r\n\r\n")
+                .expect("write");
+            let mut buf = BytesMut::new();
+            let connect = client_text(&mut s, &mut buf);
+            for text in [
+                &br#"0{"sid":"e","pingInterval":25000}"#[..],
+                br#"40{"sid":"s"}"#,
+                b"2",
+            ] {
+                s.write_all(&encode_server(OpCode::Text, text))
+                    .expect("write");
+            }
+            let pong = client_text(&mut s, &mut buf);
+            s.write_all(&encode_server(OpCode::Text, br#"42["done",{"p":1}]"#))
+                .expect("write");
+            let _ = s.read_to_end(&mut request);
+            (
+                String::from_utf8_lossy(&request).into_owned(),
+                connect,
+                pong,
+            )
+        });
+        let mut rt = monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
+            .enable_timer()
+            .build()
+            .expect("runtime");
+        let got = rt.block_on(async move {
+            let stream = connect_from(source_for(0, 0), addr).expect("connect");
+            let (mut reader, _writer) = open(Stream::Plain(stream), Proto::Socketio, "x", false)
+                .await
+                .expect("open");
+            let mut got = Vec::new();
+            for _ in 0..2 {
+                if let Inbound::Event { event, data } = reader.next().await {
+                    got.push(format!(
+                        "{} {}",
+                        String::from_utf8_lossy(event),
+                        String::from_utf8_lossy(data)
+                    ));
+                }
+            }
+            got
+        });
+        let (request, connect, pong) = peer.join().expect("peer");
+        assert!(request.starts_with("GET /socket.io/?EIO=4&transport=websocket HTTP/1.1"));
+        assert_eq!(connect, "40");
+        assert_eq!(pong, "3");
+        assert_eq!(got, [r#"connect {"sid":"s"}"#, r#"done {"p":1}"#]);
     }
 
     #[test]

@@ -5,12 +5,16 @@
 //! loop holding its share of the clients. Connections come from 127.0.0.1, .2, ... so
 //! more than 64 k of them fit. Publishers are open-loop; latency is measured from the
 //! intended send time; warm-up is excluded; the run is bounded by `--duration`. With
-//! `--tls-ca` every connection speaks TLS (`wss://`).
+//! `--tls-ca` every connection speaks TLS (`wss://`). With several `--server` addresses
+//! (the nodes of one cluster) the clients are dealt over them so that every room has
+//! members, and the publishers, on every node.
 
+mod broker;
 mod conn;
 mod pacer;
 mod report;
 mod scenario;
+mod socketio;
 mod tls;
 mod window;
 
@@ -39,8 +43,10 @@ struct Args {
     #[arg(value_enum)]
     scenario: Scenario,
     /// Server address (host:port): the WebSocket port, or the TCP port with `--proto tcp`.
-    #[arg(long, default_value = "127.0.0.1:3000")]
-    server: String,
+    /// A comma-separated list names the nodes of one cluster: the clients are dealt over
+    /// them (see `assign_servers`).
+    #[arg(long, value_delimiter = ',', default_value = "127.0.0.1:3000")]
+    server: Vec<String>,
     #[arg(long, value_enum, default_value = "ws")]
     proto: Proto,
     /// PEM file of the certificates to trust (the server's self-signed certificate will
@@ -92,9 +98,17 @@ struct Args {
     /// Seed for the room assignment.
     #[arg(long, default_value_t = 1)]
     seed: u64,
-    /// PID of the server, to read its CPU time and RSS from /proc.
+    /// PID of the server, to read its CPU time and RSS from /proc; a comma-separated
+    /// list (one per node) is summed.
+    #[arg(long, value_delimiter = ',')]
+    server_pid: Vec<String>,
+    /// Redis between the nodes of a cluster (`host:port`): its `INFO commandstats` is
+    /// read at the window's start and end, for the broker's commands per message.
     #[arg(long)]
-    server_pid: Option<String>,
+    broker: Option<String>,
+    /// PID of the broker (`redis-server`), for its CPU time over the window.
+    #[arg(long)]
+    broker_pid: Option<String>,
     /// Label of the server in reports.
     #[arg(long, default_value = "stellar")]
     label: String,
@@ -117,18 +131,20 @@ struct Args {
 fn main() -> std::process::ExitCode {
     let args = Args::parse();
     raise_fd_limit();
-    let server = match args
-        .server
-        .to_socket_addrs()
-        .ok()
-        .and_then(|mut a| a.next())
-    {
-        Some(a) => a,
-        None => {
-            eprintln!("stellar-bench: cannot resolve {}", args.server);
-            return std::process::ExitCode::from(2);
+    let mut servers = Vec::with_capacity(args.server.len());
+    for name in &args.server {
+        match name.to_socket_addrs().ok().and_then(|mut a| a.next()) {
+            Some(a) => servers.push(a),
+            None => {
+                eprintln!("stellar-bench: cannot resolve {name}");
+                return std::process::ExitCode::from(2);
+            }
         }
-    };
+    }
+    if args.proto == Proto::Socketio && args.scenario == Scenario::Binary {
+        eprintln!("stellar-bench: --proto socketio does not carry the binary scenario");
+        return std::process::ExitCode::from(2);
+    }
     let tls = match &args.tls_ca {
         None => None,
         Some(ca) => match tls::Connector::from_ca(ca, &args.tls_name) {
@@ -139,7 +155,7 @@ fn main() -> std::process::ExitCode {
             }
         },
     };
-    let report = run(&args, server, tls);
+    let report = run(&args, servers, tls);
     report.print();
     if let Some(out) = &args.out
         && let Err(e) = report.write_json(out)
@@ -210,7 +226,25 @@ fn assign_rooms(clients: usize, rooms: usize, seed: u64) -> Vec<usize> {
     room_of
 }
 
-fn run(args: &Args, server: SocketAddr, tls: Option<tls::Connector>) -> Report {
+/// Deals clients over `servers` nodes so that every room spans them all: the k-th member
+/// of room r (in client order) goes to node (r + k) % servers. A room's publisher is its
+/// first member, so the publishers are spread over the nodes as evenly as the rooms, and
+/// each room's members as evenly as its size allows. With one room (echo, ack, fanout)
+/// client i goes to node i % servers; with one node, everyone to it.
+fn assign_servers(room_of: &[usize], servers: usize) -> Vec<usize> {
+    let rooms = room_of.iter().max().map_or(0, |r| r + 1);
+    let mut members = vec![0usize; rooms];
+    room_of
+        .iter()
+        .map(|&room| {
+            let k = members[room];
+            members[room] += 1;
+            (room + k) % servers.max(1)
+        })
+        .collect()
+}
+
+fn run(args: &Args, servers: Vec<SocketAddr>, tls: Option<tls::Connector>) -> Report {
     let rooms = match args.scenario {
         Scenario::Fanout => 1,
         Scenario::Broadcast | Scenario::Binary => args.rooms.max(1),
@@ -227,7 +261,8 @@ fn run(args: &Args, server: SocketAddr, tls: Option<tls::Connector>) -> Report {
     let run = Arc::new(Run {
         scenario: args.scenario,
         proto: args.proto,
-        server,
+        server_of: assign_servers(&room_of, servers.len()),
+        servers,
         tls,
         deflate: args.deflate,
         telemetry: args.telemetry,
@@ -248,9 +283,9 @@ fn run(args: &Args, server: SocketAddr, tls: Option<tls::Connector>) -> Report {
         close_codes: Mutex::default(),
         closed_loop,
     });
-    let rss_before = args.server_pid.as_deref().and_then(report::rss_bytes);
+    let rss_before = report::rss_bytes_of(&args.server_pid);
     let gen_cpu_before = report::cpu_seconds("self").unwrap_or(0.0);
-    let storm_server_cpu_before = args.server_pid.as_deref().and_then(report::cpu_seconds);
+    let storm_server_cpu_before = report::cpu_seconds_of(&args.server_pid);
     let threads: Vec<_> = args
         .cpus
         .iter()
@@ -284,7 +319,7 @@ fn run(args: &Args, server: SocketAddr, tls: Option<tls::Connector>) -> Report {
     let storm_seconds = storm_start.elapsed().as_secs_f64();
     let storm_server_cpu = match (
         storm_server_cpu_before,
-        args.server_pid.as_deref().and_then(report::cpu_seconds),
+        report::cpu_seconds_of(&args.server_pid),
     ) {
         (Some(a), Some(b)) => Some(b - a),
         _ => None,
@@ -312,9 +347,13 @@ fn run(args: &Args, server: SocketAddr, tls: Option<tls::Connector>) -> Report {
     let mut server_cpu = (None, None);
     let mut gen_window_cpu = (0.0, 0.0);
     let mut rss_after = None;
+    let mut broker_window = (None, None);
+    let mut broker_cpu = (None, None);
     if !measuring {
         wait(from);
-        server_cpu.0 = args.server_pid.as_deref().and_then(report::cpu_seconds);
+        server_cpu.0 = report::cpu_seconds_of(&args.server_pid);
+        broker_window.0 = args.broker.as_deref().and_then(read_broker);
+        broker_cpu.0 = args.broker_pid.as_deref().and_then(report::cpu_seconds);
         gen_window_cpu.0 = report::cpu_seconds("self").unwrap_or(0.0);
         while run.now_ns() < until {
             bar.set_position(
@@ -322,9 +361,11 @@ fn run(args: &Args, server: SocketAddr, tls: Option<tls::Connector>) -> Report {
             );
             std::thread::sleep(Duration::from_millis(100));
         }
-        server_cpu.1 = args.server_pid.as_deref().and_then(report::cpu_seconds);
+        server_cpu.1 = report::cpu_seconds_of(&args.server_pid);
+        broker_window.1 = args.broker.as_deref().and_then(read_broker);
+        broker_cpu.1 = args.broker_pid.as_deref().and_then(report::cpu_seconds);
         gen_window_cpu.1 = report::cpu_seconds("self").unwrap_or(0.0);
-        rss_after = args.server_pid.as_deref().and_then(report::rss_bytes);
+        rss_after = report::rss_bytes_of(&args.server_pid);
         // Let deliveries in flight arrive.
         std::thread::sleep(Duration::from_secs(2));
     }
@@ -372,6 +413,7 @@ fn run(args: &Args, server: SocketAddr, tls: Option<tls::Connector>) -> Report {
         connected,
         connect_errors: c.connect_errors.load(Ordering::Relaxed),
         sent,
+        published: c.published.load(Ordering::Relaxed),
         expected_deliveries: expected,
         deliveries: delivered,
         deliveries_per_sec: delivered as f64 / seconds,
@@ -420,6 +462,17 @@ fn run(args: &Args, server: SocketAddr, tls: Option<tls::Connector>) -> Report {
             Some((gen_window_cpu.1 - gen_window_cpu.0) / (seconds * args.cpus.len() as f64))
         },
         generator_threads: args.cpus.len(),
+        broker: match broker_window {
+            (Some(before), Some(after)) => Some(report::BrokerUse::of(
+                before.until(&after),
+                match broker_cpu {
+                    (Some(a), Some(b)) => Some(b - a),
+                    _ => None,
+                },
+                sent,
+            )),
+            _ => None,
+        },
         window,
         latency_percentiles_us: report::percentile_curve(&latency),
         finished_unix: std::time::SystemTime::now()
@@ -434,6 +487,13 @@ fn run(args: &Args, server: SocketAddr, tls: Option<tls::Connector>) -> Report {
         }
     }
     report
+}
+
+/// The broker's counts now, or `None` (said on stderr) if it cannot be read.
+fn read_broker(addr: &str) -> Option<broker::Commandstats> {
+    broker::read(addr)
+        .inspect_err(|e| eprintln!("stellar-bench: --broker {addr}: {e}"))
+        .ok()
 }
 
 /// One pinned generator thread running clients `t, t + count, t + 2·count, ...`.
@@ -487,4 +547,42 @@ fn generator_thread(
         monoio::time::sleep(Duration::from_millis(100)).await;
     });
     tally.finish(&totals)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_room_has_members_and_publishers_on_every_server() {
+        let room_of = assign_rooms(1000, 100, 1);
+        let server_of = assign_servers(&room_of, 2);
+        let mut per_room = vec![[0usize; 2]; 100];
+        let mut publishers = [0usize; 2];
+        for (client, (&room, &server)) in room_of.iter().zip(&server_of).enumerate() {
+            if room_of.iter().position(|r| *r == room) == Some(client) {
+                publishers[server] += 1;
+            }
+            per_room[room][server] += 1;
+        }
+        assert!(
+            per_room.iter().all(|split| *split == [5, 5]),
+            "{per_room:?}"
+        );
+        assert_eq!(publishers, [50, 50]);
+    }
+
+    #[test]
+    fn one_room_is_dealt_round_robin_and_one_server_takes_all() {
+        let one_room = assign_rooms(10, 1, 7);
+        assert_eq!(
+            assign_servers(&one_room, 3),
+            (0..10).map(|i| i % 3).collect::<Vec<_>>()
+        );
+        assert!(
+            assign_servers(&assign_rooms(500, 50, 3), 1)
+                .iter()
+                .all(|s| *s == 0)
+        );
+    }
 }

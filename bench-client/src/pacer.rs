@@ -107,6 +107,7 @@ impl Sender {
             }
             // Messages of this write whose intended time is in the measured window.
             let mut measured = 0;
+            let mut written = 0;
             for _ in 0..MAX_BATCH {
                 let Some(t) = self.due.borrow_mut().pop_front() else {
                     break;
@@ -121,6 +122,7 @@ impl Sender {
                     &pad,
                 );
                 measured += u64::from(run.in_window(t));
+                written += 1;
                 k += 1;
             }
             if writer.send_raw(batch.split().freeze()).await.is_err() {
@@ -128,6 +130,7 @@ impl Sender {
                 return;
             }
             run.counters.sent.fetch_add(measured, Ordering::Relaxed);
+            run.counters.published.fetch_add(written, Ordering::Relaxed);
             run.counters
                 .expected
                 .fetch_add(measured * self.receivers, Ordering::Relaxed);

@@ -1,12 +1,14 @@
 //! What a run reports: a table on stdout, a JSON result file and an SVG plot of the
 //! latency percentiles (HdrHistogram), all under `results/`.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
 use hdrhistogram::Histogram;
 use plotters::prelude::*;
 use serde::Serialize;
+
+use crate::broker::CommandUse;
 
 /// Latency percentiles in microseconds.
 #[derive(Debug, Serialize, Default)]
@@ -53,6 +55,9 @@ pub struct Report {
     pub connected: u64,
     pub connect_errors: u64,
     pub sent: u64,
+    /// Every message written, warm-up and drain included (`sent` counts only those
+    /// stamped inside the window): what a broker in front of the servers carried.
+    pub published: u64,
     pub expected_deliveries: u64,
     pub deliveries: u64,
     pub deliveries_per_sec: f64,
@@ -98,6 +103,37 @@ pub struct Report {
     pub latency_percentiles_us: Vec<[f64; 2]>,
     /// When the run ended, in seconds since the Unix epoch (the date on the charts).
     pub finished_unix: u64,
+    /// What the window's messages cost the broker between the nodes (`--broker`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub broker: Option<BrokerUse>,
+}
+
+/// The broker's work over the measured window, per message sent in it.
+#[derive(Debug, Serialize)]
+pub struct BrokerUse {
+    /// Calls and µs inside the broker, by command (the generator's INFO excluded).
+    pub commands: BTreeMap<String, CommandUse>,
+    /// PUBLISH calls per message.
+    pub publish_per_message: f64,
+    /// Calls of every command per message.
+    pub commands_per_message: f64,
+    /// The broker process's CPU seconds over the window (`--broker-pid`).
+    pub cpu_seconds: Option<f64>,
+    pub cpu_us_per_message: Option<f64>,
+}
+
+impl BrokerUse {
+    pub fn of(commands: BTreeMap<String, CommandUse>, cpu_seconds: Option<f64>, sent: u64) -> Self {
+        let per = |n: f64| if sent == 0 { 0.0 } else { n / sent as f64 };
+        let calls = |name: &str| commands.get(name).map_or(0, |c| c.calls);
+        Self {
+            publish_per_message: per(calls("publish") as f64),
+            commands_per_message: per(commands.values().map(|c| c.calls).sum::<u64>() as f64),
+            cpu_us_per_message: cpu_seconds.filter(|_| sent > 0).map(|s| per(s * 1e6)),
+            cpu_seconds,
+            commands,
+        }
+    }
 }
 
 /// A generator thread busier than this in the window is the bottleneck of the run.
@@ -158,6 +194,15 @@ impl Report {
         }
         if let Some(b) = self.server_rss_bytes_per_connection {
             println!("  server RSS {:.0} bytes per connection", b);
+        }
+        if let Some(b) = &self.broker {
+            let cpu = b
+                .cpu_us_per_message
+                .map_or(String::new(), |us| format!(", {us:.1} µs of its CPU"));
+            println!(
+                "  broker per message: {:.2} PUBLISH, {:.2} commands{cpu}",
+                b.publish_per_message, b.commands_per_message
+            );
         }
         println!(
             "  generator CPU {:.2}s over {} threads",
@@ -255,6 +300,24 @@ pub fn cpu_seconds(pid: &str) -> Option<f64> {
     let stime: f64 = fields.get(12)?.parse().ok()?;
     let ticks = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK).ok()??;
     Some((utime + stime) / ticks as f64)
+}
+
+/// CPU seconds summed over `pids` (the nodes of one cluster); `None` without PIDs or
+/// when one cannot be read.
+pub fn cpu_seconds_of(pids: &[String]) -> Option<f64> {
+    sum_over(pids, cpu_seconds)
+}
+
+/// RSS summed over `pids`; `None` without PIDs or when one cannot be read.
+pub fn rss_bytes_of(pids: &[String]) -> Option<u64> {
+    sum_over(pids, rss_bytes)
+}
+
+fn sum_over<T: std::iter::Sum<T>>(pids: &[String], of: impl Fn(&str) -> Option<T>) -> Option<T> {
+    if pids.is_empty() {
+        return None;
+    }
+    pids.iter().map(|pid| of(pid)).sum()
 }
 
 /// Resident set size of a process in bytes.

@@ -38,6 +38,8 @@ pub struct Counters {
     pub connected: AtomicU64,
     pub connect_errors: AtomicU64,
     pub sent: AtomicU64,
+    /// Every message written, in the window or not.
+    pub published: AtomicU64,
     pub expected: AtomicU64,
     pub delivered: AtomicU64,
     /// Deliveries that arrived inside the window, whenever they were sent: the
@@ -52,7 +54,10 @@ pub struct Counters {
 pub struct Run {
     pub scenario: Scenario,
     pub proto: Proto,
-    pub server: SocketAddr,
+    /// The server's nodes (one for a single server).
+    pub servers: Vec<SocketAddr>,
+    /// Node of each client, an index into `servers`.
+    pub server_of: Vec<usize>,
     /// TLS over every connection (`--tls-ca`); `None` = plaintext.
     pub tls: Option<Connector>,
     /// Offer permessage-deflate (`--deflate`).
@@ -231,7 +236,8 @@ pub async fn client_with_slot(
 ) {
     let slot = Slot(slot);
     let started = Instant::now();
-    let opened = match conn::connect_from(conn::source_for(index, run.source_offset), run.server) {
+    let server = run.servers[run.server_of[index]];
+    let opened = match conn::connect_from(conn::source_for(index, run.source_offset), server) {
         Ok(tcp) => match &run.tls {
             None => conn::open(Stream::Plain(tcp), run.proto, "127.0.0.1", run.deflate).await,
             Some(tls) => match tls.connect(tcp).await {
@@ -380,7 +386,7 @@ fn binary_stamp(msg: &[u8], proto: Proto) -> Option<(u64, u64, u64)> {
             let header_len = u32::from_be_bytes(msg.get(..4)?.try_into().ok()?) as usize;
             msg.get(4 + header_len..)?
         }
-        Proto::Tcp => msg,
+        Proto::Tcp | Proto::Socketio => msg,
     };
     let p = u32::from_be_bytes(payload.get(..4)?.try_into().ok()?) as u64;
     let s = u64::from_be_bytes(payload.get(4..12)?.try_into().ok()?);

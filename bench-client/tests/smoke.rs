@@ -44,11 +44,12 @@ fn certificate(dir: &std::path::Path) -> (PathBuf, PathBuf) {
 /// Runs `stellar-bench` with `args` against a fresh two-worker server and returns its
 /// JSON report; panics if the run fails its own loss and error checks.
 fn bench(name: &str, wire: Wire, args: &str) -> Value {
-    let tmp = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
-    let tls = wire
-        .is_tls()
-        .then(|| certificate(&tmp.join(format!("smoke-{name}"))));
-    let server = Server::builder()
+    bench_nodes(name, wire, args, 1)
+}
+
+/// A fresh two-worker server, serving `tls` (certificate, key) if given.
+fn server(tls: Option<&(PathBuf, PathBuf)>) -> Server {
+    Server::builder()
         .config(Config {
             host: "127.0.0.1".into(),
             port: 0,
@@ -63,30 +64,49 @@ fn bench(name: &str, wire: Wire, args: &str) -> Value {
         .on("echo", |ctx| ctx.emit_raw("echo", &ctx.data_raw()).unwrap())
         .on_ack("echo", |ctx| Ok::<Value, _>(ctx.data().clone()))
         .start()
-        .expect("server starts");
-    let handle = server.handle();
-    let port = if wire.is_tcp() {
-        handle.tcp_port()
-    } else {
-        handle.port()
-    };
+        .expect("server starts")
+}
+
+/// [`bench`] against `nodes` separate servers (`--server A,B`): not a cluster, so a
+/// message reaches only the members on its publisher's server.
+fn bench_nodes(name: &str, wire: Wire, args: &str, nodes: usize) -> Value {
+    let tmp = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
+    let tls = wire
+        .is_tls()
+        .then(|| certificate(&tmp.join(format!("smoke-{name}"))));
+    let servers: Vec<Server> = (0..nodes).map(|_| server(tls.as_ref())).collect();
+    let addresses: Vec<String> = servers
+        .iter()
+        .map(|s| {
+            let handle = s.handle();
+            let port = if wire.is_tcp() {
+                handle.tcp_port()
+            } else {
+                handle.port()
+            };
+            format!("127.0.0.1:{port}")
+        })
+        .collect();
+    // Every "node" is this process: its CPU is read once per node.
+    let pids = vec![std::process::id().to_string(); nodes];
     let out = tmp.join(format!("smoke-{name}.json"));
     let mut command = Command::new(env!("CARGO_BIN_EXE_stellar-bench"));
     command
         .args(args.split_whitespace())
-        .args(["--server", &format!("127.0.0.1:{port}"), "--duration", "1"])
+        .args(["--server", &addresses.join(","), "--duration", "1"])
         .args(["--warmup", "0.5", "--proto"])
         .arg(if wire.is_tcp() { "tcp" } else { "ws" })
         .arg("--server-pid")
-        .arg(std::process::id().to_string())
+        .arg(pids.join(","))
         .arg("--out")
         .arg(&out);
     if let Some((cert, _)) = &tls {
         command.arg("--tls-ca").arg(cert);
     }
     let status = command.status().expect("stellar-bench runs");
-    handle.stop();
-    drop(server);
+    for server in servers {
+        server.handle().stop();
+    }
     assert!(
         status.success(),
         "{name}: stellar-bench reported loss or errors"
@@ -182,6 +202,42 @@ fn large_messages_arrive_whole() {
 #[test]
 fn acks_are_answered_to_each_caller() {
     let report = bench("ack", Wire::Ws, "ack --clients 20 --rate 2000");
+    assert_exact(&report, 20, 1);
+}
+
+#[test]
+fn two_servers_split_every_room() {
+    // Room r's k-th member is on server (r + k) % 2 and its publisher is the first
+    // member, so of the nine other members exactly four (k = 2, 4, 6, 8) share the
+    // publisher's server; two servers that are not a cluster deliver those and lose the
+    // five on the other one.
+    let report = bench_nodes(
+        "broadcast-two-servers",
+        Wire::Ws,
+        &format!("{BROADCAST} --max-loss 1"),
+        2,
+    );
+    assert_eq!(count(&report, "connected"), 40);
+    let sent = count(&report, "sent");
+    assert!(sent > 0, "messages were sent");
+    assert_eq!(count(&report, "expected_deliveries"), sent * 9);
+    assert_eq!(count(&report, "deliveries"), sent * 4);
+    assert_eq!(count(&report, "loss"), sent * 5);
+    for key in ["duplicates", "out_of_order", "errors"] {
+        assert_eq!(count(&report, key), 0, "{key}");
+    }
+    assert!(count(&report, "published") >= sent);
+    assert!(report["server_cpu_seconds"].as_f64().is_some());
+}
+
+#[test]
+fn echo_over_two_servers_is_counted_exactly() {
+    let report = bench_nodes(
+        "echo-two-servers",
+        Wire::Ws,
+        "echo --clients 20 --rate 2000",
+        2,
+    );
     assert_exact(&report, 20, 1);
 }
 
