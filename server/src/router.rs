@@ -433,11 +433,9 @@ fn join(
             if let Some((handler, correlation)) = ack {
                 replies.push(conn.ack_frame(handler, correlation, Ok(&name)));
             }
-            // In a room with history, the recovery (or, without `since`, the position the
-            // client starts from) is read once the join is known everywhere, and the
-            // client's live messages are held from now until it is answered.
-            let keeps = crate::history::keeps_history(&worker.config(), room);
-            let ask = (since.is_some() || keeps).then(|| {
+            // The recovery is read once the join is known everywhere, and the client's
+            // live messages are held from now until it is answered.
+            let ask = since.map(|since| {
                 worker.hold(conn, room);
                 recovery::Ask {
                     room: Arc::from(room),
@@ -495,7 +493,7 @@ fn recover(
     }
     let ask = recovery::Ask {
         room: Arc::from(room),
-        since: Some(since),
+        since,
         ack: ack.map(|(name, correlation)| (name.clone().into_owned(), correlation.into())),
     };
     recovery::start(worker, conn, ask);
