@@ -655,19 +655,8 @@ impl Engine {
             .fetch_add(out.published, Ordering::Relaxed);
         for (room, msg, exclude) in out.history {
             self.state.tainted.borrow_mut().insert(Arc::clone(&room));
-            let mut workers = self.state.rooms.borrow().get(&room).copied().unwrap_or(0);
-            while workers != 0 {
-                let w = workers.trailing_zeros() as usize;
-                workers &= workers - 1;
-                self.mesh.send(
-                    w,
-                    MeshMsg::Room {
-                        room: Arc::clone(&room),
-                        msg: Arc::clone(&msg),
-                        exclude,
-                    },
-                );
-            }
+            // Not positioned: delivered as is to this node's workers with members.
+            self.deliver_room(&room, msg, exclude);
         }
     }
 
