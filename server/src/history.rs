@@ -89,13 +89,20 @@ pub fn new_epoch() -> Arc<str> {
 
 /// The answer for a client at `since`, given a history holding offsets
 /// `first..=current.offset` (`first` > `current.offset` when it holds none), and a way
-/// to take the messages after an offset.
+/// to take the messages after an offset. No `since` (a plain join): nothing is missed,
+/// and the answer gives the client the position it starts from.
 pub fn recover_from(
-    since: &Since,
+    since: Option<&Since>,
     current: Pos,
     first: u64,
     after: impl FnOnce(u64) -> Vec<Arc<Outbound>>,
 ) -> Recovery {
+    let Some(since) = since else {
+        return Recovery::Recovered {
+            messages: Vec::new(),
+            current,
+        };
+    };
     let complete = *since.epoch == *current.epoch
         && since.offset <= current.offset
         && (since.offset == current.offset || since.offset + 1 >= first);
@@ -197,7 +204,7 @@ impl Local {
     pub fn recover(
         &self,
         room: &str,
-        since: &Since,
+        since: Option<&Since>,
         config: &Config,
         start: impl FnOnce(),
     ) -> Recovery {
@@ -277,12 +284,12 @@ mod tests {
         let local = Local::default();
         let config = config(100);
         assert_eq!(publish(&local, "r", 5, &config), vec![1, 2, 3, 4, 5]);
-        let epoch = local.recover("r", &since(0, ""), &config, || {});
+        let epoch = local.recover("r", Some(&since(0, "")), &config, || {});
         let epoch = epoch.current().epoch.to_string();
-        let got = local.recover("r", &since(2, &epoch), &config, || {});
+        let got = local.recover("r", Some(&since(2, &epoch)), &config, || {});
         assert_eq!(offsets(&got), vec![3, 4, 5]);
         assert_eq!(got.current().offset, 5);
-        let none = local.recover("r", &since(5, &epoch), &config, || {});
+        let none = local.recover("r", Some(&since(5, &epoch)), &config, || {});
         assert_eq!(offsets(&none), Vec::<u64>::new());
     }
 
@@ -299,25 +306,25 @@ mod tests {
         let config = config(10);
         publish(&local, "r", 50, &config);
         let epoch = local
-            .recover("r", &since(0, "x"), &config, || {})
+            .recover("r", Some(&since(0, "x")), &config, || {})
             .current()
             .epoch
             .to_string();
         assert!(matches!(
-            local.recover("r", &since(5, &epoch), &config, || {}),
+            local.recover("r", Some(&since(5, &epoch)), &config, || {}),
             Recovery::Lost { current } if current.offset == 50
         ));
         // The oldest kept message is 41: a client at 40 misses nothing.
         assert_eq!(
-            offsets(&local.recover("r", &since(40, &epoch), &config, || {})).len(),
+            offsets(&local.recover("r", Some(&since(40, &epoch)), &config, || {})).len(),
             10
         );
         assert!(matches!(
-            local.recover("r", &since(45, "other"), &config, || {}),
+            local.recover("r", Some(&since(45, "other")), &config, || {}),
             Recovery::Lost { .. }
         ));
         assert!(matches!(
-            local.recover("r", &since(51, &epoch), &config, || {}),
+            local.recover("r", Some(&since(51, &epoch)), &config, || {}),
             Recovery::Lost { .. }
         ));
     }
@@ -328,10 +335,15 @@ mod tests {
         let mut config = config(10);
         config.history_ttl = Duration::from_millis(20);
         publish(&local, "r", 3, &config);
-        let before = local.recover("r", &since(0, "x"), &config, || {});
+        let before = local.recover("r", Some(&since(0, "x")), &config, || {});
         std::thread::sleep(Duration::from_millis(40));
         local.expire(config.history_ttl);
-        let after = local.recover("r", &since(3, &before.current().epoch), &config, || {});
+        let after = local.recover(
+            "r",
+            Some(&since(3, &before.current().epoch)),
+            &config,
+            || {},
+        );
         assert!(matches!(after, Recovery::Lost { ref current } if current.offset == 0));
         assert_ne!(before.current().epoch, after.current().epoch);
     }

@@ -21,12 +21,14 @@ use crate::history::{self, Recovery, Since};
 use crate::rooms::RoomName;
 use crate::worker::Worker;
 
-/// A recovery asked for: the room, the client's position, and the request to answer
-/// when it was one (ack handler and correlation id).
+/// A recovery asked for: the room, the client's position (none for a plain join of a
+/// room with history: the answer then only tells the client where it starts, so it has
+/// a position to come back with even if no message reaches it before it drops), and the
+/// request to answer when it was one (ack handler and correlation id).
 #[derive(Debug)]
 pub struct Ask {
     pub room: RoomName,
-    pub since: Since,
+    pub since: Option<Since>,
     pub ack: Option<(EventName<'static>, Box<str>)>,
 }
 
@@ -48,12 +50,13 @@ pub fn start(worker: &Rc<Worker>, conn: &Rc<Conn>, ask: Ask) {
             });
         }
         None => {
-            let recovery = worker
-                .shared
-                .history
-                .recover(&ask.room, &ask.since, &config, || {
-                    worker.hold(conn, &ask.room);
-                });
+            let recovery =
+                worker
+                    .shared
+                    .history
+                    .recover(&ask.room, ask.since.as_ref(), &config, || {
+                        worker.hold(conn, &ask.room);
+                    });
             finish(worker, conn, ask, recovery);
         }
     }

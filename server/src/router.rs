@@ -433,9 +433,11 @@ fn join(
             if let Some((handler, correlation)) = ack {
                 replies.push(conn.ack_frame(handler, correlation, Ok(&name)));
             }
-            // The recovery is read once the join is known everywhere, and the client's
-            // live messages are held from now until it is answered.
-            let ask = since.map(|since| {
+            // In a room with history, the recovery (or, without `since`, the position the
+            // client starts from) is read once the join is known everywhere, and the
+            // client's live messages are held from now until it is answered.
+            let keeps = crate::history::keeps_history(&worker.config(), room);
+            let ask = (since.is_some() || keeps).then(|| {
                 worker.hold(conn, room);
                 recovery::Ask {
                     room: Arc::from(room),
@@ -493,7 +495,7 @@ fn recover(
     }
     let ask = recovery::Ask {
         room: Arc::from(room),
-        since,
+        since: Some(since),
         ack: ack.map(|(name, correlation)| (name.clone().into_owned(), correlation.into())),
     };
     recovery::start(worker, conn, ask);

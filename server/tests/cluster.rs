@@ -287,9 +287,9 @@ fn recovery_across_nodes_is_exact_and_says_when_it_is_not() {
     let b = TestServer::with(node(&redis, "t4", 100));
     wait_for_nodes(&[&a, &b], 2);
     let mut sender = a.ws();
-    sender.join("h:r");
+    sender.join_kept("h:r");
     let mut watcher = b.ws();
-    watcher.join("h:r");
+    watcher.join_kept("h:r");
     sender.send(json!({"event": "m", "room": "h:r", "data": 0}));
     let first = watcher.recv_event("m");
     let epoch = first["epoch"].as_str().expect("epoch").to_owned();
@@ -334,9 +334,9 @@ fn a_short_history_in_the_cluster_says_not_recovered() {
     let b = TestServer::with(node(&redis, "t5", 10));
     wait_for_nodes(&[&a, &b], 2);
     let mut sender = a.ws();
-    sender.join("h:r");
+    sender.join_kept("h:r");
     let mut watcher = b.ws();
-    watcher.join("h:r");
+    watcher.join_kept("h:r");
     sender.send(json!({"event": "m", "room": "h:r", "data": 0}));
     let first = watcher.recv_event("m");
     let epoch = first["epoch"].as_str().expect("epoch").to_owned();
@@ -349,7 +349,7 @@ fn a_short_history_in_the_cluster_says_not_recovered() {
     sender.recv_event("pong");
     eventually("the 50 are in Redis", || redis.calls("evalsha") >= 51);
     let mut back = b.ws();
-    back.join("h:r");
+    back.join_kept("h:r");
     back.send(json!({"event": "recover", "data": {"room": "h:r", "offset": 1, "epoch": epoch}}));
     let answer = back.recv_event("recovered");
     assert_eq!(
@@ -369,7 +369,7 @@ fn redis_down_keeps_local_delivery_counts_the_loss_and_recovery_says_so() {
     let mut remote = b.ws();
     for c in [&mut sender, &mut local, &mut remote] {
         c.join("p");
-        c.join("h:r");
+        c.join_kept("h:r");
     }
     sender.send(json!({"event": "m", "room": "h:r", "data": 0}));
     let first = remote.recv_event("m");

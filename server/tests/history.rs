@@ -55,9 +55,9 @@ fn position(sender: &mut Client, watcher: &mut Client, room: &str) -> (u64, Stri
 fn a_client_back_from_a_disconnect_recovers_exactly_what_it_missed() {
     let server = TestServer::with(history_config(100));
     let mut sender = server.ws();
-    sender.join("r");
+    sender.join_kept("r");
     let mut gone = server.ws();
-    gone.join("r");
+    gone.join_kept("r");
     let (offset, epoch) = position(&mut sender, &mut gone, "r");
     assert_eq!(offset, 1);
     drop(gone);
@@ -78,7 +78,7 @@ fn a_client_back_from_a_disconnect_recovers_exactly_what_it_missed() {
 
     // The `recover` verb, as a request, for a member.
     let mut member = server.ws();
-    member.join("r");
+    member.join_kept("r");
     publish(&mut sender, "r", 51, 3);
     let live = read(&mut member, 3, &epoch);
     assert_eq!(live, vec![(51, 52), (52, 53), (53, 54)]);
@@ -98,12 +98,33 @@ fn a_client_back_from_a_disconnect_recovers_exactly_what_it_missed() {
 }
 
 #[test]
+fn a_client_that_drops_before_any_message_recovers_from_where_it_joined() {
+    let server = TestServer::with(history_config(100));
+    let mut sender = server.ws();
+    sender.join_kept("quiet");
+    publish(&mut sender, "quiet", 0, 3);
+    // Joined after 3 messages, dropped before a fourth: the join told it where it stood.
+    let mut gone = server.ws();
+    let start = gone.join_kept("quiet");
+    assert_eq!(start["offset"], 3, "{start}");
+    drop(gone);
+    publish(&mut sender, "quiet", 3, 5);
+    let mut back = server.ws();
+    back.send(json!({"event": "join-room", "data": {"room": "quiet", "since": {"offset": start["offset"], "epoch": start["epoch"]}}}));
+    back.recv_event("joined-room");
+    let epoch = start["epoch"].as_str().expect("epoch");
+    let got = read(&mut back, 5, epoch);
+    assert_eq!(got, (3..8).map(|i| (i, i + 1)).collect::<Vec<_>>());
+    assert_eq!(back.recv_event("recovered")["data"]["recovered"], true);
+}
+
+#[test]
 fn a_position_older_than_the_history_or_of_another_epoch_is_told_not_recovered() {
     let server = TestServer::with(history_config(10));
     let mut sender = server.ws();
-    sender.join("r");
+    sender.join_kept("r");
     let mut watcher = server.ws();
-    watcher.join("r");
+    watcher.join_kept("r");
     let (offset, epoch) = position(&mut sender, &mut watcher, "r");
     publish(&mut sender, "r", 1, 50);
     read(&mut watcher, 50, &epoch);
@@ -134,7 +155,7 @@ fn a_position_older_than_the_history_or_of_another_epoch_is_told_not_recovered()
 fn joining_with_since_while_messages_flow_has_no_gap_and_no_duplicate() {
     let server = TestServer::with(history_config(100_000));
     let mut watcher = server.ws();
-    watcher.join("busy");
+    watcher.join_kept("busy");
     let handle = server.handle.clone();
     let running = Arc::new(AtomicBool::new(true));
     let flag = Arc::clone(&running);
@@ -204,9 +225,9 @@ fn read_until_quiet(client: &mut Client, since: u64, recovering: bool) -> u64 {
 fn tcp_clients_recover_through_json_frames() {
     let server = TestServer::with(history_config(100));
     let mut sender = server.ws();
-    sender.join("r");
+    sender.join_kept("r");
     let mut watcher = server.ws();
-    watcher.join("r");
+    watcher.join_kept("r");
     let (offset, epoch) = position(&mut sender, &mut watcher, "r");
     publish(&mut sender, "r", 1, 3);
 
@@ -214,6 +235,7 @@ fn tcp_clients_recover_through_json_frames() {
     tcp.send(0x09, "join-room", b"r");
     let joined = tcp.recv();
     assert_eq!(joined.1, "joined-room");
+    assert_eq!(tcp.recv().1, "recovered", "the position it starts from");
     let data = json!({"room": "r", "offset": offset, "epoch": epoch}).to_string();
     tcp.send(0x01, "recover", data.as_bytes());
     let mut got = Vec::new();

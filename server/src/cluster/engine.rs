@@ -287,7 +287,7 @@ impl Engine {
                 offset: pos.offset,
                 epoch: pos.epoch.to_string(),
             };
-            match self.read_history(con, &room, &since, None).await? {
+            match self.read_history(con, &room, Some(&since), None).await? {
                 Recovery::Recovered { messages, .. } => {
                     for msg in messages {
                         self.deliver_room(&room, msg, None);
@@ -712,7 +712,7 @@ impl Engine {
     async fn recover_for(self: Rc<Self>, id: ClientId, ask: Ask, ttl: Duration) {
         let recovery = match self.con() {
             Some(mut con) => match self
-                .read_history(&mut con, &ask.room, &ask.since, Some(ttl))
+                .read_history(&mut con, &ask.room, ask.since.as_ref(), Some(ttl))
                 .await
             {
                 Ok(recovery) => Some(recovery),
@@ -746,7 +746,7 @@ impl Engine {
         &self,
         con: &mut MultiplexedConnection,
         room: &str,
-        since: &history::Since,
+        since: Option<&history::Since>,
         ttl: Option<Duration>,
     ) -> redis::RedisResult<Recovery> {
         let [meta, stream] = self.keys.history(room);
@@ -755,7 +755,8 @@ impl Engine {
             .recover
             .key(meta)
             .key(stream)
-            .arg(since.offset)
+            // No position: nothing to read after, only where the room stands.
+            .arg(since.map_or(u64::MAX, |s| s.offset))
             .arg(ttl.as_millis().max(1) as u64)
             .arg(&*history::new_epoch())
             .invoke_async(con)

@@ -143,6 +143,16 @@ impl Client {
         assert_eq!(self.recv_event("joined-room")["data"], room);
     }
 
+    /// Joins a room that keeps history: `joined-room`, then the `recovered` answer that
+    /// gives the position the client starts from; returns that answer's data.
+    pub fn join_kept(&mut self, room: &str) -> Value {
+        self.join(room);
+        let answer = self.recv_event("recovered");
+        assert_eq!(answer["data"]["room"], room, "{answer}");
+        assert_eq!(answer["data"]["recovered"], true, "{answer}");
+        answer["data"].clone()
+    }
+
     /// An ack request; returns the reply.
     pub fn request(&mut self, name: &str, data: Value, correlation: &str) -> Value {
         self.send(
