@@ -67,6 +67,9 @@ declare class StellarClient {
    * history). Also emitted as `recovered`. Rejects `not_member`, `disconnected` (the
    * reconnect recovers by itself), `invalid_room` (the room keeps no history). */
   recover(room: string): Promise<StellarClient.Recovered>;
+  /** `room`'s position (rooms with history): where the last message received, or the
+   * join, left this client; undefined until the server said. */
+  position(room: string): { offset: number; epoch: string } | undefined;
   /** This connection's details; the first answer is cached until the next connection. */
   detailsView(): Promise<StellarClient.Details>;
   /** A file of the server's `public_dir`. */

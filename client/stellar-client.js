@@ -108,6 +108,9 @@
     /** Room → {offset, epoch} of its last message (rooms with history, SPEC §8): a
      * rejoin asks for what came after it. */
     this._positions = new Map();
+    /** Room → how its last join asked (`'join'`, `'since'`, `'blind'`: a rejoin with no
+     * position), until the server's `recovered` answer: it decides what the answer means. */
+    this._joining = new Map();
     /** 'closed' | 'connecting' | 'connected' | 'reconnecting' */
     this.state = 'closed';
     this.id = null;
@@ -225,9 +228,13 @@
     if (this.defaultRoom) this.rooms.add(this.defaultRoom);
     // A room with a known position is rejoined with `since`: the server sends what was
     // missed, in order, then `recovered`, before any new message of the room.
+    // A room with no position is rejoined plainly: if it keeps history, the server's
+    // answer is where the client now stands, and what it missed since its first join is
+    // unknown, so that answer reaches the application as `recovered: false`.
     var joins = Array.from(this.rooms, function (room) {
       var at = self._positions.get(room);
       var join = at ? { room: room, since: { offset: at.offset, epoch: at.epoch } } : room;
+      self._joining.set(room, at ? 'since' : 'blind');
       return self._request('join-room', join, true).catch(function (error) {
         self.rooms.delete(room);
         self._positions.delete(room);
@@ -315,7 +322,7 @@
     }
     this._emit('message', message, message);
     var event = message.event;
-    if (event === 'recovered' && message.data) this._track(message.data.room, message.data);
+    if (event === 'recovered' && message.data && this._recovered(message.data)) return;
     if (event === 'welcome' && !this._live) this._welcome(message.data);
     if (API_EVENTS[event] === true) this._emit('api', message);
     if (event === 'error') {
@@ -323,6 +330,16 @@
       return this._emit('error', fail(data.code || 'error', data.message || 'server error'));
     }
     this._emit(event, message.data, message);
+  };
+
+  /** The server's `recovered` answer to a join: tracks the position; true when the
+   * application is not told (the answer to a first join only says where the room stands). */
+  proto._recovered = function (answer) {
+    var asked = this._joining.get(answer.room);
+    this._joining.delete(answer.room);
+    this._track(answer.room, answer);
+    if (asked === 'blind') answer.recovered = false;
+    return asked === 'join';
   };
 
   /** `room`'s position is now `at` ({offset, epoch}): messages come in order. */
@@ -596,22 +613,35 @@
     var self = this;
     // A position kept from before a leave is not this membership's.
     if (!this.rooms.has(room)) this._positions.delete(room);
+    this._joining.set(room, 'join');
     return this._request('join-room', room).then(function () {
       self.rooms.add(room);
       return room;
+    }, function (error) {
+      self._joining.delete(room);
+      throw error;
     });
   };
 
   proto.leave = proto.roomLeave = function (room) {
     this.rooms.delete(room);
     this._positions.delete(room);
+    this._joining.delete(room);
     if (!this._live) return Promise.resolve(room);
     return this._request('leave-room', room).then(function () { return room; });
   };
 
+  /** `room`'s position `{offset, epoch}` (rooms with history, SPEC §8): where the last
+   * message this client received (or its join) left it; undefined before the server said. */
+  proto.position = function (room) {
+    var at = this._positions.get(room);
+    return at ? { offset: at.offset, epoch: at.epoch } : undefined;
+  };
+
   /** Asks the server (SPEC §8) for what this client missed in `room` since its last
    * message; resolves with `{room, recovered, offset, epoch}`, also emitted as `recovered`.
-   * `recovered: false`: messages were missed and are gone (or there was no position yet). */
+   * `recovered: false`: messages were missed and are gone (or there was no position yet:
+   * the server's answer to the join had not arrived). */
   proto.recover = function (room) {
     var self = this;
     if (!this.rooms.has(room)) return Promise.reject(fail('not_member', 'recover: not in room ' + room));

@@ -135,6 +135,32 @@ test('back from a cut connection: every missed message, in order, once, then rec
   assert.deepEqual(member.answers[1], { room: 'r', recovered: true, offset: firstOffset + 52, epoch, after: 53 });
 });
 
+test('a member that dropped before any message of a quiet room still recovers what it missed', async () => {
+  const server = await start(['--history-size', '100']);
+  const member = await memberThroughProxy(server, 'quiet');
+  await until(() => member.away.position('quiet'), 'the position the join starts from');
+  assert.deepEqual(member.answers, [], 'the answer to a first join is not a recovery');
+  const sender = client(server);
+  const watcher = client(server);
+  await sender.connect();
+  await watcher.connect();
+  await sender.join('quiet');
+  await watcher.join('quiet');
+  const seen = [];
+  watcher.on('m', (n) => seen.push(n));
+  const from = member.away.position('quiet');
+
+  await cutAndReconnect(member, async () => {
+    for (let i = 0; i < 5; i++) sender.emit('m', i).for('quiet');
+    await until(() => seen.length === 5, 'the 5 messages to be in the room (and its history)');
+  });
+  await until(() => member.answers.length === 1, 'the recovered answer');
+  const { epoch } = from;
+  assert.deepEqual(member.got, [0, 1, 2, 3, 4].map((i) => [i, from.offset + 1 + i, epoch]),
+    'the 5 sent while it was away, in order');
+  assert.deepEqual(member.answers, [{ room: 'quiet', recovered: true, offset: from.offset + 5, epoch, after: 5 }]);
+});
+
 test('more missed than the history keeps: recovered:false is surfaced, live delivery goes on', async () => {
   const server = await start(['--history-size', '10']);
   const member = await memberThroughProxy(server, 'r');
@@ -181,11 +207,11 @@ test('recover(room) resolves with the answer (also emitted); refuses non-members
   const emitted = [];
   a.on('recovered', (answer) => emitted.push(answer)).to('kept:1');
 
-  // No message seen yet: no position to recover from, so the answer is false, with
-  // where the room stands (then tracked).
+  // No message seen yet: the server's answer to the join is the position the client
+  // starts from, tracked without a `recovered` event (nothing was asked).
+  await until(() => a.position('kept:1'), 'the position the join starts from');
   const first = await a.recover('kept:1');
-  assert.equal(first.recovered, false);
-  assert.equal(first.room, 'kept:1');
+  assert.deepEqual(first, { room: 'kept:1', recovered: true, ...a.position('kept:1') });
   assert.equal(typeof first.epoch, 'string');
   for (let i = 0; i < 3; i++) b.emit('m', i).for('kept:1');
   await until(() => got.length === 3, 'three messages');

@@ -37,7 +37,7 @@ async function main(): Promise<void> {
   client.on('presence-join', (p) => console.log(p.room, p.id, p.userId ?? 'anonymous'));
   const answer: StellarClient.Recovered = await client.recover('lobby');
   const where: number = answer.offset;
-  console.log(where);
+  console.log(where, client.position('lobby')?.epoch);
   const file = await client.file('a.txt');
   console.log(file.mime, client.state, client.rooms.has('lobby'));
   client.setDefaultRoom('other').setDefaultRoom(null);
