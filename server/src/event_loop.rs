@@ -83,6 +83,9 @@ async fn serve(
         }
     }
     monoio::spawn(heartbeat_loop(Rc::clone(&worker)));
+    if let Some(cluster) = &worker.shared.cluster {
+        crate::cluster::publisher::attach(cluster);
+    }
     inbox::run(&worker, &listen_fds).await;
     info!(worker = index, "worker stopped");
 }

@@ -19,7 +19,7 @@ use stellar_protocol::event::reserved;
 use tokio::sync::{Notify, mpsc};
 use tracing::{debug, info, warn};
 
-use super::{Cluster, Command, Scope, lua, wire};
+use super::{Cluster, Command, Keys, lua, wire};
 use crate::config::Config;
 use crate::history::{self, Pos, Recovery};
 use crate::mesh::{ClientId, Mesh, MeshMsg};
@@ -32,44 +32,6 @@ use crate::stats::WorkerStats;
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 /// Commands pipelined to Redis in one round trip, at most.
 const BATCH: usize = 512;
-
-/// The key and channel names of one cluster (`redis_prefix`).
-struct Keys {
-    prefix: String,
-}
-
-impl Keys {
-    fn room(&self, room: &str) -> String {
-        format!("{}:room:{room}", self.prefix)
-    }
-    fn all(&self) -> String {
-        format!("{}:all", self.prefix)
-    }
-    fn node(&self, node: u32) -> String {
-        format!("{}:node:{node:08x}", self.prefix)
-    }
-    fn dir(&self) -> String {
-        format!("{}:dir", self.prefix)
-    }
-    fn nodes(&self) -> String {
-        format!("{}:nodes", self.prefix)
-    }
-    fn node_stats(&self) -> String {
-        format!("{}:nodestats", self.prefix)
-    }
-    fn members(&self, node: u32) -> String {
-        format!("{}:members:{node:08x}", self.prefix)
-    }
-    fn clients(&self, node: u32) -> String {
-        format!("{}:clients:{node:08x}", self.prefix)
-    }
-    fn history(&self, room: &str) -> [String; 2] {
-        [
-            format!("{}:histmeta:{room}", self.prefix),
-            format!("{}:hist:{room}", self.prefix),
-        ]
-    }
-}
 
 /// What the tasks share (one thread: `Rc` and `RefCell`).
 #[derive(Default)]
@@ -122,9 +84,7 @@ impl Engine {
             mesh,
             stats,
             client: redis::Client::open(url)?,
-            keys: Keys {
-                prefix: config.redis_prefix.clone(),
-            },
+            keys: Keys::new(config),
             refresh: config.redis_refresh.max(Duration::from_millis(50)),
             presence_rooms: config.presence_rooms.clone(),
             publish_history: redis::Script::new(lua::PUBLISH_HISTORY),
@@ -235,7 +195,11 @@ impl Engine {
             script.load_async(&mut con).await?;
         }
         let (mut sink, stream) = self.client.get_async_pubsub().await?.split();
-        let mut channels = vec![self.keys.all(), self.keys.node(self.me()), self.keys.dir()];
+        let mut channels = vec![
+            self.keys.all().to_owned(),
+            self.keys.node(self.me()),
+            self.keys.dir().to_owned(),
+        ];
         channels.extend(self.state.rooms.borrow().keys().map(|r| self.keys.room(r)));
         sink.subscribe(&channels).await?;
         self.resync(&mut con).await?;
@@ -366,13 +330,14 @@ impl Engine {
             self.apply_dir(payload);
             return;
         }
+        // This node's own messages come back: skipped before any decoding.
+        if wire::origin(payload) == Some(self.me()) {
+            return;
+        }
         let Some(decoded) = wire::decode(payload) else {
             debug!(channel, "cluster: a message that is not Stellar's, ignored");
             return;
         };
-        if decoded.origin == self.me() {
-            return;
-        }
         self.cluster
             .counters
             .received
@@ -528,11 +493,7 @@ impl Engine {
                 msg,
                 exclude,
             } => {
-                let (channel, target) = match &scope {
-                    Scope::Room(room) => (self.keys.room(room), None),
-                    Scope::All => (self.keys.all(), None),
-                    Scope::Client(id) => (self.keys.node(id.node), Some(*id)),
-                };
+                let (channel, target) = self.keys.channel(&scope);
                 let payload = wire::encode(me, &msg, exclude, target);
                 out.pipe.cmd("PUBLISH").arg(channel).arg(payload).ignore();
                 out.published += 1;

@@ -30,6 +30,7 @@
 
 mod engine;
 mod lua;
+pub mod publisher;
 pub mod wire;
 
 use std::collections::{BTreeMap, HashMap};
@@ -109,6 +110,63 @@ pub enum Command {
     Shutdown,
 }
 
+/// The key and channel names of one cluster (`redis_prefix`).
+pub(crate) struct Keys {
+    prefix: String,
+    /// The two channels every message read is compared with, made once.
+    all: String,
+    dir: String,
+}
+
+impl Keys {
+    fn new(config: &Config) -> Self {
+        let prefix = &config.redis_prefix;
+        Self {
+            all: format!("{prefix}:all"),
+            dir: format!("{prefix}:dir"),
+            prefix: prefix.clone(),
+        }
+    }
+    fn room(&self, room: &str) -> String {
+        format!("{}:room:{room}", self.prefix)
+    }
+    /// The channel of a message for `scope`, and the client it targets.
+    fn channel(&self, scope: &Scope) -> (String, Option<ClientId>) {
+        match scope {
+            Scope::Room(room) => (self.room(room), None),
+            Scope::All => (self.all.clone(), None),
+            Scope::Client(id) => (self.node(id.node), Some(*id)),
+        }
+    }
+    fn all(&self) -> &str {
+        &self.all
+    }
+    fn node(&self, node: u32) -> String {
+        format!("{}:node:{node:08x}", self.prefix)
+    }
+    fn dir(&self) -> &str {
+        &self.dir
+    }
+    fn nodes(&self) -> String {
+        format!("{}:nodes", self.prefix)
+    }
+    fn node_stats(&self) -> String {
+        format!("{}:nodestats", self.prefix)
+    }
+    fn members(&self, node: u32) -> String {
+        format!("{}:members:{node:08x}", self.prefix)
+    }
+    fn clients(&self, node: u32) -> String {
+        format!("{}:clients:{node:08x}", self.prefix)
+    }
+    fn history(&self, room: &str) -> [String; 2] {
+        [
+            format!("{}:histmeta:{room}", self.prefix),
+            format!("{}:hist:{room}", self.prefix),
+        ]
+    }
+}
+
 /// Counters of the cluster link, for `/stats` and `/metrics`.
 #[derive(Default)]
 pub struct Counters {
@@ -171,6 +229,9 @@ pub struct Cluster {
     pending: AtomicUsize,
     max_pending: usize,
     pub counters: Counters,
+    keys: Keys,
+    /// Where the workers publish from their own loops (`publisher`), if anywhere.
+    target: Option<publisher::Target>,
     remote: Mutex<Remote>,
     /// The cluster section of `/stats`, refreshed by the cluster thread.
     summary: Mutex<Value>,
@@ -193,6 +254,8 @@ impl Cluster {
             pending: AtomicUsize::new(0),
             max_pending: config.redis_max_pending,
             counters: Counters::default(),
+            keys: Keys::new(config),
+            target: publisher::Target::from_url(&url),
             remote: Mutex::default(),
             summary: Mutex::new(Value::Null),
             thread: Mutex::new(None),
@@ -222,6 +285,16 @@ impl Cluster {
             self.counters.unpublished.fetch_add(1, Ordering::Relaxed);
             return Some(command);
         }
+        // A plain message goes out from this worker's own link when it is up.
+        if let Command::Publish {
+            scope,
+            msg,
+            exclude,
+        } = &command
+            && publisher::publish(scope, msg, *exclude)
+        {
+            return None;
+        }
         self.send(command);
         None
     }
@@ -229,6 +302,22 @@ impl Cluster {
     /// The cluster thread took a message handed over by [`Cluster::publish`].
     fn taken(&self) {
         self.pending.fetch_sub(1, Ordering::AcqRel);
+    }
+
+    /// A worker's link settled messages it was handed: `published` answered by Redis,
+    /// `lost` refused or dropped with its connection.
+    fn settle(&self, published: usize, lost: usize) {
+        if published + lost == 0 {
+            return;
+        }
+        self.pending.fetch_sub(published + lost, Ordering::AcqRel);
+        let counters = &self.counters;
+        counters
+            .published
+            .fetch_add(published as u64, Ordering::Relaxed);
+        counters
+            .unpublished
+            .fetch_add(lost as u64, Ordering::Relaxed);
     }
 
     /// Members of `room` on the other nodes.

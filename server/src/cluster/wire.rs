@@ -17,7 +17,7 @@
 
 use std::sync::Arc;
 
-use bytes::{Buf, BufMut, Bytes, BytesMut};
+use bytes::{Buf, BufMut, Bytes};
 use stellar_protocol::EventName;
 
 use crate::history::Pos;
@@ -31,7 +31,6 @@ const TARGET: u8 = 8;
 
 /// A message decoded from Redis.
 pub struct Message {
-    pub origin: u32,
     pub exclude: Option<ClientId>,
     pub target: Option<ClientId>,
     pub msg: Arc<Outbound>,
@@ -45,6 +44,19 @@ pub fn encode(
     exclude: Option<ClientId>,
     target: Option<ClientId>,
 ) -> Vec<u8> {
+    let mut out = Vec::new();
+    encode_into(&mut out, origin, msg, exclude, target);
+    out
+}
+
+/// [`encode`], appended to `out`.
+pub fn encode_into(
+    out: &mut Vec<u8>,
+    origin: u32,
+    msg: &Outbound,
+    exclude: Option<ClientId>,
+    target: Option<ClientId>,
+) {
     let (event, room, rest, mut flags): (&EventName<'_>, Option<&str>, &[u8], u8) =
         match msg.parts() {
             Parts::Event { event, data, room } => (event, room, data.as_bytes(), 0),
@@ -63,12 +75,12 @@ pub fn encode(
     if target.is_some() {
         flags |= TARGET;
     }
-    let mut out = BytesMut::with_capacity(40 + event.len() + rest.len());
+    out.reserve(40 + event.len() + rest.len());
     out.put_slice(b"P|");
     out.put_u32(origin);
     out.put_u8(flags);
     for id in [exclude, target].into_iter().flatten() {
-        put_id(&mut out, id);
+        put_id(out, id);
     }
     out.put_u16(event.len() as u16);
     out.put_slice(event.as_bytes());
@@ -77,7 +89,6 @@ pub fn encode(
         out.put_slice(room.as_bytes());
     }
     out.put_slice(rest);
-    out.to_vec()
 }
 
 /// The body of an encoded message, without its position prefix (what the history
@@ -86,7 +97,7 @@ pub fn body(encoded: &[u8]) -> &[u8] {
     encoded.strip_prefix(b"P|").unwrap_or(encoded)
 }
 
-fn put_id(out: &mut BytesMut, id: ClientId) {
+fn put_id(out: &mut Vec<u8>, id: ClientId) {
     out.put_u32(id.node);
     out.put_u16(id.worker);
     out.put_u64(id.seq);
@@ -118,6 +129,14 @@ pub fn decode(payload: &[u8]) -> Option<Message> {
     decode_body(&payload[bar + 1..], position)
 }
 
+/// The node a message came from, read without decoding it (a node skips its own
+/// messages that Redis sends back).
+pub fn origin(payload: &[u8]) -> Option<u32> {
+    let bar = payload.iter().position(|b| *b == b'|')?;
+    let bytes = payload.get(bar + 1..bar + 5)?;
+    Some(u32::from_be_bytes(bytes.try_into().ok()?))
+}
+
 /// `P` (none) or `H<offset>:<epoch>`.
 fn parse_position(prefix: &[u8]) -> Option<Option<Pos>> {
     match prefix.split_first()? {
@@ -140,7 +159,7 @@ pub fn decode_body(body: &[u8], position: Option<Pos>) -> Option<Message> {
     if buf.remaining() < 5 {
         return None;
     }
-    let origin = buf.get_u32();
+    buf.advance(4); // the origin: see `origin`
     let flags = buf.get_u8();
     let exclude = if flags & EXCLUDE != 0 {
         Some(get_id(&mut buf)?)
@@ -172,7 +191,6 @@ pub fn decode_body(body: &[u8], position: Option<Pos>) -> Option<Message> {
         }
     };
     Some(Message {
-        origin,
         exclude,
         target,
         msg: Outbound::from_parts(parts, position),
@@ -198,7 +216,7 @@ mod tests {
         let sent = Outbound::event(&event, r#"{"text":"héllo"}"#, Some("lobby"));
         let wire = encode(9, &sent, Some(id(3)), None);
         let got = decode(&wire).expect("decodes");
-        assert_eq!(got.origin, 9);
+        assert_eq!(origin(&wire), Some(9));
         assert_eq!(got.exclude, Some(id(3)));
         assert_eq!(got.target, None);
         assert_eq!(got.msg.frame(Wire::Ws), sent.frame(Wire::Ws));
