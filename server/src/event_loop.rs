@@ -84,7 +84,7 @@ async fn serve(
     }
     monoio::spawn(heartbeat_loop(Rc::clone(&worker)));
     if let Some(cluster) = &worker.shared.cluster {
-        crate::cluster::publisher::attach(cluster);
+        crate::cluster::link::attach(cluster, &worker.shared.mesh, index);
     }
     inbox::run(&worker, &listen_fds).await;
     info!(worker = index, "worker stopped");

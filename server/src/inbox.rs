@@ -47,6 +47,11 @@ fn apply(worker: &Worker, msg: MeshMsg) {
                 b.arrive();
             }
         }
+        MeshMsg::Subscription {
+            room,
+            workers,
+            barrier,
+        } => crate::cluster::link::subscription(room, workers, barrier),
         MeshMsg::Recovered { id, ask, recovery } => {
             if let Some(conn) = worker.conn(id) {
                 crate::recovery::finish(worker, &conn, ask, recovery);

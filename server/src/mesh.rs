@@ -121,6 +121,13 @@ pub enum MeshMsg {
         joined: bool,
         barrier: Option<Arc<Barrier>>,
     },
+    /// For worker 0, from the cluster thread: this node's workers with members of `room`
+    /// are now `workers` (a bit each); see `cluster::link::subscription`.
+    Subscription {
+        room: RoomName,
+        workers: u64,
+        barrier: Option<Arc<Barrier>>,
+    },
     /// The cluster thread read a recovery for client `id` (`recovery::finish`).
     Recovered {
         id: ClientId,
@@ -238,6 +245,28 @@ impl Mesh {
     pub fn send(&self, worker: usize, msg: MeshMsg) {
         if let Some(inbox) = self.inboxes.get(worker) {
             inbox.push(msg);
+        }
+    }
+
+    /// Hands a message of `room` to each worker in `workers` (a bit per worker).
+    pub fn send_room(
+        &self,
+        mut workers: u64,
+        room: &RoomName,
+        msg: &Arc<Outbound>,
+        exclude: Option<ClientId>,
+    ) {
+        while workers != 0 {
+            let w = workers.trailing_zeros() as usize;
+            workers &= workers - 1;
+            self.send(
+                w,
+                MeshMsg::Room {
+                    room: Arc::clone(room),
+                    msg: Arc::clone(msg),
+                    exclude,
+                },
+            );
         }
     }
 }

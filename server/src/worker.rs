@@ -19,7 +19,7 @@ use crate::cluster::Command;
 use crate::config::Config;
 use crate::connection::Conn;
 use crate::fanout;
-use crate::mesh::{Barrier, ClientId, MeshMsg};
+use crate::mesh::{Barrier, ClientId};
 use crate::outbound::Outbound;
 use crate::rate_limit::Limiter;
 use crate::rooms::{JoinError, Membership, RoomLimits, RoomName};
@@ -309,22 +309,11 @@ impl Worker {
     /// that has members.
     pub fn fan_room(&self, room: &str, msg: &Arc<Outbound>, exclude: Option<ClientId>) {
         self.deliver_room(room, msg, exclude);
-        let mut others = self.rooms.borrow().other_workers(room);
-        if others == 0 {
-            return;
-        }
-        let name: RoomName = Arc::from(room);
-        while others != 0 {
-            let w = others.trailing_zeros() as usize;
-            others &= others - 1;
-            self.shared.mesh.send(
-                w,
-                MeshMsg::Room {
-                    room: Arc::clone(&name),
-                    msg: Arc::clone(msg),
-                    exclude,
-                },
-            );
+        let others = self.rooms.borrow().other_workers(room);
+        if others != 0 {
+            self.shared
+                .mesh
+                .send_room(others, &Arc::from(room), msg, exclude);
         }
     }
 

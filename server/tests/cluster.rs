@@ -79,6 +79,28 @@ impl Redis {
             .unwrap_or(0)
     }
 
+    /// Kills the workers' links (the RESP3 connections), as Redis drops a subscriber past
+    /// its output buffer limit; how many.
+    fn kill_links(&self) -> usize {
+        let cli = |args: &[&str]| {
+            let out = Command::new("redis-cli")
+                .args(["-p", &self.port.to_string()])
+                .args(args)
+                .output()
+                .expect("redis-cli");
+            String::from_utf8_lossy(&out.stdout).into_owned()
+        };
+        let links: Vec<String> = cli(&["CLIENT", "LIST"])
+            .lines()
+            .filter(|l| l.contains(" resp=3"))
+            .filter_map(|l| l.strip_prefix("id=")?.split(' ').next().map(str::to_owned))
+            .collect();
+        for id in &links {
+            cli(&["CLIENT", "KILL", "ID", id]);
+        }
+        links.len()
+    }
+
     fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
@@ -597,4 +619,50 @@ fn a_live_node_taken_for_dead_registers_its_members_again() {
         .expect("timeout");
     member.send(json!({"event": "m", "room": "chat:x", "data": 1}));
     assert_eq!(watcher.recv_event("m")["data"], 1);
+}
+
+#[test]
+fn a_dropped_subscription_catches_history_rooms_up_and_plain_rooms_resume() {
+    let redis = Redis::start();
+    let a = TestServer::with(node(&redis, "t9", 100));
+    let b = TestServer::with(node(&redis, "t9", 100));
+    wait_for_nodes(&[&a, &b], 2);
+    let mut sender = a.ws();
+    sender.join_kept("h:r");
+    sender.join("plain");
+    let mut watcher = b.ws();
+    watcher.join_kept("h:r");
+    watcher.join("plain");
+    sender.send(json!({"event": "m", "room": "h:r", "data": 0}));
+    let first = watcher.recv_event("m")["offset"].as_u64().expect("offset");
+
+    // Every worker's link drops (both nodes' subscriptions among them); the messages
+    // sent at once reach Redis while node b is not subscribed.
+    assert!(redis.kill_links() >= 2, "each node has its links");
+    for i in 1..=20 {
+        sender.send(json!({"event": "m", "room": "h:r", "data": i}));
+    }
+    let got: Vec<(u64, u64)> = (1..=20)
+        .map(|_| {
+            let m = watcher.recv_event("m");
+            (
+                m["data"].as_u64().expect("data"),
+                m["offset"].as_u64().expect("offset"),
+            )
+        })
+        .collect();
+    assert_eq!(
+        got,
+        (1..=20).map(|i| (i, first + i)).collect::<Vec<_>>(),
+        "once each, in order"
+    );
+    // Caught up, so subscribed again: plain messages cross again.
+    sender.send(json!({"event": "p", "room": "plain", "data": "again"}));
+    assert_eq!(watcher.recv_event("p")["data"], "again");
+    watcher
+        .ws
+        .get_ref()
+        .set_read_timeout(Some(Duration::from_millis(300)))
+        .expect("timeout");
+    assert!(watcher.ws.read().is_err(), "nothing twice");
 }

@@ -79,11 +79,22 @@ impl Engine {
         config: &Config,
     ) -> redis::RedisResult<Self> {
         let url = config.redis_url.as_deref().unwrap_or_default();
+        let client = redis::Client::open(url)?;
+        // The workers' links speak plain TCP.
+        if !matches!(
+            client.get_connection_info().addr(),
+            redis::ConnectionAddr::Tcp(..)
+        ) {
+            return Err(redis::RedisError::from((
+                redis::ErrorKind::InvalidClientConfig,
+                "only redis://host:port[/db] is supported (no TLS, no Unix socket)",
+            )));
+        }
         Ok(Self {
             cluster,
             mesh,
             stats,
-            client: redis::Client::open(url)?,
+            client,
             keys: Keys::new(config),
             refresh: config.redis_refresh.max(Duration::from_millis(50)),
             presence_rooms: config.presence_rooms.clone(),
@@ -194,13 +205,21 @@ impl Engine {
         for script in [&self.publish_history, &self.recover, &self.sweep] {
             script.load_async(&mut con).await?;
         }
+        // The workers' links connect to where this thread found Redis.
+        if let redis::ConnectionAddr::Tcp(host, port) = self.client.get_connection_info().addr()
+            && let Some(addr) = tokio::net::lookup_host((host.as_str(), *port))
+                .await?
+                .next()
+        {
+            *super::lock(&self.cluster.addr) = Some(addr);
+        }
+        // Room channels are worker 0's (`link`); these are this thread's.
         let (mut sink, stream) = self.client.get_async_pubsub().await?.split();
-        let mut channels = vec![
+        let channels = [
             self.keys.all().to_owned(),
             self.keys.node(self.me()),
             self.keys.dir().to_owned(),
         ];
-        channels.extend(self.state.rooms.borrow().keys().map(|r| self.keys.room(r)));
         sink.subscribe(&channels).await?;
         self.resync(&mut con).await?;
         *self.state.con.borrow_mut() = Some(con);
@@ -209,8 +228,8 @@ impl Engine {
     }
 
     /// After (re)connecting: this node's entries written again, the epochs of rooms whose
-    /// messages missed Redis ended, the other nodes' memberships read afresh, and rooms
-    /// with history caught up from where this node stopped.
+    /// messages missed Redis ended, and the other nodes' memberships read afresh. (Rooms
+    /// with history are caught up once worker 0 has subscribed them again: `catch_up`.)
     async fn resync(&self, con: &mut MultiplexedConnection) -> redis::RedisResult<()> {
         self.register(con, false).await?;
         let me = self.me();
@@ -239,6 +258,14 @@ impl Engine {
             }
         }
 
+        Ok(())
+    }
+
+    /// Delivers what this node's rooms with history missed since the last position it
+    /// delivered (after worker 0's link subscribed them again), or tells their members
+    /// `recovered:false` when it is gone. Later messages that were already read arrive
+    /// after this (the command queue keeps the order) and are skipped by position.
+    async fn catch_up(&self, con: &mut MultiplexedConnection) -> redis::RedisResult<()> {
         let behind: Vec<(RoomName, Pos)> = self
             .state
             .positions
@@ -322,7 +349,29 @@ impl Engine {
         pipe.query_async::<()>(con).await
     }
 
-    /// A message from the subscription, handed to the workers it concerns.
+    /// A message of a room with history, from worker 0's subscription.
+    fn on_room(&self, room: &str, payload: &[u8]) {
+        let Some(decoded) = wire::decode(payload) else {
+            debug!(room, "cluster: a message that is not Stellar's, ignored");
+            return;
+        };
+        let name = self
+            .state
+            .rooms
+            .borrow()
+            .get_key_value(room)
+            .map(|(n, _)| Arc::clone(n));
+        if let Some(name) = name {
+            self.cluster
+                .counters
+                .received
+                .fetch_add(1, Ordering::Relaxed);
+            self.deliver_room(&name, decoded.msg, decoded.exclude);
+        }
+    }
+
+    /// A message of this thread's subscription (directory, `all`, this node's channel),
+    /// handed to the workers it concerns.
     fn on_message(&self, msg: &redis::Msg) {
         let channel = msg.get_channel_name();
         let payload = msg.get_payload_bytes();
@@ -348,20 +397,7 @@ impl Engine {
             msg,
             ..
         } = decoded;
-        if let Some(room) = channel
-            .strip_prefix(&self.keys.prefix)
-            .and_then(|c| c.strip_prefix(":room:"))
-        {
-            let name = self
-                .state
-                .rooms
-                .borrow()
-                .get_key_value(room)
-                .map(|(n, _)| Arc::clone(n));
-            if let Some(name) = name {
-                self.deliver_room(&name, msg, exclude);
-            }
-        } else if channel == self.keys.all() {
+        if channel == self.keys.all() {
             for w in 0..self.mesh.workers() {
                 self.mesh.send(
                     w,
@@ -390,19 +426,8 @@ impl Engine {
             }
             positions.insert(Arc::clone(room), pos.clone());
         }
-        let mut workers = self.state.rooms.borrow().get(room).copied().unwrap_or(0);
-        while workers != 0 {
-            let w = workers.trailing_zeros() as usize;
-            workers &= workers - 1;
-            self.mesh.send(
-                w,
-                MeshMsg::Room {
-                    room: Arc::clone(room),
-                    msg: Arc::clone(&msg),
-                    exclude,
-                },
-            );
-        }
+        let workers = self.state.rooms.borrow().get(room).copied().unwrap_or(0);
+        self.mesh.send_room(workers, room, &msg, exclude);
     }
 
     /// Applies another node's membership change (`["+", id, room, user]`,
@@ -454,10 +479,16 @@ impl Engine {
                         worker,
                         joined,
                         barrier,
-                    } => {
-                        self.interest(room, worker, joined).await;
-                        if let Some(barrier) = barrier {
-                            barrier.arrive();
+                    } => self.interest(room, worker, joined, barrier),
+                    Command::Received { room, payload } => self.on_room(&room, &payload),
+                    Command::Resubscribed => {
+                        // What came before it is out first: in order with the catch-up.
+                        self.flush(std::mem::take(&mut out)).await;
+                        if let Some(mut con) = self.con()
+                            && let Err(e) = self.catch_up(&mut con).await
+                        {
+                            debug!(error = %e, "cluster: catching up failed");
+                            self.state.broken.notify_one();
                         }
                     }
                     Command::Recover { id, ask, ttl } => {
@@ -581,6 +612,8 @@ impl Engine {
                 }
             }
             Command::Interest { .. }
+            | Command::Received { .. }
+            | Command::Resubscribed
             | Command::Recover { .. }
             | Command::Clients(_)
             | Command::Taint(_)
@@ -623,50 +656,39 @@ impl Engine {
 
     /// A worker's first or last member of `room`: the node subscribes to the room on its
     /// first worker with members and unsubscribes after its last.
-    async fn interest(&self, room: RoomName, worker: usize, joined: bool) {
+    fn interest(
+        &self,
+        room: RoomName,
+        worker: usize,
+        joined: bool,
+        barrier: Option<Arc<crate::mesh::Barrier>>,
+    ) {
         let bit = 1u64 << worker;
-        let (first, last) = {
+        let workers = {
             let mut rooms = self.state.rooms.borrow_mut();
+            let mask = rooms.entry(Arc::clone(&room)).or_default();
             if joined {
-                let mask = rooms.entry(Arc::clone(&room)).or_default();
-                let first = *mask == 0;
                 *mask |= bit;
-                (first, false)
             } else {
-                let Some(mask) = rooms.get_mut(&room) else {
-                    return;
-                };
                 *mask &= !bit;
-                let last = *mask == 0;
-                if last {
-                    rooms.remove(&room);
-                    self.state.positions.borrow_mut().remove(&room);
-                }
-                (false, last)
             }
+            let workers = *mask;
+            if workers == 0 {
+                rooms.remove(&room);
+                self.state.positions.borrow_mut().remove(&room);
+            }
+            workers
         };
-        if !first && !last {
-            return;
-        }
-        let sink = if self.state.up.get() {
-            self.state.sink.borrow().clone()
-        } else {
-            None
-        };
-        // Down: the subscription is made when the link is back (`connect`).
-        let Some(mut sink) = sink else {
-            return;
-        };
-        let channel = self.keys.room(&room);
-        let result = if first {
-            sink.subscribe(&channel).await
-        } else {
-            sink.unsubscribe(&channel).await
-        };
-        if let Err(e) = result {
-            debug!(error = %e, "cluster: (un)subscribe failed");
-            self.state.broken.notify_one();
-        }
+        // Worker 0's link holds the subscription, and arrives at the barrier once Redis
+        // confirmed it.
+        self.mesh.send(
+            0,
+            MeshMsg::Subscription {
+                room,
+                workers,
+                barrier,
+            },
+        );
     }
 
     /// Reads a recovery from Redis for client `id` and hands it to its worker.

@@ -29,11 +29,13 @@
 //!   so a recovery across the outage answers `recovered:false`, never a silent gap.
 
 mod engine;
+pub mod link;
 mod lua;
-pub mod publisher;
+mod resp;
 pub mod wire;
 
 use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -107,6 +109,15 @@ pub enum Command {
     Taint(RoomName),
     /// Every client id in the cluster.
     Clients(std::sync::mpsc::Sender<Vec<String>>),
+    /// Worker 0's link read a message of `room` with history, to deliver in position
+    /// order.
+    Received {
+        room: RoomName,
+        payload: Vec<u8>,
+    },
+    /// Worker 0's link (re)subscribed the node's rooms: catch the rooms with history up
+    /// on what the subscription may have missed.
+    Resubscribed,
     Shutdown,
 }
 
@@ -137,6 +148,12 @@ impl Keys {
             Scope::All => (self.all.clone(), None),
             Scope::Client(id) => (self.node(id.node), Some(*id)),
         }
+    }
+    /// The room of a room channel.
+    fn room_of<'a>(&self, channel: &'a str) -> Option<&'a str> {
+        channel
+            .strip_prefix(self.prefix.as_str())
+            .and_then(|c| c.strip_prefix(":room:"))
     }
     fn all(&self) -> &str {
         &self.all
@@ -230,8 +247,10 @@ pub struct Cluster {
     max_pending: usize,
     pub counters: Counters,
     keys: Keys,
-    /// Where the workers publish from their own loops (`publisher`), if anywhere.
-    target: Option<publisher::Target>,
+    /// Redis's address, as the cluster thread last resolved it, for the workers' links.
+    addr: Mutex<Option<SocketAddr>>,
+    /// The links' `AUTH` (username, password), from `redis_url`.
+    auth: Option<(Option<String>, String)>,
     remote: Mutex<Remote>,
     /// The cluster section of `/stats`, refreshed by the cluster thread.
     summary: Mutex<Value>,
@@ -255,7 +274,8 @@ impl Cluster {
             max_pending: config.redis_max_pending,
             counters: Counters::default(),
             keys: Keys::new(config),
-            target: publisher::Target::from_url(&url),
+            addr: Mutex::new(None),
+            auth: auth_of(&url),
             remote: Mutex::default(),
             summary: Mutex::new(Value::Null),
             thread: Mutex::new(None),
@@ -291,7 +311,7 @@ impl Cluster {
             msg,
             exclude,
         } = &command
-            && publisher::publish(scope, msg, *exclude)
+            && link::publish(scope, msg, *exclude)
         {
             return None;
         }
@@ -390,6 +410,14 @@ impl Cluster {
 /// The data of `presence-join` / `presence-leave`: `{"room","id","userId"}`.
 pub fn presence_data(room: &str, id: &ClientId, user: Option<&str>) -> String {
     json!({ "room": room, "id": id.to_string(), "userId": user }).to_string()
+}
+
+/// The `AUTH` of `redis_url`: (username, password), if it has a password.
+fn auth_of(url: &str) -> Option<(Option<String>, String)> {
+    let info = redis::IntoConnectionInfo::into_connection_info(url).ok()?;
+    let settings = info.redis_settings();
+    let password = settings.password()?.to_owned();
+    Some((settings.username().map(str::to_owned), password))
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
