@@ -83,6 +83,20 @@ async function memberThroughProxy(server, room) {
   return { away, cut, got, answers };
 }
 
+/** Two more members of `room`: one to send, one that records the `m` events it sees
+ * (`seen`: what the room, and its history, holds). */
+async function senderAndWatcher(server, room) {
+  const sender = client(server);
+  const watcher = client(server);
+  await sender.connect();
+  await watcher.connect();
+  await sender.join(room);
+  await watcher.join(room);
+  const seen = [];
+  watcher.on('m', (n) => seen.push(n));
+  return { sender, seen };
+}
+
 /** Cuts `away`'s connection, runs `whileAway` (with the client offline), lets it back,
  * and waits for its rejoin. */
 async function cutAndReconnect({ away, cut }, whileAway) {
@@ -99,14 +113,7 @@ async function cutAndReconnect({ away, cut }, whileAway) {
 test('back from a cut connection: every missed message, in order, once, then recovered:true', async () => {
   const server = await start(['--history-size', '100']);
   const member = await memberThroughProxy(server, 'r');
-  const sender = client(server);
-  const watcher = client(server);
-  await sender.connect();
-  await watcher.connect();
-  await sender.join('r');
-  await watcher.join('r');
-  const seen = [];
-  watcher.on('m', (n) => seen.push(n));
+  const { sender, seen } = await senderAndWatcher(server, 'r');
   sender.emit('m', 0).for('r');
   await until(() => member.got.length === 1 && seen.length === 1, 'the first message');
   const [, firstOffset, epoch] = member.got[0];
@@ -140,14 +147,7 @@ test('a member that dropped before any message of a quiet room still recovers wh
   const member = await memberThroughProxy(server, 'quiet');
   await until(() => member.away.position('quiet'), 'the position the join starts from');
   assert.deepEqual(member.answers, [], 'the answer to a first join is not a recovery');
-  const sender = client(server);
-  const watcher = client(server);
-  await sender.connect();
-  await watcher.connect();
-  await sender.join('quiet');
-  await watcher.join('quiet');
-  const seen = [];
-  watcher.on('m', (n) => seen.push(n));
+  const { sender, seen } = await senderAndWatcher(server, 'quiet');
   const from = member.away.position('quiet');
 
   await cutAndReconnect(member, async () => {
@@ -164,14 +164,7 @@ test('a member that dropped before any message of a quiet room still recovers wh
 test('more missed than the history keeps: recovered:false is surfaced, live delivery goes on', async () => {
   const server = await start(['--history-size', '10']);
   const member = await memberThroughProxy(server, 'r');
-  const sender = client(server);
-  const watcher = client(server);
-  await sender.connect();
-  await watcher.connect();
-  await sender.join('r');
-  await watcher.join('r');
-  const seen = [];
-  watcher.on('m', (n) => seen.push(n));
+  const { sender, seen } = await senderAndWatcher(server, 'r');
   // The position comes from a `say` (its room is in its data): tracked like any event.
   const said = new Promise((resolve) => member.away.once('say', (say, message) => resolve(message)));
   await sender.say('r', 'hello');

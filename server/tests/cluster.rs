@@ -285,11 +285,7 @@ fn a_node_killed_is_out_of_every_room_within_three_refreshes_and_its_members_lea
     let _ = victim.child.kill(); // SIGKILL: no goodbye
     let _ = victim.child.wait();
     let killed = Instant::now();
-    watcher
-        .ws
-        .get_ref()
-        .set_read_timeout(Some(REFRESH * 3 + Duration::from_secs(2)))
-        .expect("timeout");
+    watcher.read_timeout(REFRESH * 3 + Duration::from_secs(2));
     let left = watcher.recv_event("presence-leave");
     let within = killed.elapsed();
     assert_eq!(left["data"]["id"], doomed.id.as_str());
@@ -437,11 +433,7 @@ fn redis_down_keeps_local_delivery_counts_the_loss_and_recovery_says_so() {
     wait_for_nodes(&[&a, &b], 2);
     // Cross-node delivery resumes.
     let deadline = Instant::now() + common::TIMEOUT;
-    remote
-        .ws
-        .get_ref()
-        .set_read_timeout(Some(Duration::from_millis(300)))
-        .expect("timeout");
+    remote.read_timeout(Duration::from_millis(300));
     'resumed: loop {
         assert!(
             Instant::now() < deadline,
@@ -461,11 +453,7 @@ fn redis_down_keeps_local_delivery_counts_the_loss_and_recovery_says_so() {
             }
         }
     }
-    remote
-        .ws
-        .get_ref()
-        .set_read_timeout(Some(common::TIMEOUT))
-        .expect("timeout");
+    remote.read_timeout(common::TIMEOUT);
     // The remote member missed the outage's messages of the history room: asked, the
     // cluster says it cannot recover them (the epoch is new), never a silent gap.
     remote.send(
@@ -543,15 +531,7 @@ fn past_redis_max_pending_messages_stay_local_and_are_counted_exactly() {
     }
     let got: Vec<Value> = read_events(&mut local, "m", 1000);
     assert_eq!(got, (0..1000).map(|i| json!(i)).collect::<Vec<_>>());
-    remote
-        .ws
-        .get_ref()
-        .set_read_timeout(Some(Duration::from_millis(500)))
-        .expect("timeout");
-    let mut arrived = 0u64;
-    while let Ok(Message::Text(_)) = remote.ws.read() {
-        arrived += 1;
-    }
+    let arrived = remote.read_until_quiet(Duration::from_millis(500)).len() as u64;
     let cluster = a.handle.stats().cluster.unwrap_or_default();
     let unpublished = cluster["unpublished"].as_u64().expect("unpublished");
     assert!(
@@ -582,11 +562,7 @@ fn a_live_node_taken_for_dead_registers_its_members_again() {
         .to_owned();
     // As if `a` had stalled past its liveness: its entry set long expired, until `b`
     // sweeps it before `a`'s own refresh puts it back.
-    watcher
-        .ws
-        .get_ref()
-        .set_read_timeout(Some(Duration::from_millis(5)))
-        .expect("timeout");
+    watcher.read_timeout(Duration::from_millis(5));
     let deadline = Instant::now() + common::TIMEOUT;
     let left = loop {
         assert!(Instant::now() < deadline, "b never took a for dead");
@@ -612,11 +588,7 @@ fn a_live_node_taken_for_dead_registers_its_members_again() {
         b.handle.room_members("chat:x").contains(&member.id)
     });
     // And the link goes on: a message from a's member reaches b's watcher.
-    watcher
-        .ws
-        .get_ref()
-        .set_read_timeout(Some(common::TIMEOUT))
-        .expect("timeout");
+    watcher.read_timeout(common::TIMEOUT);
     member.send(json!({"event": "m", "room": "chat:x", "data": 1}));
     assert_eq!(watcher.recv_event("m")["data"], 1);
 }
@@ -659,10 +631,6 @@ fn a_dropped_subscription_catches_history_rooms_up_and_plain_rooms_resume() {
     // Caught up, so subscribed again: plain messages cross again.
     sender.send(json!({"event": "p", "room": "plain", "data": "again"}));
     assert_eq!(watcher.recv_event("p")["data"], "again");
-    watcher
-        .ws
-        .get_ref()
-        .set_read_timeout(Some(Duration::from_millis(300)))
-        .expect("timeout");
-    assert!(watcher.ws.read().is_err(), "nothing twice");
+    let more = watcher.read_until_quiet(Duration::from_millis(300));
+    assert!(more.is_empty(), "nothing twice: {more:?}");
 }

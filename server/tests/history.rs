@@ -195,15 +195,9 @@ fn joining_with_since_while_messages_flow_has_no_gap_and_no_duplicate() {
 /// on from `since` with no gap and no repeat (and, with `recovering`, that a
 /// `recovered:true` answer arrives); returns the last offset.
 fn read_until_quiet(client: &mut Client, since: u64, recovering: bool) -> u64 {
-    client
-        .ws
-        .get_ref()
-        .set_read_timeout(Some(std::time::Duration::from_millis(500)))
-        .expect("timeout");
     let mut last = since;
     let mut answered = false;
-    while let Ok(tungstenite::Message::Text(t)) = client.ws.read() {
-        let v: Value = serde_json::from_str(&t).expect("JSON");
+    for v in client.read_until_quiet(std::time::Duration::from_millis(500)) {
         match v["event"].as_str() {
             Some("m") => {
                 assert_eq!(v["offset"].as_u64(), Some(last + 1), "{v}");

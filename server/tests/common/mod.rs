@@ -153,6 +153,24 @@ impl Client {
         answer["data"].clone()
     }
 
+    /// How long a read waits before it fails.
+    pub fn read_timeout(&mut self, timeout: Duration) {
+        self.ws
+            .get_ref()
+            .set_read_timeout(Some(timeout))
+            .expect("read timeout");
+    }
+
+    /// Every text message (as JSON) until none comes for `quiet`; leaves that timeout.
+    pub fn read_until_quiet(&mut self, quiet: Duration) -> Vec<Value> {
+        self.read_timeout(quiet);
+        let mut got = Vec::new();
+        while let Ok(Message::Text(t)) = self.ws.read() {
+            got.push(serde_json::from_str(&t).expect("JSON"));
+        }
+        got
+    }
+
     /// An ack request; returns the reply.
     pub fn request(&mut self, name: &str, data: Value, correlation: &str) -> Value {
         self.send(
