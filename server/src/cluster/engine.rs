@@ -213,14 +213,9 @@ impl Engine {
         {
             *super::lock(&self.cluster.addr) = Some(addr);
         }
-        // Room channels are worker 0's (`link`); these are this thread's.
+        // The message channels are worker 0's (`link`); the directory is this thread's.
         let (mut sink, stream) = self.client.get_async_pubsub().await?.split();
-        let channels = [
-            self.keys.all().to_owned(),
-            self.keys.node(self.me()),
-            self.keys.dir().to_owned(),
-        ];
-        sink.subscribe(&channels).await?;
+        sink.subscribe(self.keys.dir()).await?;
         self.resync(&mut con).await?;
         *self.state.con.borrow_mut() = Some(con);
         *self.state.sink.borrow_mut() = Some(sink);
@@ -370,46 +365,10 @@ impl Engine {
         }
     }
 
-    /// A message of this thread's subscription (directory, `all`, this node's channel),
-    /// handed to the workers it concerns.
+    /// A message of this thread's subscription: a change of the directory.
     fn on_message(&self, msg: &redis::Msg) {
-        let channel = msg.get_channel_name();
-        let payload = msg.get_payload_bytes();
-        if channel == self.keys.dir() {
-            self.apply_dir(payload);
-            return;
-        }
-        // This node's own messages come back: skipped before any decoding.
-        if wire::origin(payload) == Some(self.me()) {
-            return;
-        }
-        let Some(decoded) = wire::decode(payload) else {
-            debug!(channel, "cluster: a message that is not Stellar's, ignored");
-            return;
-        };
-        self.cluster
-            .counters
-            .received
-            .fetch_add(1, Ordering::Relaxed);
-        let wire::Message {
-            exclude,
-            target,
-            msg,
-            ..
-        } = decoded;
-        if channel == self.keys.all() {
-            for w in 0..self.mesh.workers() {
-                self.mesh.send(
-                    w,
-                    MeshMsg::All {
-                        msg: Arc::clone(&msg),
-                        exclude,
-                    },
-                );
-            }
-        } else if let Some(id) = target.filter(|id| id.node == self.me()) {
-            self.mesh
-                .send(id.worker as usize, MeshMsg::Client { id, msg });
+        if msg.get_channel_name() == self.keys.dir() {
+            self.apply_dir(msg.get_payload_bytes());
         }
     }
 

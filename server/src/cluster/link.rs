@@ -5,15 +5,15 @@
 //!   presence) is written as a PUBLISH by the worker that sent it; the commands of one
 //!   loop turn go out in one write, and the replies are counted as they come (`:N`
 //!   published, an error refused).
-//! - **In** (worker 0): the node's room subscriptions. A room message without history is
-//!   framed here and handed to the workers with members; a node's own messages are
-//!   skipped unread. A room message with history goes to the cluster thread, which
+//! - **In** (worker 0): the node's subscriptions (its rooms, `all`, its own channel). A
+//!   message without history is framed here and handed to the workers it concerns; a
+//!   node's own messages are skipped unread. A room message with history goes to the cluster thread, which
 //!   delivers in position order and catches rooms up after a gap. A `joined-room` waits
 //!   until Redis confirmed the room's subscription.
 //!
 //! RESP3 (`HELLO 3`, Redis 6 or later), so one connection carries pushes and replies.
-//! Everything else stays with the cluster thread: history, the directory, the `all` and
-//! per-node channels, liveness, and the outage itself. A worker connects only while the
+//! Everything else stays with the cluster thread: history, the directory, liveness, and
+//! the outage itself. A worker connects only while the
 //! cluster thread has Redis; while its link is down, its messages go through the cluster
 //! thread as before, so an outage is logged and counted in one place. After worker 0
 //! (re)subscribes, the cluster thread catches its history rooms up.
@@ -39,7 +39,7 @@ use tracing::{debug, warn};
 
 use super::resp::{self, Frame, Partial};
 use super::{Cluster, Command, Scope, wire};
-use crate::mesh::{Barrier, ClientId, Mesh};
+use crate::mesh::{Barrier, ClientId, Mesh, MeshMsg};
 use crate::outbound::Outbound;
 use crate::rooms::RoomName;
 use crate::session::read_append;
@@ -62,6 +62,7 @@ pub fn attach(cluster: &Arc<Cluster>, mesh: &Arc<Mesh>, worker: usize) {
         cluster: Arc::clone(cluster),
         mesh: Arc::clone(mesh),
         subscriber: worker == 0,
+        node_channel: cluster.keys.node(cluster.node),
         up: Cell::new(false),
         out: RefCell::default(),
         queued: Cell::new(0),
@@ -118,8 +119,10 @@ enum Confirm {
 struct Link {
     cluster: Arc<Cluster>,
     mesh: Arc<Mesh>,
-    /// Worker 0's link also holds the node's room subscriptions.
+    /// Worker 0's link also holds the node's subscriptions: its rooms, `all`, and its
+    /// own channel.
     subscriber: bool,
+    node_channel: String,
     up: Cell<bool>,
     /// Commands not yet written, and how many of them are messages (PUBLISH).
     out: RefCell<Vec<u8>>,
@@ -296,12 +299,9 @@ impl Link {
     /// confirmation releases the joins that waited and starts the catch-up.
     fn resubscribe(&self) {
         let waiting = std::mem::take(&mut *self.waiting.borrow_mut());
-        let channels: Vec<String> = self
-            .rooms
-            .borrow()
-            .keys()
-            .map(|room| self.cluster.keys.room(room))
-            .collect();
+        let keys = &self.cluster.keys;
+        let mut channels = vec![keys.all().to_owned(), self.node_channel.clone()];
+        channels.extend(self.rooms.borrow().keys().map(|room| keys.room(room)));
         let mut confirming = self.confirming.borrow_mut();
         let Some(last) = channels.len().checked_sub(1) else {
             waiting.into_iter().for_each(|b| b.arrive());
@@ -394,12 +394,46 @@ impl Link {
         }
     }
 
+    /// A message of `broadcast` (the `all` channel) or to a client of this node (its own
+    /// channel), from another node.
+    fn on_node_message(&self, channel: &str, payload: &[u8]) {
+        if wire::origin(payload) == Some(self.cluster.node) {
+            return;
+        }
+        let Some(wire::Message {
+            exclude,
+            target,
+            msg,
+        }) = wire::decode(payload)
+        else {
+            return;
+        };
+        if channel == self.cluster.keys.all() {
+            for w in 0..self.mesh.workers() {
+                let msg = Arc::clone(&msg);
+                self.mesh.send(w, MeshMsg::All { msg, exclude });
+            }
+        } else if channel == self.node_channel
+            && let Some(id) = target.filter(|id| id.node == self.cluster.node)
+        {
+            self.mesh
+                .send(id.worker as usize, MeshMsg::Client { id, msg });
+        } else {
+            return;
+        }
+        self.cluster
+            .counters
+            .received
+            .fetch_add(1, Ordering::Relaxed);
+    }
+
     /// A room message from the subscription (worker 0).
     fn on_message(&self, channel: &[u8], payload: &[u8]) {
-        let room = std::str::from_utf8(channel)
-            .ok()
-            .and_then(|c| self.cluster.keys.room_of(c));
-        let Some(room) = room else {
+        let Ok(channel) = std::str::from_utf8(channel) else {
+            return;
+        };
+        let Some(room) = self.cluster.keys.room_of(channel) else {
+            self.on_node_message(channel, payload);
             return;
         };
         // With history: the cluster thread delivers in position order.

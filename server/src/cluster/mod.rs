@@ -1,9 +1,13 @@
 //! Several nodes as one server through Redis (SPEC §8), when `redis_url` is set.
 //!
-//! The workers never touch Redis: they hand finished messages and membership changes to
-//! the cluster thread ([`Cluster::send`], a lock-free queue), which runs the Redis client
-//! (`redis`, async on a tokio runtime of its own, `engine`) and hands what arrives back to
-//! the workers through their inboxes, like any cross-core message.
+//! Two sides, neither of which ever makes a worker wait on Redis:
+//!
+//! - **The hot path, on the workers' loops** (`link`): each worker publishes its messages
+//!   without history on its own RESP3 connection, and worker 0's connection holds the
+//!   node's subscriptions, handing what arrives to the workers through their inboxes.
+//! - **The cluster thread** (`engine`, the `redis` client on a tokio runtime of its own),
+//!   handed work through a lock-free queue ([`Cluster::send`]): history, the directory,
+//!   liveness, the outage, and every message while a worker's link is down.
 //!
 //! - **Channels**: `<prefix>:room:<room>` (subscribed while this node has members of the
 //!   room, so a node receives a room message once, whatever its number of members),
@@ -23,10 +27,11 @@
 //!   the room's next offset, stores it in a stream and publishes it, and every node, the
 //!   sender's included, delivers it from its subscription, so all members see one order.
 //! - **Redis down**: local delivery goes on (history rooms' messages too, without a
-//!   position), what could not be published is counted, the thread reconnects with
-//!   backoff, resubscribes, writes its directory again, catches its history rooms up
-//!   from Redis, and starts a new epoch for any history room whose messages missed Redis,
-//!   so a recovery across the outage answers `recovered:false`, never a silent gap.
+//!   position), what could not be published is counted, the thread and the links
+//!   reconnect with backoff, worker 0 resubscribes, the thread writes its directory
+//!   again, catches its history rooms up from Redis, and starts a new epoch for any
+//!   history room whose messages missed Redis, so a recovery across the outage answers
+//!   `recovered:false`, never a silent gap.
 
 mod engine;
 pub mod link;
