@@ -137,6 +137,14 @@ fn wait_for_nodes(nodes: &[&TestServer], n: u64) {
     });
 }
 
+/// Two nodes of cluster `prefix`, once each sees the other.
+fn two_nodes(redis: &Redis, prefix: &str, history: usize) -> (TestServer, TestServer) {
+    let a = TestServer::with(node(redis, prefix, history));
+    let b = TestServer::with(node(redis, prefix, history));
+    wait_for_nodes(&[&a, &b], 2);
+    (a, b)
+}
+
 fn read_events(client: &mut Client, event: &str, n: usize) -> Vec<Value> {
     (0..n)
         .map(|_| client.recv_event(event)["data"].clone())
@@ -193,9 +201,7 @@ fn three_nodes_deliver_each_room_message_once_in_order_to_every_member() {
 #[test]
 fn to_id_broadcast_binary_and_alert_cross_nodes() {
     let redis = Redis::start();
-    let a = TestServer::with(node(&redis, "t2", 0));
-    let b = TestServer::with(node(&redis, "t2", 0));
-    wait_for_nodes(&[&a, &b], 2);
+    let (a, b) = two_nodes(&redis, "t2", 0);
     let mut on_a = a.ws();
     let mut on_b = b.ws();
     a.handle
@@ -301,9 +307,7 @@ fn a_node_killed_is_out_of_every_room_within_three_refreshes_and_its_members_lea
 #[test]
 fn recovery_across_nodes_is_exact_and_says_when_it_is_not() {
     let redis = Redis::start();
-    let a = TestServer::with(node(&redis, "t4", 100));
-    let b = TestServer::with(node(&redis, "t4", 100));
-    wait_for_nodes(&[&a, &b], 2);
+    let (a, b) = two_nodes(&redis, "t4", 100);
     let mut sender = a.ws();
     sender.join_kept("h:r");
     let mut watcher = b.ws();
@@ -348,9 +352,7 @@ fn recovery_across_nodes_is_exact_and_says_when_it_is_not() {
 #[test]
 fn a_short_history_in_the_cluster_says_not_recovered() {
     let redis = Redis::start();
-    let a = TestServer::with(node(&redis, "t5", 10));
-    let b = TestServer::with(node(&redis, "t5", 10));
-    wait_for_nodes(&[&a, &b], 2);
+    let (a, b) = two_nodes(&redis, "t5", 10);
     let mut sender = a.ws();
     sender.join_kept("h:r");
     let mut watcher = b.ws();
@@ -379,9 +381,7 @@ fn a_short_history_in_the_cluster_says_not_recovered() {
 #[test]
 fn redis_down_keeps_local_delivery_counts_the_loss_and_recovery_says_so() {
     let mut redis = Redis::start();
-    let a = TestServer::with(node(&redis, "t6", 100));
-    let b = TestServer::with(node(&redis, "t6", 100));
-    wait_for_nodes(&[&a, &b], 2);
+    let (a, b) = two_nodes(&redis, "t6", 100);
     let mut sender = a.ws();
     let mut local = a.ws();
     let mut remote = b.ws();
@@ -473,9 +473,7 @@ fn redis_down_keeps_local_delivery_counts_the_loss_and_recovery_says_so() {
 #[test]
 fn presence_and_room_view_are_cluster_wide() {
     let redis = Redis::start();
-    let a = TestServer::with(node(&redis, "t7", 0));
-    let b = TestServer::with(node(&redis, "t7", 0));
-    wait_for_nodes(&[&a, &b], 2);
+    let (a, b) = two_nodes(&redis, "t7", 0);
     let mut watcher = a.ws();
     watcher.join("chat:1");
     let mut leaver = b.ws();
@@ -548,9 +546,7 @@ fn past_redis_max_pending_messages_stay_local_and_are_counted_exactly() {
 #[test]
 fn a_live_node_taken_for_dead_registers_its_members_again() {
     let redis = Redis::start();
-    let a = TestServer::with(node(&redis, "t9", 0));
-    let b = TestServer::with(node(&redis, "t9", 0));
-    wait_for_nodes(&[&a, &b], 2);
+    let (a, b) = two_nodes(&redis, "t9", 0);
     let mut watcher = b.ws();
     watcher.join("chat:x");
     let mut member = a.ws();
@@ -596,9 +592,7 @@ fn a_live_node_taken_for_dead_registers_its_members_again() {
 #[test]
 fn a_dropped_subscription_catches_history_rooms_up_and_plain_rooms_resume() {
     let redis = Redis::start();
-    let a = TestServer::with(node(&redis, "t9", 100));
-    let b = TestServer::with(node(&redis, "t9", 100));
-    wait_for_nodes(&[&a, &b], 2);
+    let (a, b) = two_nodes(&redis, "t10", 100);
     let mut sender = a.ws();
     sender.join_kept("h:r");
     sender.join("plain");

@@ -37,6 +37,8 @@ const BATCH: usize = 512;
 #[derive(Default)]
 struct State {
     con: RefCell<Option<MultiplexedConnection>>,
+    /// The directory subscription's sending half, kept while the link is up (nothing is
+    /// subscribed after `connect`: the message channels are worker 0's).
     sink: RefCell<Option<PubSubSink>>,
     /// Whether the link is up (connected, subscribed, resynchronized).
     up: Cell<bool>,

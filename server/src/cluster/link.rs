@@ -81,14 +81,13 @@ pub fn attach(cluster: &Arc<Cluster>, mesh: &Arc<Mesh>, worker: usize) {
 /// up (a handle's thread, or a worker still connecting): the caller hands it to the
 /// cluster thread.
 pub(super) fn publish(scope: &Scope, msg: &Outbound, exclude: Option<ClientId>) -> bool {
-    with_link(|link| {
-        if !link.up.get() {
-            return false;
+    LINK.with(|link| match &*link.borrow() {
+        Some(link) if link.up.get() => {
+            link.push(scope, msg, exclude);
+            true
         }
-        link.push(scope, msg, exclude);
-        true
+        _ => false,
     })
-    .unwrap_or(false)
 }
 
 /// Worker 0: the workers of this node with members of `room` are now `workers` (a bit
@@ -96,23 +95,26 @@ pub(super) fn publish(scope: &Scope, msg: &Outbound, exclude: Option<ClientId>) 
 /// last. `barrier` is arrived at once Redis confirmed the subscription (at once when
 /// there is nothing to wait for).
 pub fn subscription(room: RoomName, workers: u64, barrier: Option<Arc<Barrier>>) {
-    let barrier = with_link(|link| link.subscription(room, workers, barrier)).flatten();
-    if let Some(barrier) = barrier {
-        barrier.arrive();
-    }
+    // No link on this thread (not a worker of a cluster node): nothing to wait for.
+    let barrier = LINK.with(|link| match &*link.borrow() {
+        Some(link) => link.subscription(room, workers, barrier),
+        None => barrier,
+    });
+    arrive(barrier);
 }
 
-fn with_link<T>(f: impl FnOnce(&Link) -> T) -> Option<T> {
-    LINK.with(|link| link.borrow().as_deref().map(f))
+/// What a subscription confirmation from Redis completes: the joins waiting for it, and
+/// for the last channel of a (re)connection's subscriptions, the cluster thread's
+/// catch-up.
+#[derive(Default)]
+struct Confirm {
+    joins: Vec<Arc<Barrier>>,
+    resubscribed: bool,
 }
 
-/// What a subscription confirmation from Redis completes.
-enum Confirm {
-    /// A join waiting for its room.
-    Join(Option<Arc<Barrier>>),
-    /// The last room of a (re)connection's subscriptions: the joins that waited for the
-    /// link, and the cluster thread's catch-up.
-    Resubscribed(Vec<Arc<Barrier>>),
+/// Lets `joins` go on.
+fn arrive(joins: impl IntoIterator<Item = Arc<Barrier>>) {
+    joins.into_iter().for_each(|b| b.arrive());
 }
 
 /// One worker's connection to Redis and what goes through it (one thread: `Cell`s).
@@ -189,9 +191,10 @@ impl Link {
         };
         resp::command(&mut self.out.borrow_mut(), &[verb, channel.as_bytes()]);
         if verb == b"SUBSCRIBE" {
-            self.confirming
-                .borrow_mut()
-                .push_back(Confirm::Join(barrier));
+            self.confirming.borrow_mut().push_back(Confirm {
+                joins: barrier.into_iter().collect(),
+                resubscribed: false,
+            });
         }
         self.work.notify_one();
         None
@@ -285,13 +288,8 @@ impl Link {
         let lost = self.in_flight.replace(0) + self.queued.replace(0);
         self.cluster.settle(0, lost);
         // Joins do not wait on a link that is down.
-        let confirming: Vec<Confirm> = self.confirming.borrow_mut().drain(..).collect();
-        for confirm in confirming {
-            match confirm {
-                Confirm::Join(barrier) => barrier.into_iter().for_each(|b| b.arrive()),
-                Confirm::Resubscribed(barriers) => barriers.into_iter().for_each(|b| b.arrive()),
-            }
-        }
+        let confirming = std::mem::take(&mut *self.confirming.borrow_mut());
+        arrive(confirming.into_iter().flat_map(|c| c.joins));
         debug!(lost, "cluster: a worker's link to Redis dropped");
     }
 
@@ -302,22 +300,20 @@ impl Link {
         let keys = &self.cluster.keys;
         let mut channels = vec![keys.all().to_owned(), self.node_channel.clone()];
         channels.extend(self.rooms.borrow().keys().map(|room| keys.room(room)));
-        let mut confirming = self.confirming.borrow_mut();
-        let Some(last) = channels.len().checked_sub(1) else {
-            waiting.into_iter().for_each(|b| b.arrive());
-            self.cluster.send(Command::Resubscribed);
-            return;
-        };
         let mut args: Vec<&[u8]> = vec![b"SUBSCRIBE"];
         args.extend(channels.iter().map(|c| c.as_bytes()));
         resp::command(&mut self.out.borrow_mut(), &args);
-        confirming.extend((0..last).map(|_| Confirm::Join(None)));
-        confirming.push_back(Confirm::Resubscribed(waiting));
+        // One confirmation per channel; the last completes the resubscription.
+        let mut confirming = self.confirming.borrow_mut();
+        confirming.extend((1..channels.len()).map(|_| Confirm::default()));
+        confirming.push_back(Confirm {
+            joins: waiting,
+            resubscribed: true,
+        });
     }
 
     fn release_waiting(&self) {
-        let waiting = std::mem::take(&mut *self.waiting.borrow_mut());
-        waiting.into_iter().for_each(|b| b.arrive());
+        arrive(std::mem::take(&mut *self.waiting.borrow_mut()));
     }
 
     async fn write(&self, mut writer: OwnedWriteHalf<TcpStream>) {
@@ -381,13 +377,15 @@ impl Link {
             [b"message", channel, payload] => self.on_message(channel, payload),
             [b"subscribe", ..] => {
                 let confirm = self.confirming.borrow_mut().pop_front();
-                match confirm {
-                    Some(Confirm::Join(barrier)) => barrier.into_iter().for_each(|b| b.arrive()),
-                    Some(Confirm::Resubscribed(barriers)) => {
-                        barriers.into_iter().for_each(|b| b.arrive());
+                if let Some(Confirm {
+                    joins,
+                    resubscribed,
+                }) = confirm
+                {
+                    arrive(joins);
+                    if resubscribed {
                         self.cluster.send(Command::Resubscribed);
                     }
-                    None => {}
                 }
             }
             _ => {}
