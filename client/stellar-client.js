@@ -238,6 +238,7 @@
       return self._request('join-room', join, true).catch(function (error) {
         self.rooms.delete(room);
         self._positions.delete(room);
+        self._joining.delete(room);
         self._emit('error', error);
       });
     });
