@@ -242,15 +242,40 @@ pub fn encode_event_at(
 
 /// A successful ack reply: `{"event","data","_isAck":true,"_correlationId"}`.
 pub fn encode_ack_ok(event: &EventName<'_>, correlation_id: &str, result: &str) -> Bytes {
-    let mut buf = BytesMut::with_capacity(64 + event.len() + correlation_id.len() + result.len());
+    let mut buf = BytesMut::with_capacity(ack_ok_len(event, correlation_id, result));
+    encode_ack_ok_into(&mut buf, event, correlation_id, result);
+    buf.freeze()
+}
+
+/// The length of [`encode_ack_ok`]'s envelope, so a frame can be built around it in
+/// one buffer.
+pub fn ack_ok_len(event: &EventName<'_>, correlation_id: &str, result: &str) -> usize {
+    const EVENT: usize = br#"{"event":"#.len();
+    const DATA: usize = br#","data":"#.len();
+    const TAIL: usize = br#","_isAck":true,"_correlationId":"#.len();
+    EVENT
+        + json_string_len(event)
+        + DATA
+        + result.len()
+        + TAIL
+        + json_string_len(correlation_id)
+        + 1
+}
+
+/// [`encode_ack_ok`] appended to `buf`.
+pub fn encode_ack_ok_into(
+    buf: &mut BytesMut,
+    event: &EventName<'_>,
+    correlation_id: &str,
+    result: &str,
+) {
     buf.put_slice(b"{\"event\":");
-    write_json_string(&mut buf, event);
+    write_json_string(buf, event);
     buf.put_slice(b",\"data\":");
     buf.put_slice(result.as_bytes());
     buf.put_slice(b",\"_isAck\":true,\"_correlationId\":");
-    write_json_string(&mut buf, correlation_id);
+    write_json_string(buf, correlation_id);
     buf.put_u8(b'}');
-    buf.freeze()
 }
 
 /// A failed ack reply: `{"event","error":{"code","message"},"_isAck":true,"_correlationId"}`.
@@ -467,6 +492,13 @@ mod tests {
             let event = EventName::new(event.as_str()).unwrap();
             let json = encode_event(&event, &data, room.as_deref());
             prop_assert_eq!(event_len(&event, &data, room.as_deref()), json.len());
+        }
+
+        #[test]
+        fn ack_ok_len_is_what_encode_ack_ok_writes(event in "[A-Za-z0-9./:_-]{1,256}", correlation in any::<String>(), data in ".{0,40}") {
+            let event = EventName::new(event.as_str()).unwrap();
+            let json = encode_ack_ok(&event, &correlation, &data);
+            prop_assert_eq!(ack_ok_len(&event, &correlation, &data), json.len());
         }
 
         #[test]

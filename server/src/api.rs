@@ -28,7 +28,7 @@ use crate::outbound::Outbound;
 use crate::rate_limit::{Limit, RateLimits};
 use crate::rooms::Directories;
 pub use crate::shared::AckError;
-use crate::shared::{Handlers, Shared};
+use crate::shared::{Ack, Handlers, Shared};
 use crate::stats::{Stats, WorkerStats};
 pub use crate::timers::Timer;
 use crate::timers::Timers;
@@ -154,7 +154,26 @@ impl ServerBuilder {
         f: impl Fn(&Ctx<'_>) -> Result<Value, AckError> + Send + Sync + 'static,
     ) -> Self {
         self.check_name(name);
-        self.handlers.acks.insert(name.to_owned(), Arc::new(f));
+        self.handlers
+            .acks
+            .insert(name.to_owned(), Ack::Value(Arc::new(f)));
+        self
+    }
+
+    /// Answers requests named `name` with JSON text written into the reply as is, such
+    /// as `ctx.data_raw()` passed back or a reply serialized by the handler itself: no
+    /// value is built or serialized on the way. The text must be one valid JSON value
+    /// (as for [`Ctx::emit_raw`]), or the client gets a broken envelope. Replaces an
+    /// `on_ack` handler of the same name, and the other way round.
+    pub fn on_ack_raw(
+        mut self,
+        name: &str,
+        f: impl Fn(&Ctx<'_>) -> Result<String, AckError> + Send + Sync + 'static,
+    ) -> Self {
+        self.check_name(name);
+        self.handlers
+            .acks
+            .insert(name.to_owned(), Ack::Raw(Arc::new(f)));
         self
     }
 

@@ -17,11 +17,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::tls::Socket;
-use bytes::{Bytes, BytesMut};
+use bytes::{BufMut, Bytes, BytesMut};
 use monoio::io::{AsyncWriteRent, OwnedWriteHalf};
 use stellar_protocol::event::reserved;
 use stellar_protocol::tcp::FrameType;
-use stellar_protocol::ws::frame::encode_server;
+use stellar_protocol::ws::frame::{encode_server, encode_server_with};
 use stellar_protocol::ws::{CloseCode, CloseFrame, OpCode};
 use stellar_protocol::{ErrorCode, EventName, envelope, tcp};
 
@@ -169,6 +169,19 @@ impl Conn {
         }
     }
 
+    /// A text frame for this connection whose `len`-byte payload `write` appends: built
+    /// in the frame's own buffer, behind its header, unless it is to be compressed.
+    fn ws_text_with(&self, len: usize, write: impl FnOnce(&mut BytesMut)) -> Bytes {
+        match self.deflate_bits.get() {
+            0 => encode_server_with(OpCode::Text, len, write),
+            bits => {
+                let mut payload = BytesMut::with_capacity(len);
+                write(&mut payload);
+                compression::frame(bits, OpCode::Text, &payload)
+            }
+        }
+    }
+
     /// Whether the client may do more than authenticate.
     pub fn is_authenticated(&self) -> bool {
         !self.auth_required || self.user.borrow().is_some()
@@ -268,7 +281,9 @@ impl Conn {
     /// The frame of a JSON event for this connection's protocol.
     pub fn event_frame(&self, event: &EventName<'_>, data: &str) -> Bytes {
         match self.proto {
-            Proto::Ws => self.ws_frame(OpCode::Text, &envelope::encode_event(event, data, None)),
+            Proto::Ws => self.ws_text_with(envelope::event_len(event, data, None), |buf| {
+                envelope::encode_event_into(buf, event, data, None);
+            }),
             Proto::Tcp => tcp::frame::encode(FrameType::Json, event, data.as_bytes()),
         }
     }
@@ -292,26 +307,31 @@ impl Conn {
         result: Result<&str, (&str, &str)>,
     ) -> Bytes {
         match (self.proto, result) {
-            (Proto::Ws, Ok(data)) => self.ws_frame(
-                OpCode::Text,
-                &envelope::encode_ack_ok(name, correlation_id, data),
-            ),
+            (Proto::Ws, Ok(data)) => self
+                .ws_text_with(envelope::ack_ok_len(name, correlation_id, data), |buf| {
+                    envelope::encode_ack_ok_into(buf, name, correlation_id, data)
+                }),
             (Proto::Ws, Err((code, message))) => self.ws_frame(
                 OpCode::Text,
                 &envelope::encode_ack_err(name, correlation_id, code, message),
             ),
-            (Proto::Tcp, result) => {
+            (Proto::Tcp, Ok(data)) => {
+                const DATA: usize = br#"{"data":"#.len();
+                const CORRELATION: usize = br#","_correlationId":"#.len();
+                let len =
+                    DATA + data.len() + CORRELATION + envelope::json_string_len(correlation_id) + 1;
+                tcp::frame::encode_with(FrameType::AckRes, name, len, |body| {
+                    body.put_slice(br#"{"data":"#);
+                    body.put_slice(data.as_bytes());
+                    body.put_slice(br#","_correlationId":"#);
+                    envelope::write_json_string(body, correlation_id);
+                    body.put_u8(b'}');
+                })
+            }
+            (Proto::Tcp, Err((code, message))) => {
                 let mut body = BytesMut::new();
-                match result {
-                    Ok(data) => {
-                        body.extend_from_slice(b"{\"data\":");
-                        body.extend_from_slice(data.as_bytes());
-                    }
-                    Err((code, message)) => {
-                        body.extend_from_slice(b"{\"error\":");
-                        envelope::write_error_object(&mut body, code, message);
-                    }
-                }
+                body.extend_from_slice(b"{\"error\":");
+                envelope::write_error_object(&mut body, code, message);
                 body.extend_from_slice(b",\"_correlationId\":");
                 envelope::write_json_string(&mut body, correlation_id);
                 body.extend_from_slice(b"}");

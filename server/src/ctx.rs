@@ -24,8 +24,9 @@ pub struct Ctx<'a> {
     /// `data` as a value, parsed on first use: a handler that only passes `data` on
     /// (`data_raw`) never pays for a parse and a re-serialization.
     data: std::cell::OnceCell<Value>,
-    /// The client's id as text (connections keep only the numeric id).
-    id: Option<IdText>,
+    /// The client's id as text (connections keep only the numeric id), made on first
+    /// use: most handlers never ask.
+    id: std::cell::OnceCell<IdText>,
     /// A join made by the handler that other workers must learn before reading on.
     pending: std::cell::RefCell<Option<Arc<Barrier>>>,
 }
@@ -56,7 +57,7 @@ impl<'a> Ctx<'a> {
             event: event.as_str(),
             raw,
             data: std::cell::OnceCell::new(),
-            id: conn.map(|c| c.id.text()),
+            id: std::cell::OnceCell::new(),
             pending: std::cell::RefCell::new(None),
         }
     }
@@ -69,7 +70,10 @@ impl<'a> Ctx<'a> {
 
     /// The client's id (`"http"` for an HTTP action).
     pub fn id(&self) -> &str {
-        self.id.as_deref().unwrap_or("http")
+        match self.conn {
+            Some(conn) => self.id.get_or_init(|| conn.id.text()),
+            None => "http",
+        }
     }
 
     pub fn event(&self) -> &str {

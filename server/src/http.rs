@@ -219,8 +219,13 @@ fn action(
         return json_response(404, "Not Found", &error);
     };
     let ctx = Ctx::new(worker, None, &event, data);
-    match handler(&ctx) {
-        Ok(result) => json_response(200, "OK", &json!({ "data": result })),
+    match handler.answer(&ctx) {
+        Ok(result) => response(
+            200,
+            "OK",
+            "application/json",
+            format!(r#"{{"data":{result}}}"#).as_bytes(),
+        ),
         Err(e) => json_response(
             422,
             "Unprocessable Entity",

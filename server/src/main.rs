@@ -5,7 +5,6 @@
 //! Besides the reserved verbs it registers `echo` (event and ack), so the bench client's
 //! echo and ack scenarios have something to call.
 
-use serde_json::Value;
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 use stellar_server::config::Args;
@@ -44,7 +43,7 @@ fn main() -> std::process::ExitCode {
         .on("echo", |ctx| {
             let _ = ctx.emit_raw("echo", &ctx.data_raw());
         })
-        .on_ack("echo", |ctx| Ok::<Value, _>(ctx.data().clone()))
+        .on_ack_raw("echo", |ctx| Ok(ctx.data_raw().into_owned()))
         .start();
     let server = match server {
         Ok(s) => s,

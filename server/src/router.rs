@@ -557,8 +557,8 @@ fn user_event(worker: &Rc<Worker>, conn: &Rc<Conn>, msg: &Request<'_>) -> Flow {
             return Flow::Continue;
         };
         let ctx = Ctx::from_raw(worker, Some(conn), name, data);
-        match handler(&ctx) {
-            Ok(result) => conn.reply_ack(name, correlation, Ok(&result.to_string()), &worker.stats),
+        match handler.answer(&ctx) {
+            Ok(result) => conn.reply_ack(name, correlation, Ok(&result), &worker.stats),
             Err(e) => conn.reply_ack(name, correlation, Err((&e.code, &e.message)), &worker.stats),
         };
         return Flow::after(ctx.take_pending());

@@ -42,12 +42,30 @@ impl AckError {
 type EventFn = dyn Fn(&Ctx<'_>) + Send + Sync;
 type BinaryFn = dyn Fn(&Ctx<'_>, &[u8]) + Send + Sync;
 type AckFn = dyn Fn(&Ctx<'_>) -> Result<Value, AckError> + Send + Sync;
+type RawAckFn = dyn Fn(&Ctx<'_>) -> Result<String, AckError> + Send + Sync;
 type MiddlewareFn = dyn Fn(&ClientInfo) -> Result<(), String> + Send + Sync;
 type RoomEventFn = dyn Fn(&ClientInfo, &str, &str) -> bool + Send + Sync;
 type ShutdownFn = dyn Fn(&str, bool) + Send + Sync;
 type RateLimitFn = dyn Fn(&ClientInfo, &str) -> bool + Send + Sync;
 type AuthFn = dyn Fn(&Request) -> Result<AuthUser, String> + Send + Sync;
 type AuthorizeJoinFn = dyn Fn(&ClientInfo, Option<&AuthUser>, &str) -> bool + Send + Sync;
+
+/// A request handler: one that answers a value (`on_ack`), or one that answers JSON
+/// text written into the reply as is (`on_ack_raw`: no tree built, none serialized).
+pub(crate) enum Ack {
+    Value(Arc<AckFn>),
+    Raw(Arc<RawAckFn>),
+}
+
+impl Ack {
+    /// Runs the handler: its result as JSON text, or its error.
+    pub(crate) fn answer(&self, ctx: &Ctx<'_>) -> Result<String, AckError> {
+        match self {
+            Self::Value(f) => f(ctx).map(|value| value.to_string()),
+            Self::Raw(f) => f(ctx),
+        }
+    }
+}
 
 /// Every registered handler, shared read-only by the workers.
 #[derive(Default)]
@@ -58,7 +76,7 @@ pub struct Handlers {
     pub(crate) binary: HashMap<String, Vec<Arc<BinaryFn>>>,
     pub(crate) connection: Vec<Arc<EventFn>>,
     pub(crate) disconnect: Vec<Arc<EventFn>>,
-    pub(crate) acks: HashMap<String, Arc<AckFn>>,
+    pub(crate) acks: HashMap<String, Ack>,
     pub(crate) middleware: Vec<Arc<MiddlewareFn>>,
     pub(crate) room_event: Option<Arc<RoomEventFn>>,
     pub(crate) shutdown: Vec<Arc<ShutdownFn>>,

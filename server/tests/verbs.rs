@@ -32,6 +32,10 @@ fn server() -> TestServer {
                 Some(id) => Ok(json!({"id": id, "name": "Ada"})),
                 None => Err(AckError::new("bad_request", "id is required")),
             })
+            .on_ack_raw("mirror", |ctx| match ctx.data_raw().as_ref() {
+                "null" => Err(AckError::new("empty", "nothing to mirror")),
+                data => Ok(format!(r#"{{"got":{data}}}"#)),
+            })
             .on("shout", |ctx| ctx.emit("shouted", ctx.data()).unwrap())
             .on("remember", |ctx| ctx.set("name", ctx.data().clone()))
             .on("recall", |ctx| {
@@ -185,6 +189,46 @@ fn acks_reply_with_result_error_or_unknown_action() {
         ),
         (Some("c9"), Some("Ada"))
     );
+}
+
+/// `on_ack_raw`: the handler's JSON text is the reply's `data` as is, over WebSocket,
+/// the TCP protocol and HTTP; its errors are answered as `on_ack`'s are.
+#[test]
+fn raw_acks_reply_with_the_handlers_text() {
+    let s = server();
+    let data = json!({"a": [1, "é \"q\" \\"], "b": null});
+    let mut c = s.ws();
+    let ok = c.request("mirror", data.clone(), "m#1");
+    assert_eq!(ok["event"], "mirror");
+    assert_eq!(ok["_correlationId"], "m#1");
+    assert_eq!(ok["data"], json!({"got": data}));
+    let failed = c.request("mirror", Value::Null, "m#2");
+    assert_eq!(
+        failed["error"],
+        json!({"code": "empty", "message": "nothing to mirror"})
+    );
+
+    let mut t = s.tcp();
+    t.send(0x05, "mirror", br#"{"data":[1,2],"_correlationId":"t\"1"}"#);
+    let (kind, event, payload) = t.recv();
+    assert_eq!((kind, event.as_str()), (0x06, "mirror"));
+    let reply: Value = serde_json::from_slice(&payload).unwrap();
+    assert_eq!(
+        reply,
+        json!({"data": {"got": [1, 2]}, "_correlationId": "t\"1"})
+    );
+
+    let body = r#"{"n":5}"#;
+    let answer = http(
+        s.handle.port(),
+        &format!(
+            "POST /api/mirror HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        ),
+    );
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    let json: Value = serde_json::from_str(answer.split("\r\n\r\n").nth(1).unwrap()).unwrap();
+    assert_eq!(json, json!({"data": {"got": {"n": 5}}}));
 }
 
 #[test]

@@ -145,6 +145,26 @@ pub fn encode(kind: FrameType, event: &EventName<'_>, payload: &[u8]) -> Bytes {
     buf.freeze()
 }
 
+/// Builds one frame whose `len`-byte payload `write` appends, in one buffer: the
+/// payload is written in place behind the header instead of being built apart and
+/// copied in. `write` must append exactly `len` bytes.
+pub fn encode_with(
+    kind: FrameType,
+    event: &EventName<'_>,
+    len: usize,
+    write: impl FnOnce(&mut BytesMut),
+) -> Bytes {
+    let mut buf = BytesMut::new();
+    write_header(&mut buf, kind, event.as_bytes(), len);
+    write(&mut buf);
+    debug_assert_eq!(
+        buf.len(),
+        HEADER_LEN + event.len() + len,
+        "payload of the stated length"
+    );
+    buf.freeze()
+}
+
 /// Builds a frame of a type that carries no event (PING, PONG, DISCONNECT).
 pub fn encode_control(kind: FrameType) -> Bytes {
     debug_assert!(!kind.has_event(), "{kind:?} frames carry an event name");
@@ -154,13 +174,19 @@ pub fn encode_control(kind: FrameType) -> Bytes {
 }
 
 fn write_frame(buf: &mut BytesMut, kind: FrameType, event: &[u8], payload: &[u8]) {
-    let total = HEADER_LEN + event.len() + payload.len();
+    write_header(buf, kind, event, payload.len());
+    buf.put_slice(payload);
+}
+
+/// Appends the header and name of a frame with a `len`-byte payload, room reserved for
+/// the payload.
+fn write_header(buf: &mut BytesMut, kind: FrameType, event: &[u8], len: usize) {
+    let total = HEADER_LEN + event.len() + len;
     buf.reserve(total);
     buf.put_u32(total as u32);
     buf.put_u8(kind as u8);
     buf.put_u16(event.len() as u16);
     buf.put_slice(event);
-    buf.put_slice(payload);
 }
 
 #[cfg(test)]
@@ -288,6 +314,13 @@ mod tests {
     }
 
     proptest! {
+        #[test]
+        fn encode_with_writes_what_encode_does(event in "[A-Za-z0-9./:_-]{1,256}", payload in proptest::collection::vec(any::<u8>(), 0..300)) {
+            let event = EventName::new(event.as_str()).unwrap();
+            let built = encode_with(FrameType::AckRes, &event, payload.len(), |buf| buf.put_slice(&payload));
+            prop_assert_eq!(built, encode(FrameType::AckRes, &event, &payload));
+        }
+
         #[test]
         fn any_chunking_gives_the_same_frames(frames in proptest::collection::vec(arb_frame(), 1..6),
                                               cuts in proptest::collection::vec(1usize..20, 1..10)) {

@@ -248,7 +248,6 @@ impl TcpClient {
     }
 }
 
-/// Polls `f` until it is true or the deadline passes.
 /// Sends one raw HTTP request and reads the whole answer (the server closes after it).
 pub fn http(port: u16, request: &str) -> String {
     let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("connect");
@@ -259,6 +258,7 @@ pub fn http(port: u16, request: &str) -> String {
     out
 }
 
+/// Polls `f` until it is true or the deadline passes.
 pub fn eventually(what: &str, f: impl Fn() -> bool) {
     let deadline = Instant::now() + TIMEOUT;
     while Instant::now() < deadline {
