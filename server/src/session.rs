@@ -35,10 +35,14 @@ use crate::worker::Worker;
 /// Bytes asked of the kernel per read while a connection is busy (its last read filled
 /// the buffer).
 const READ_CHUNK: usize = 16 * 1024;
-/// The read buffer of an idle connection. With io_uring the buffer is lent to the kernel
-/// for as long as the read is pending, so an idle connection holds exactly this much: it
-/// is what keeps idle connections cheap.
+/// The read buffer of a connection that is not busy. With io_uring the buffer is lent to
+/// the kernel for as long as the read is pending.
 const IDLE_READ: usize = 128;
+/// A connection whose last two reads were further apart than this is quiet: it waits for
+/// its next bytes on readiness alone, with no buffer lent to the kernel, and is given
+/// one once they are there. That costs one more request per read, nothing for a client
+/// sending under ten messages a second, and it is what keeps idle connections small.
+const QUIET: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// The reading side of a session. It lives in a box the session task points to: an
 /// async fn keeps its arguments twice and every local of every await point, so state
@@ -49,6 +53,20 @@ struct ReadSide {
     decoder: Decoder,
     /// The last read filled its buffer.
     busy: bool,
+    /// The last two reads were more than [`QUIET`] apart (or there was none yet).
+    quiet: bool,
+}
+
+impl ReadSide {
+    /// Waits until the socket has something to read, holding no buffer.
+    async fn readable(&self) -> std::io::Result<()> {
+        // SAFETY: the read half's cell is shared with the write half only, on this
+        // thread; the writer may hold the socket mutably inside an in-flight write, as
+        // monoio's own split does for reads and writes. `readable` only clones the
+        // socket's fd handle into a poll request: no state the writer uses is touched.
+        let socket = unsafe { &*self.reader.0.get() };
+        socket.readable().await
+    }
 }
 
 /// Reads once into the spare capacity of `buf`, after the bytes it holds. (monoio's
@@ -261,6 +279,7 @@ fn start(
         buf: leftover,
         decoder,
         busy: false,
+        quiet: true,
     });
     monoio::spawn(async move {
         read_loop(&worker, &conn, &mut side).await;
@@ -296,14 +315,20 @@ async fn read_loop(worker: &Rc<Worker>, conn: &Rc<Conn>, side: &mut ReadSide) {
             match side.decoder.route_next(worker, conn, &mut side.buf) {
                 None => break,
                 Some(Flow::Continue) => {}
+                // Boxed: a join that must wait is rare, and its state (the barrier,
+                // the replies, the recovery) would otherwise be carried in every
+                // connection's task.
                 Some(Flow::Wait(barrier, replies, recovery)) => {
-                    barrier.wait().await;
-                    for reply in replies {
-                        conn.send(reply, &worker.stats);
-                    }
-                    if let Some(ask) = recovery {
-                        crate::recovery::start(worker, conn, ask);
-                    }
+                    Box::pin(async move {
+                        barrier.wait().await;
+                        for reply in replies {
+                            conn.send(reply, &worker.stats);
+                        }
+                        if let Some(ask) = recovery {
+                            crate::recovery::start(worker, conn, ask);
+                        }
+                    })
+                    .await;
                 }
                 Some(Flow::Stop) => open = false,
             }
@@ -311,20 +336,31 @@ async fn read_loop(worker: &Rc<Worker>, conn: &Rc<Conn>, side: &mut ReadSide) {
         if !open {
             side.buf.clear();
         }
-        // An idle connection waits on a small buffer; a full chunk is offered while the
-        // last read filled its buffer (more is likely waiting).
+        // A quiet connection waits with no buffer, others on a small one; a full chunk
+        // is offered while the last read filled its buffer (more is likely waiting).
         if side.buf.is_empty() && !side.busy {
+            if side.quiet && open {
+                side.buf = BytesMut::new();
+                if side.readable().await.is_err() {
+                    return;
+                }
+            }
             side.buf = BytesMut::with_capacity(IDLE_READ);
         } else {
             side.buf.reserve(READ_CHUNK);
         }
         let spare = side.buf.capacity() - side.buf.len();
-        match read_append(&mut side.reader, &mut side.buf).await {
+        // Boxed: the read's future (the buffer lent, the request, each layer's copy of
+        // the arguments) is the largest state of this task, and held inline it would
+        // size every connection's task, quiet ones too, which wait on readiness alone.
+        match Box::pin(read_append(&mut side.reader, &mut side.buf)).await {
             Ok(0) | Err(_) => return,
             Ok(n) => {
                 side.busy = n == spare;
                 worker.stats.bytes_in.add(n as u64);
-                conn.last_seen.set(Instant::now());
+                let now = Instant::now();
+                side.quiet = now.duration_since(conn.last_seen.get()) > QUIET;
+                conn.last_seen.set(now);
             }
         }
     }

@@ -178,11 +178,12 @@ impl WriteQueue {
             if !out.frames.is_empty() {
                 return Next::Write;
             }
-            return if self.finished || self.closing {
-                Next::End
-            } else {
-                Next::Park
-            };
+            if self.finished || self.closing {
+                return Next::End;
+            }
+            // An idle connection keeps no ring: one comes back with the next frame.
+            self.frames = VecDeque::new();
+            return Next::Park;
         }
         let mut taken = 0;
         while let Some(front) = self.frames.front() {

@@ -231,6 +231,29 @@ fn raw_acks_reply_with_the_handlers_text() {
     assert_eq!(json, json!({"data": {"got": {"n": 5}}}));
 }
 
+/// A connection quiet for longer than the session's threshold waits on readiness with
+/// no read buffer (session.rs `QUIET`); its next messages must still be read, whole,
+/// on both protocols, and a burst after the pause too.
+#[test]
+fn quiet_connections_still_read_what_comes_next() {
+    let s = server();
+    let mut c = s.ws();
+    let mut t = s.tcp();
+    for round in 0..3 {
+        std::thread::sleep(std::time::Duration::from_millis(150));
+        for i in 0..20 {
+            let data = json!({"round": round, "i": i, "pad": "x".repeat(300)});
+            let reply = c.request("mirror", data.clone(), &format!("q{round}-{i}"));
+            assert_eq!(reply["data"], json!({"got": data}));
+        }
+        t.send(0x05, "mirror", br#"{"data":1,"_correlationId":"t"}"#);
+        let (kind, _, payload) = t.recv();
+        assert_eq!(kind, 0x06);
+        let reply: Value = serde_json::from_slice(&payload).unwrap();
+        assert_eq!(reply["data"], json!({"got": 1}));
+    }
+}
+
 #[test]
 fn handlers_get_events_and_can_emit() {
     let s = server();
