@@ -312,26 +312,28 @@ async fn read_loop(worker: &Rc<Worker>, conn: &Rc<Conn>, side: &mut ReadSide) {
     let mut open = true;
     loop {
         while open {
-            match side.decoder.route_next(worker, conn, &mut side.buf) {
+            // The join to wait for, if any, is boxed: it is rare, and its state (the
+            // barrier, the replies, the recovery) would otherwise be carried in every
+            // connection's task. The match ends before the await, so the decoded
+            // `Flow` is not held across it either.
+            let wait = match side.decoder.route_next(worker, conn, &mut side.buf) {
                 None => break,
-                Some(Flow::Continue) => {}
-                // Boxed: a join that must wait is rare, and its state (the barrier,
-                // the replies, the recovery) would otherwise be carried in every
-                // connection's task.
-                Some(Flow::Wait(barrier, replies, recovery)) => {
-                    Box::pin(async move {
-                        barrier.wait().await;
-                        for reply in replies {
-                            conn.send(reply, &worker.stats);
-                        }
-                        if let Some(ask) = recovery {
-                            crate::recovery::start(worker, conn, ask);
-                        }
-                    })
-                    .await;
+                Some(Flow::Continue) => continue,
+                Some(Flow::Stop) => {
+                    open = false;
+                    continue;
                 }
-                Some(Flow::Stop) => open = false,
-            }
+                Some(Flow::Wait(barrier, replies, recovery)) => Box::pin(async move {
+                    barrier.wait().await;
+                    for reply in replies {
+                        conn.send(reply, &worker.stats);
+                    }
+                    if let Some(ask) = recovery {
+                        crate::recovery::start(worker, conn, ask);
+                    }
+                }),
+            };
+            wait.await;
         }
         if !open {
             side.buf.clear();
