@@ -51,17 +51,14 @@ impl<'a> Envelope<'a> {
             (None, None, None, None, None);
         // One pass over the top-level members; values are skipped (and validated)
         // without being built, and only the routing fields are looked at.
-        for member in sonic_rs::to_object_iter(text) {
-            let (key, value) = member.map_err(|e| EnvelopeError::InvalidJson(e.to_string()))?;
-            match key.as_ref() {
-                "event" => event = Some(value),
-                "room" => room = Some(value),
-                "_ackName" => ack_name = Some(value),
-                "_correlationId" => correlation_id = Some(value),
-                "data" => data = Some(value),
-                _ => {}
-            }
-        }
+        walk_object(text, |key, value| match key {
+            "event" => event = Some(value),
+            "room" => room = Some(value),
+            "_ackName" => ack_name = Some(value),
+            "_correlationId" => correlation_id = Some(value),
+            "data" => data = Some(value),
+            _ => {}
+        })?;
         let event = string_field(event, "event")
             .map_err(|_| EnvelopeError::MissingEvent)?
             .ok_or(EnvelopeError::MissingEvent)?;
@@ -82,6 +79,46 @@ impl<'a> Envelope<'a> {
     pub fn ack_handler(&self) -> Option<&EventName<'a>> {
         self.correlation_id.as_ref()?;
         Some(self.ack_name.as_ref().unwrap_or(&self.event))
+    }
+}
+
+/// Walks the members of the JSON object `text` in one pass, handing each key and value
+/// to `f`: every key and value is validated, none is built. sonic-rs's member walk stops
+/// at the object's closing brace, so what follows it is checked here: whitespace only,
+/// as RFC 8259 allows around a value. (A second, whole-text validation pass used to do
+/// that, at the cost of reading every message twice.)
+pub(crate) fn walk_object<'a>(
+    text: &'a str,
+    mut f: impl FnMut(&str, sonic_rs::LazyValue<'a>),
+) -> Result<(), EnvelopeError> {
+    let invalid = |e: sonic_rs::Error| EnvelopeError::InvalidJson(e.to_string());
+    // Where the last member's value ends, as an offset into `text`.
+    let mut end = None;
+    for member in sonic_rs::to_object_iter(text) {
+        let (key, value) = member.map_err(invalid)?;
+        let raw = value.as_raw_str();
+        end = (raw.as_ptr() as usize)
+            .checked_sub(text.as_ptr() as usize)
+            .map(|start| start + raw.len());
+        f(&key, value);
+    }
+    // JSON's whitespace (RFC 8259 §2), not Unicode's.
+    let skip_space = |s: &'a str| s.trim_start_matches([' ', '\t', '\n', '\r']);
+    let after_members = match end {
+        Some(end) => text.get(end..),
+        // No member: the walk accepted `{`, whitespace and `}`.
+        None => skip_space(text).strip_prefix('{'),
+    };
+    let rest = after_members
+        .map(skip_space)
+        .and_then(|r| r.strip_prefix('}'));
+    match rest {
+        Some(rest) if skip_space(rest).is_empty() => Ok(()),
+        // Bytes after the object, or a value sonic-rs did not lend from `text` (never
+        // seen): let the full parser say what is wrong, or that nothing is.
+        _ => sonic_rs::from_str::<sonic_rs::LazyValue<'_>>(text)
+            .map(drop)
+            .map_err(invalid),
     }
 }
 
@@ -499,6 +536,22 @@ mod tests {
             let event = EventName::new(event.as_str()).unwrap();
             let json = encode_ack_ok(&event, &correlation, &data);
             prop_assert_eq!(ack_ok_len(&event, &correlation, &data), json.len());
+        }
+
+        /// Whatever follows an envelope's closing brace: accepted only when it is JSON
+        /// whitespace, as serde_json decides for the same text.
+        #[test]
+        fn bytes_after_the_object_are_judged_as_json_does(suffix in "[ \t\r\n\u{a0}\u{2028}x},\\]0\"]{0,6}") {
+            let text = format!(r#"{{"event":"e","data":{{"a":[1]}}}}{suffix}"#);
+            let ours = Envelope::parse_str(&text).is_ok();
+            let theirs = serde_json::from_str::<Value>(&text).is_ok();
+            prop_assert_eq!(ours, theirs, "{:?}", text);
+            let empty = format!("{{}}{suffix}");
+            prop_assert_eq!(
+                crate::tcp::JsonPayload::parse(&empty).is_ok(),
+                serde_json::from_str::<Value>(&empty).is_ok(),
+                "{:?}", empty
+            );
         }
 
         #[test]

@@ -3,12 +3,11 @@
 //! whose only two members are a `"room"` string and `"data"`, which is a room event
 //! carrying that `data` (the TCP form of a WebSocket envelope's `"room"`).
 //!
-//! The payload is validated and split by sonic-rs (SIMD) with nothing built, replacing
-//! two serde_json parses.
+//! The payload is validated and split by sonic-rs (SIMD) in one pass with nothing built.
 
 use std::borrow::Cow;
 
-use crate::envelope::string_field;
+use crate::envelope::{string_field, walk_object};
 use crate::error::EnvelopeError;
 
 /// A JSON frame's payload, read.
@@ -23,27 +22,25 @@ pub struct JsonPayload<'a> {
 impl<'a> JsonPayload<'a> {
     /// Validates `text` as one JSON value and applies the room rule.
     pub fn parse(text: &'a str) -> Result<Self, EnvelopeError> {
-        let invalid = |e: sonic_rs::Error| EnvelopeError::InvalidJson(e.to_string());
-        // Validates the whole text, trailing bytes included (the member walk below
-        // stops at the object's end).
-        sonic_rs::from_str::<sonic_rs::LazyValue<'_>>(text).map_err(invalid)?;
         let first = text.bytes().find(|b| !b.is_ascii_whitespace());
         if first != Some(b'{') {
+            // Not an object: plain data, validated whole.
+            sonic_rs::from_str::<sonic_rs::LazyValue<'_>>(text)
+                .map_err(|e| EnvelopeError::InvalidJson(e.to_string()))?;
             return Ok(Self {
                 room: None,
                 data: text,
             });
         }
         let (mut members, mut room, mut data) = (0, None, None);
-        for member in sonic_rs::to_object_iter(text) {
-            let (key, value) = member.map_err(invalid)?;
+        walk_object(text, |key, value| {
             members += 1;
-            match key.as_ref() {
+            match key {
                 "room" => room = Some(value),
                 "data" => data = Some(value),
                 _ => {}
             }
-        }
+        })?;
         let routed = match (members, room, data) {
             // A room that is not a string makes the payload plain data, not an error.
             (2, Some(room), Some(data)) => string_field(Some(room), "room")
@@ -80,21 +77,18 @@ pub struct AckPayload<'a> {
 impl<'a> AckPayload<'a> {
     /// Reads the payload; `_correlationId` must be a string.
     pub fn parse(text: &'a str) -> Result<Self, EnvelopeError> {
-        let invalid = |e: sonic_rs::Error| EnvelopeError::InvalidJson(e.to_string());
-        sonic_rs::from_str::<sonic_rs::LazyValue<'_>>(text).map_err(invalid)?;
         let first = text.bytes().find(|b| !b.is_ascii_whitespace());
         if first != Some(b'{') {
+            sonic_rs::from_str::<sonic_rs::LazyValue<'_>>(text)
+                .map_err(|e| EnvelopeError::InvalidJson(e.to_string()))?;
             return Err(EnvelopeError::NotAnObject);
         }
         let (mut data, mut correlation_id) = (None, None);
-        for member in sonic_rs::to_object_iter(text) {
-            let (key, value) = member.map_err(invalid)?;
-            match key.as_ref() {
-                "data" => data = Some(value),
-                "_correlationId" => correlation_id = Some(value),
-                _ => {}
-            }
-        }
+        walk_object(text, |key, value| match key {
+            "data" => data = Some(value),
+            "_correlationId" => correlation_id = Some(value),
+            _ => {}
+        })?;
         let correlation_id = string_field(correlation_id, "_correlationId")?
             .ok_or(EnvelopeError::FieldNotString("_correlationId"))?;
         let data = data.and_then(|d| match d.as_raw_cow() {
