@@ -39,13 +39,10 @@ impl<'a> Envelope<'a> {
     /// Parses an envelope from text already known to be UTF-8 (a WebSocket text message
     /// is validated by the decoder), skipping a second validation pass.
     pub fn parse_str(text: &'a str) -> Result<Self, EnvelopeError> {
-        let first = text.bytes().find(|b| !b.is_ascii_whitespace());
-        if first.is_some_and(|b| b != b'{') {
+        if !is_object(text) {
             // Valid JSON that is not an object is its own error; check it is JSON at all.
-            return match sonic_rs::from_str::<sonic_rs::LazyValue<'_>>(text) {
-                Ok(_) => Err(EnvelopeError::NotAnObject),
-                Err(e) => Err(EnvelopeError::InvalidJson(e.to_string())),
-            };
+            validate(text)?;
+            return Err(EnvelopeError::NotAnObject);
         }
         let (mut event, mut room, mut ack_name, mut correlation_id, mut data) =
             (None, None, None, None, None);
@@ -91,11 +88,10 @@ pub(crate) fn walk_object<'a>(
     text: &'a str,
     mut f: impl FnMut(&str, sonic_rs::LazyValue<'a>),
 ) -> Result<(), EnvelopeError> {
-    let invalid = |e: sonic_rs::Error| EnvelopeError::InvalidJson(e.to_string());
     // Where the last member's value ends, as an offset into `text`.
     let mut end = None;
     for member in sonic_rs::to_object_iter(text) {
-        let (key, value) = member.map_err(invalid)?;
+        let (key, value) = member.map_err(|e| EnvelopeError::InvalidJson(e.to_string()))?;
         let raw = value.as_raw_str();
         end = (raw.as_ptr() as usize)
             .checked_sub(text.as_ptr() as usize)
@@ -116,10 +112,21 @@ pub(crate) fn walk_object<'a>(
         Some(rest) if skip_space(rest).is_empty() => Ok(()),
         // Bytes after the object, or a value sonic-rs did not lend from `text` (never
         // seen): let the full parser say what is wrong, or that nothing is.
-        _ => sonic_rs::from_str::<sonic_rs::LazyValue<'_>>(text)
-            .map(drop)
-            .map_err(invalid),
+        _ => validate(text),
     }
+}
+
+/// Whether the first byte of `text` past any blank is `{`: an object, to be read with
+/// [`walk_object`].
+pub(crate) fn is_object(text: &str) -> bool {
+    text.bytes().find(|b| !b.is_ascii_whitespace()) == Some(b'{')
+}
+
+/// Validates `text` as one JSON value, nothing built.
+pub(crate) fn validate(text: &str) -> Result<(), EnvelopeError> {
+    sonic_rs::from_str::<sonic_rs::LazyValue<'_>>(text)
+        .map(drop)
+        .map_err(|e| EnvelopeError::InvalidJson(e.to_string()))
 }
 
 /// A string field: borrowed when it has no escapes, unescaped into an owned string

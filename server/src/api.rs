@@ -149,15 +149,11 @@ impl ServerBuilder {
 
     /// Answers requests named `name` (WebSocket ack, TCP ACK_REQ, HTTP action).
     pub fn on_ack(
-        mut self,
+        self,
         name: &str,
         f: impl Fn(&Ctx<'_>) -> Result<Value, AckError> + Send + Sync + 'static,
     ) -> Self {
-        self.check_name(name);
-        self.handlers
-            .acks
-            .insert(name.to_owned(), Ack::Value(Arc::new(f)));
-        self
+        self.ack(name, Ack::Value(Arc::new(f)))
     }
 
     /// Answers requests named `name` with JSON text written into the reply as is, such
@@ -166,14 +162,17 @@ impl ServerBuilder {
     /// (as for [`Ctx::emit_raw`]), or the client gets a broken envelope. Replaces an
     /// `on_ack` handler of the same name, and the other way round.
     pub fn on_ack_raw(
-        mut self,
+        self,
         name: &str,
         f: impl Fn(&Ctx<'_>) -> Result<String, AckError> + Send + Sync + 'static,
     ) -> Self {
+        self.ack(name, Ack::Raw(Arc::new(f)))
+    }
+
+    /// Registers request handler `name`, replacing one of either kind.
+    fn ack(mut self, name: &str, handler: Ack) -> Self {
         self.check_name(name);
-        self.handlers
-            .acks
-            .insert(name.to_owned(), Ack::Raw(Arc::new(f)));
+        self.handlers.acks.insert(name.to_owned(), handler);
         self
     }
 

@@ -268,6 +268,9 @@ fn malformed_envelopes_get_error_events_and_the_connection_stays() {
     let mut c = s.ws();
     c.send_raw("{not json");
     assert_eq!(c.recv_event("error")["data"]["code"], "bad_json");
+    // Bytes after the envelope's closing brace make it invalid JSON, not ignored.
+    c.send_raw(r#"{"event":"shout","data":"hey"} junk"#);
+    assert_eq!(c.recv_event("error")["data"]["code"], "bad_json");
     c.send_raw(r#"{"data": 1}"#);
     assert_eq!(c.recv_event("error")["data"]["code"], "invalid_envelope");
     c.send(json!({"event": "welcome", "data": {}}));

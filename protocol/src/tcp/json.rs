@@ -7,7 +7,7 @@
 
 use std::borrow::Cow;
 
-use crate::envelope::{string_field, walk_object};
+use crate::envelope::{is_object, string_field, validate, walk_object};
 use crate::error::EnvelopeError;
 
 /// A JSON frame's payload, read.
@@ -22,11 +22,9 @@ pub struct JsonPayload<'a> {
 impl<'a> JsonPayload<'a> {
     /// Validates `text` as one JSON value and applies the room rule.
     pub fn parse(text: &'a str) -> Result<Self, EnvelopeError> {
-        let first = text.bytes().find(|b| !b.is_ascii_whitespace());
-        if first != Some(b'{') {
+        if !is_object(text) {
             // Not an object: plain data, validated whole.
-            sonic_rs::from_str::<sonic_rs::LazyValue<'_>>(text)
-                .map_err(|e| EnvelopeError::InvalidJson(e.to_string()))?;
+            validate(text)?;
             return Ok(Self {
                 room: None,
                 data: text,
@@ -77,10 +75,8 @@ pub struct AckPayload<'a> {
 impl<'a> AckPayload<'a> {
     /// Reads the payload; `_correlationId` must be a string.
     pub fn parse(text: &'a str) -> Result<Self, EnvelopeError> {
-        let first = text.bytes().find(|b| !b.is_ascii_whitespace());
-        if first != Some(b'{') {
-            sonic_rs::from_str::<sonic_rs::LazyValue<'_>>(text)
-                .map_err(|e| EnvelopeError::InvalidJson(e.to_string()))?;
+        if !is_object(text) {
+            validate(text)?;
             return Err(EnvelopeError::NotAnObject);
         }
         let (mut data, mut correlation_id) = (None, None);
