@@ -130,7 +130,7 @@ pub fn unregister(worker: &Rc<Worker>, conn: &Rc<Conn>) {
         dir.clients.remove(&conn.id);
     }
     shared.release_admission();
-    shared.release_ip(conn.remote.ip());
+    shared.release_ip(conn.remote().ip());
     let stats = &worker.stats;
     stats.active_connections.sub(1);
     match conn.proto {

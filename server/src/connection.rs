@@ -10,7 +10,7 @@
 //! `max_backpressure` plus one frame, nor slows the room (SPEC §3.3).
 
 use std::cell::{Cell, RefCell};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::os::fd::RawFd;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -74,7 +74,10 @@ pub struct ClientInfo {
 pub struct Conn {
     pub id: ClientId,
     pub proto: Proto,
-    pub remote: SocketAddr,
+    /// The peer's address, kept as its parts: a `SocketAddr` is 32 bytes (an IPv6
+    /// one's flow info and scope), these 19.
+    remote_ip: IpAddr,
+    remote_port: u16,
     /// Milliseconds since the Unix epoch.
     pub connected_at: u64,
     pub(crate) last_seen: Cell<Instant>,
@@ -88,7 +91,7 @@ pub struct Conn {
     /// The write half while no writer task runs. A writer task is spawned when frames
     /// are queued and parks the half here again once the queue is empty, so an idle
     /// connection costs no task.
-    socket: RefCell<Option<OwnedWriteHalf<Socket>>>,
+    socket: Cell<Option<OwnedWriteHalf<Socket>>>,
     stats: Arc<WorkerStats>,
     /// Rate-limit buckets, touched only by the owning worker; allocated at the first
     /// message, so an idle connection carries only a pointer.
@@ -118,7 +121,8 @@ impl Conn {
         Self {
             id,
             proto,
-            remote,
+            remote_ip: remote.ip(),
+            remote_port: remote.port(),
             connected_at,
             last_seen: Cell::new(Instant::now()),
             queue: RefCell::default(),
@@ -126,7 +130,7 @@ impl Conn {
             policy: Cell::new(policy),
             fd,
             open_halves: Cell::new(2),
-            socket: RefCell::new(None),
+            socket: Cell::new(None),
             stats,
             buckets: RefCell::default(),
             auth_required: false,
@@ -187,6 +191,11 @@ impl Conn {
         !self.auth_required || self.user.borrow().is_some()
     }
 
+    /// The peer's address.
+    pub fn remote(&self) -> SocketAddr {
+        SocketAddr::new(self.remote_ip, self.remote_port)
+    }
+
     /// The authenticated user's id, if any.
     pub fn user_id(&self) -> Option<String> {
         self.user.borrow().as_ref().map(|u| u.id.clone())
@@ -197,7 +206,7 @@ impl Conn {
         ClientInfo {
             id: self.id.to_string(),
             protocol: self.proto.as_str(),
-            remote_address: self.remote,
+            remote_address: self.remote(),
             connected_at: self.connected_at,
             user_id: self.user_id(),
         }
@@ -205,7 +214,7 @@ impl Conn {
 
     /// Hands the write half over; frames queued from now on are written.
     pub fn attach_writer(self: &Rc<Self>, socket: OwnedWriteHalf<Socket>) {
-        *self.socket.borrow_mut() = Some(socket);
+        self.socket.set(Some(socket));
         self.start_writer();
     }
 
@@ -214,7 +223,7 @@ impl Conn {
         if self.queue.borrow().is_empty() {
             return;
         }
-        if let Some(socket) = self.socket.borrow_mut().take() {
+        if let Some(socket) = self.socket.take() {
             monoio::spawn(write_loop(Rc::clone(self), socket));
         }
     }
@@ -409,7 +418,7 @@ impl Conn {
     /// write half is dropped now.
     pub fn finish(&self) {
         self.queue.borrow_mut().finish();
-        if self.socket.borrow_mut().take().is_some() {
+        if self.socket.take().is_some() {
             self.release_half();
         }
     }
@@ -425,7 +434,7 @@ async fn write_loop(conn: Rc<Conn>, mut socket: OwnedWriteHalf<Socket>) {
         match next {
             Next::Write => {}
             Next::Park => {
-                *conn.socket.borrow_mut() = Some(socket);
+                conn.socket.set(Some(socket));
                 return;
             }
             Next::End => break,

@@ -59,6 +59,7 @@ mod fanout;
 mod files;
 pub(crate) mod history;
 mod http;
+mod idle;
 mod inbound;
 mod inbox;
 mod mesh;

@@ -60,18 +60,6 @@ impl AsRawFd for Socket {
     }
 }
 
-impl Socket {
-    /// Waits until there is something to read, lending the kernel no buffer meanwhile
-    /// (io_uring: a poll request). A TLS socket returns at once: its reads go through
-    /// rustls's own buffers, which it holds anyway.
-    pub async fn readable(&self) -> io::Result<()> {
-        match self {
-            Self::Plain(s) => s.readable(false).await,
-            Self::Tls(..) => Ok(()),
-        }
-    }
-}
-
 // SAFETY: both variants may be split into a read half and a write half used by two
 // tasks of one thread: `TcpStream` is `Split`, and monoio-rustls declares its stream
 // `Split` over a `Split` socket (rustls's state is touched between awaits only).

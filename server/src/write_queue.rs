@@ -62,7 +62,9 @@ pub struct WriteQueue {
     /// the frames: it is not a message, does not count against `max_backpressure`,
     /// and a slow-consumer close must not discard it (the client would get a close
     /// frame without the upgrade).
-    head: Option<Bytes>,
+    /// Boxed: it lives for one write, and inline it would size every connection's
+    /// queue for good.
+    head: Option<Box<Bytes>>,
     /// Large frames, and runs of small ones sealed off ahead of them.
     frames: VecDeque<Bytes>,
     /// Small frames copied end to end, behind everything in `frames`. Handed to the
@@ -118,7 +120,7 @@ impl WriteQueue {
 
     /// Queues the upgrade's HTTP response ahead of every frame.
     pub fn set_head(&mut self, head: Bytes) {
-        self.head = Some(head);
+        self.head = Some(Box::new(head));
     }
 
     /// Queues `frame` behind everything else: copied onto the tail when small, shared
@@ -171,7 +173,7 @@ impl WriteQueue {
         let mut gathered = 0;
         if let Some(head) = self.head.take() {
             gathered = head.len();
-            out.frames.push(head);
+            out.frames.push(*head);
         }
         self.seal_tail();
         if self.frames.is_empty() {

@@ -21,9 +21,13 @@ fn public_dir() -> std::path::PathBuf {
 }
 
 fn server() -> TestServer {
+    server_on(Driver::Auto)
+}
+
+fn server_on(driver: Driver) -> TestServer {
     let config = stellar_server::Config {
         public_dir: Some(public_dir()),
-        ..config(2, Driver::Auto)
+        ..config(2, driver)
     };
     TestServer::start(
         Server::builder()
@@ -231,26 +235,47 @@ fn raw_acks_reply_with_the_handlers_text() {
     assert_eq!(json, json!({"data": {"got": {"n": 5}}}));
 }
 
-/// A connection quiet for longer than the session's threshold waits on readiness with
-/// no read buffer (session.rs `QUIET`); its next messages must still be read, whole,
-/// on both protocols, and a burst after the pause too.
+/// A connection quiet for longer than the session's threshold waits in its worker's
+/// epoll set with no read buffer (session.rs `QUIET`, idle.rs); its next messages must
+/// still be read, whole, on both protocols and both drivers, and a burst after the
+/// pause too.
 #[test]
 fn quiet_connections_still_read_what_comes_next() {
-    let s = server();
-    let mut c = s.ws();
-    let mut t = s.tcp();
-    for round in 0..3 {
-        std::thread::sleep(std::time::Duration::from_millis(150));
-        for i in 0..20 {
-            let data = json!({"round": round, "i": i, "pad": "x".repeat(300)});
-            let reply = c.request("mirror", data.clone(), &format!("q{round}-{i}"));
-            assert_eq!(reply["data"], json!({"got": data}));
+    for driver in [Driver::Auto, Driver::Epoll] {
+        let s = server_on(driver);
+        let mut c = s.ws();
+        let mut t = s.tcp();
+        for round in 0..3 {
+            std::thread::sleep(std::time::Duration::from_millis(150));
+            for i in 0..20 {
+                let data = json!({"round": round, "i": i, "pad": "x".repeat(300)});
+                let reply = c.request("mirror", data.clone(), &format!("q{round}-{i}"));
+                assert_eq!(reply["data"], json!({"got": data}));
+            }
+            t.send(0x05, "mirror", br#"{"data":1,"_correlationId":"t"}"#);
+            let (kind, _, payload) = t.recv();
+            assert_eq!(kind, 0x06);
+            let reply: Value = serde_json::from_slice(&payload).unwrap();
+            assert_eq!(reply["data"], json!({"got": 1}));
         }
-        t.send(0x05, "mirror", br#"{"data":1,"_correlationId":"t"}"#);
-        let (kind, _, payload) = t.recv();
-        assert_eq!(kind, 0x06);
-        let reply: Value = serde_json::from_slice(&payload).unwrap();
-        assert_eq!(reply["data"], json!({"got": 1}));
+    }
+}
+
+/// Many quiet connections waiting at once (more than the watcher takes from epoll in
+/// one batch) are each woken by their own message, and one that leaves while quiet
+/// frees its place: the others are still answered.
+#[test]
+fn many_quiet_connections_are_each_woken() {
+    let s = server_on(Driver::Auto);
+    let mut clients: Vec<_> = (0..300).map(|_| s.ws()).collect();
+    std::thread::sleep(std::time::Duration::from_millis(150));
+    drop(clients.remove(0));
+    for c in clients.iter_mut() {
+        c.send(json!({"event": "getUser", "data": {"id": 1}, "_ackName": "getUser", "_correlationId": "w"}));
+    }
+    for c in clients.iter_mut().rev() {
+        let reply = c.recv_json();
+        assert_eq!(reply["data"]["id"], 1, "{reply}");
     }
 }
 

@@ -127,11 +127,20 @@ struct InFrame {
 #[derive(Debug)]
 pub struct MessageDecoder {
     config: DecoderConfig,
-    frame: Option<InFrame>,
     /// Opcode of the data message being assembled, if one is open.
     message: Option<OpCode>,
     /// The open message is compressed (its first frame had RSV1).
     compressed: bool,
+    /// What a frame arriving over several reads, or a message over several frames,
+    /// needs. Boxed at the first such frame: a connection whose messages each arrive
+    /// whole (most of them, and every idle one) carries a pointer, not 100 bytes.
+    partial: Option<Box<Partial>>,
+}
+
+/// The assembly state of [`MessageDecoder`] beyond a whole frame.
+#[derive(Debug, Default)]
+struct Partial {
+    frame: Option<InFrame>,
     payload: BytesMut,
     control: BytesMut,
     utf8: Utf8Validator,
@@ -141,12 +150,9 @@ impl MessageDecoder {
     pub fn new(config: DecoderConfig) -> Self {
         Self {
             config,
-            frame: None,
             message: None,
             compressed: false,
-            payload: BytesMut::new(),
-            control: BytesMut::new(),
-            utf8: Utf8Validator::default(),
+            partial: None,
         }
     }
 
@@ -177,7 +183,7 @@ impl MessageDecoder {
             }));
         }
         loop {
-            let mut frame = match self.frame {
+            let mut frame = match self.partial.as_ref().and_then(|p| p.frame) {
                 Some(frame) => frame,
                 None => {
                     let Some((header, header_len)) = FrameHeader::parse(src)? else {
@@ -185,10 +191,11 @@ impl MessageDecoder {
                     };
                     self.check(&header)?;
                     src.advance(header_len);
+                    let partial = self.partial.get_or_insert_with(Box::default);
                     if matches!(header.opcode, OpCode::Text | OpCode::Binary) {
                         self.message = Some(header.opcode);
                         self.compressed = header.rsv != 0;
-                        self.utf8.reset();
+                        partial.utf8.reset();
                     }
                     InFrame {
                         header,
@@ -199,17 +206,17 @@ impl MessageDecoder {
             let wanted = frame.header.payload_len - frame.received;
             let n = usize::try_from(wanted).unwrap_or(usize::MAX).min(src.len());
             if n == 0 && wanted > 0 {
-                self.frame = Some(frame);
+                self.set_frame(Some(frame));
                 return Ok(None);
             }
             self.append(&frame, &mut src[..n])?;
             src.advance(n);
             frame.received += n as u64;
             if frame.received < frame.header.payload_len {
-                self.frame = Some(frame);
+                self.set_frame(Some(frame));
                 return Ok(None);
             }
-            self.frame = None;
+            self.set_frame(None);
             if let Some(message) = self.complete(&frame.header)? {
                 return Ok(Some(message));
             }
@@ -225,7 +232,7 @@ impl MessageDecoder {
     /// [`Self::decode`]: it is partial, fragmented or a control frame, or a message is
     /// open. An error is the same error `decode` would return.
     pub fn decode_in_place(&mut self, src: &mut [u8]) -> Result<Option<InPlace>, ProtocolError> {
-        if self.frame.is_some() || self.message.is_some() {
+        if self.message.is_some() || self.partial.as_ref().is_some_and(|p| p.frame.is_some()) {
             return Ok(None);
         }
         let Some((header, header_len)) = FrameHeader::parse(src)? else {
@@ -284,7 +291,8 @@ impl MessageDecoder {
             }
             _ => {}
         }
-        let size = (self.payload.len() as u64).saturating_add(header.payload_len);
+        let buffered = self.partial.as_ref().map_or(0, |p| p.payload.len());
+        let size = (buffered as u64).saturating_add(header.payload_len);
         if size > self.config.max_message_size as u64 {
             return Err(ProtocolError::MessageTooBig {
                 size,
@@ -308,43 +316,54 @@ impl MessageDecoder {
             // `received` < payload_len < 2^63; only its low two bits matter to the mask.
             apply_mask(chunk, key, (frame.received & 3) as usize);
         }
+        let partial = self.partial.get_or_insert_with(Box::default);
         if frame.header.opcode.is_control() {
-            self.control.extend_from_slice(chunk);
+            partial.control.extend_from_slice(chunk);
             return Ok(());
         }
-        self.payload.extend_from_slice(chunk);
+        partial.payload.extend_from_slice(chunk);
         if self.message == Some(OpCode::Text) && !self.compressed {
-            self.utf8
-                .feed(&self.payload)
+            partial
+                .utf8
+                .feed(&partial.payload)
                 .map_err(|_| ProtocolError::InvalidUtf8)?;
         }
         Ok(())
     }
 
+    /// The frame whose payload is arriving, kept between calls.
+    fn set_frame(&mut self, frame: Option<InFrame>) {
+        if frame.is_some() || self.partial.is_some() {
+            self.partial.get_or_insert_with(Box::default).frame = frame;
+        }
+    }
+
     /// A frame's payload is complete: yields a message when one is whole.
     fn complete(&mut self, header: &FrameHeader) -> Result<Option<Message>, ProtocolError> {
+        let partial = self.partial.get_or_insert_with(Box::default);
         match header.opcode {
-            OpCode::Ping => Ok(Some(Message::Ping(self.control.split().freeze()))),
-            OpCode::Pong => Ok(Some(Message::Pong(self.control.split().freeze()))),
+            OpCode::Ping => Ok(Some(Message::Ping(partial.control.split().freeze()))),
+            OpCode::Pong => Ok(Some(Message::Pong(partial.control.split().freeze()))),
             OpCode::Close => {
-                let body = self.control.split();
+                let body = partial.control.split();
                 Ok(Some(Message::Close(CloseFrame::parse(&body)?)))
             }
             _ if !header.fin => Ok(None),
             _ => {
                 let opcode = self.message.take();
                 if let Some(opcode) = opcode.filter(|_| self.compressed) {
-                    let payload = self.payload.split().freeze();
+                    let payload = partial.payload.split().freeze();
                     return Ok(Some(Message::compressed(opcode, payload)));
                 }
                 if opcode == Some(OpCode::Text) {
-                    self.utf8
-                        .finish(&self.payload)
+                    partial
+                        .utf8
+                        .finish(&partial.payload)
                         .map_err(|_| ProtocolError::InvalidUtf8)?;
-                    let text = self.payload.split().freeze();
+                    let text = partial.payload.split().freeze();
                     return Ok(Some(Message::Text(Utf8Bytes::from_validated(text))));
                 }
-                Ok(Some(Message::Binary(self.payload.split().freeze())))
+                Ok(Some(Message::Binary(partial.payload.split().freeze())))
             }
         }
     }
