@@ -436,7 +436,8 @@ impl Reader {
             Assembled::Ws(_) => Step::Skip,
             Assembled::Tcp(f) => match f.kind {
                 FrameType::Json | FrameType::Connect | FrameType::AckRes | FrameType::Error => {
-                    let event = f.event.as_deref().unwrap_or("");
+                    let event = f.event();
+                    let event = event.as_deref().unwrap_or("");
                     self.scratch.extend_from_slice(event.as_bytes());
                     self.scratch.extend_from_slice(&f.payload);
                     let split = event.len();

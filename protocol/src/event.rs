@@ -84,6 +84,12 @@ impl<'a> EventName<'a> {
     }
 
     /// The same name, borrowed from `self`.
+    /// A name already checked against the rule (debug builds check again).
+    pub(crate) fn checked(name: &'a str) -> Self {
+        debug_assert!(is_valid(name.as_bytes()), "unchecked event name {name:?}");
+        EventName(Cow::Borrowed(name))
+    }
+
     pub fn borrowed(&self) -> EventName<'_> {
         EventName(Cow::Borrowed(&self.0))
     }

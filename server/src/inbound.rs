@@ -122,7 +122,7 @@ fn binary<'a>(bytes: &'a [u8], frame_event: Option<&EventName<'_>>) -> Inbound<'
 
 /// A TCP frame.
 pub fn from_tcp(frame: &TcpFrame) -> Inbound<'_> {
-    let Some(event) = &frame.event else {
+    let Some(event) = frame.event() else {
         return match frame.kind {
             FrameType::Ping => Inbound::Ping(&[]),
             FrameType::Pong => Inbound::Pong,
@@ -136,7 +136,7 @@ pub fn from_tcp(frame: &TcpFrame) -> Inbound<'_> {
     let result = match frame.kind {
         FrameType::Json => text().and_then(JsonPayload::parse).map(|p| {
             Inbound::Request(Request {
-                event: event.borrowed(),
+                event: event.clone(),
                 room: p.room,
                 data: Some(Cow::Borrowed(p.data)),
                 ack: None,
@@ -144,10 +144,10 @@ pub fn from_tcp(frame: &TcpFrame) -> Inbound<'_> {
         }),
         FrameType::AckReq => text().and_then(AckPayload::parse).map(|p| {
             Inbound::Request(Request {
-                event: event.borrowed(),
+                event: event.clone(),
                 room: None,
                 data: p.data.map(Cow::Borrowed),
-                ack: Some((event.borrowed(), p.correlation_id)),
+                ack: Some((event.clone(), p.correlation_id)),
             })
         }),
         FrameType::Join | FrameType::Leave => match std::str::from_utf8(&frame.payload) {
@@ -167,7 +167,7 @@ pub fn from_tcp(frame: &TcpFrame) -> Inbound<'_> {
                 "room name is not UTF-8".to_owned(),
             )),
         },
-        FrameType::Binary => Ok(binary(&frame.payload, Some(event))),
+        FrameType::Binary => Ok(binary(&frame.payload, Some(&event))),
         FrameType::Connect | FrameType::AckRes | FrameType::Error => Ok(Inbound::Refused(
             ErrorCode::UnexpectedFrame,
             "this frame type is sent by servers only".to_owned(),

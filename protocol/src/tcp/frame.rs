@@ -63,10 +63,22 @@ impl TryFrom<u8> for FrameType {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TcpFrame {
     pub kind: FrameType,
-    /// The checked event name; `None` exactly for the types without one
-    /// ([`FrameType::has_event`]).
-    pub event: Option<EventName<'static>>,
+    /// The event name's bytes, checked; empty exactly for the types without one. Split
+    /// off the buffer like the payload: decoding a frame allocates nothing.
+    name: Bytes,
     pub payload: Bytes,
+}
+
+impl TcpFrame {
+    /// The event name; `None` exactly for the types without one
+    /// ([`FrameType::has_event`]).
+    pub fn event(&self) -> Option<EventName<'_>> {
+        if self.name.is_empty() {
+            return None;
+        }
+        // Checked by the decoder, and a valid name is ASCII: this is always `Some`.
+        std::str::from_utf8(&self.name).ok().map(EventName::checked)
+    }
 }
 
 /// Decodes frames from a growing buffer.
@@ -117,16 +129,17 @@ impl TcpDecoder {
         let mut frame = buf.split_to(total as usize);
         frame.advance(HEADER_LEN);
         let name = frame.split_to(event_len as usize);
-        let event = match (kind.has_event(), name.is_empty()) {
-            (false, true) => None,
-            (true, _) => {
-                Some(EventName::from_bytes(&name).map_err(|_| TcpError::InvalidEventName)?)
-            }
-            _ => return Err(TcpError::InvalidEventName),
+        let valid = if kind.has_event() {
+            crate::event::is_valid(&name)
+        } else {
+            name.is_empty()
         };
+        if !valid {
+            return Err(TcpError::InvalidEventName);
+        }
         Ok(Some(TcpFrame {
             kind,
-            event,
+            name: name.freeze(),
             payload: frame.freeze(),
         }))
     }
@@ -228,7 +241,7 @@ mod tests {
             assert_eq!(
                 (
                     frame.kind,
-                    frame.event.as_deref().unwrap_or(""),
+                    frame.event().as_deref().unwrap_or(""),
                     &frame.payload[..]
                 ),
                 (kind, event, &b"{\"x\":1}"[..])
@@ -338,7 +351,7 @@ mod tests {
                 buf.extend_from_slice(&rest[..n]);
                 rest = &rest[n..];
                 while let Some(f) = decoder.decode(&mut buf).unwrap() {
-                    got.push((f.kind, f.event.map_or_else(String::new, |e| e.to_string()), f.payload.to_vec()));
+                    got.push((f.kind, f.event().map_or_else(String::new, |e| e.to_string()), f.payload.to_vec()));
                 }
             }
             prop_assert_eq!(got, frames);
