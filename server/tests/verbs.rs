@@ -279,6 +279,73 @@ fn many_quiet_connections_are_each_woken() {
     }
 }
 
+/// Segments with data this socket has received so far (the kernel's `tcp_info`).
+fn data_segments_in(stream: &std::net::TcpStream) -> u32 {
+    use std::os::fd::AsRawFd;
+    let mut info = std::mem::MaybeUninit::<libc::tcp_info>::zeroed();
+    let mut len = size_of::<libc::tcp_info>() as libc::socklen_t;
+    // SAFETY: `info` is writable for `len` bytes, the kernel writes at most `len` bytes
+    // and sets `len` to what it wrote; the fd is an open TCP socket held by `stream`.
+    let rc = unsafe {
+        libc::getsockopt(
+            stream.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            info.as_mut_ptr().cast(),
+            &mut len,
+        )
+    };
+    assert_eq!(
+        rc,
+        0,
+        "getsockopt(TCP_INFO): {}",
+        std::io::Error::last_os_error()
+    );
+    // SAFETY: zero-initialised, then filled by the kernel; every field is an integer.
+    unsafe { info.assume_init() }.tcpi_data_segs_in
+}
+
+/// Requests a client writes together are read together and answered in one write: a
+/// batch of acks comes back in one segment, whether the connection was busy or quiet
+/// (a first read too small for the batch answered its first request alone, doubling
+/// the packets of every round trip: session.rs `FIRST_READ`).
+#[test]
+fn a_batch_of_requests_is_answered_in_one_write() {
+    for driver in [Driver::Auto, Driver::Epoll] {
+        let s = server_on(driver);
+        let mut t = s.tcp();
+        for (round, pause) in [(0, 0), (1, 0), (2, 150), (3, 0)] {
+            std::thread::sleep(std::time::Duration::from_millis(pause));
+            let mut batch = Vec::new();
+            for i in 0..4 {
+                let payload = format!(
+                    r#"{{"data":{{"pad":"{}"}},"_correlationId":"b{round}-{i}"}}"#,
+                    "x".repeat(60)
+                );
+                let total = 7 + "mirror".len() + payload.len();
+                batch.extend_from_slice(&(total as u32).to_be_bytes());
+                batch.push(0x05);
+                batch.extend_from_slice(&6u16.to_be_bytes());
+                batch.extend_from_slice(b"mirror");
+                batch.extend_from_slice(payload.as_bytes());
+            }
+            let before = data_segments_in(&t.stream);
+            std::io::Write::write_all(&mut t.stream, &batch).unwrap();
+            for i in 0..4 {
+                let (kind, _, payload) = t.recv();
+                assert_eq!(kind, 0x06);
+                let reply: Value = serde_json::from_slice(&payload).unwrap();
+                assert_eq!(reply["_correlationId"], format!("b{round}-{i}"));
+            }
+            let segments = data_segments_in(&t.stream) - before;
+            assert_eq!(
+                segments, 1,
+                "{driver:?}, round {round}: 4 replies came in {segments} segments"
+            );
+        }
+    }
+}
+
 #[test]
 fn handlers_get_events_and_can_emit() {
     let s = server();
