@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::tls::Socket;
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
 use monoio::io::{AsyncWriteRent, OwnedWriteHalf};
 use stellar_protocol::event::reserved;
 use stellar_protocol::tcp::FrameType;
@@ -324,26 +324,15 @@ impl Conn {
                 OpCode::Text,
                 &envelope::encode_ack_err(name, correlation_id, code, message),
             ),
-            (Proto::Tcp, Ok(data)) => {
-                const DATA: usize = br#"{"data":"#.len();
-                const CORRELATION: usize = br#","_correlationId":"#.len();
-                let len =
-                    DATA + data.len() + CORRELATION + envelope::json_string_len(correlation_id) + 1;
-                tcp::frame::encode_with(FrameType::AckRes, name, len, |body| {
-                    body.put_slice(br#"{"data":"#);
-                    body.put_slice(data.as_bytes());
-                    body.put_slice(br#","_correlationId":"#);
-                    envelope::write_json_string(body, correlation_id);
-                    body.put_u8(b'}');
-                })
-            }
+            (Proto::Tcp, Ok(data)) => tcp::frame::encode_with(
+                FrameType::AckRes,
+                name,
+                tcp::json::ack_ok_len(correlation_id, data),
+                |body| tcp::json::write_ack_ok(body, correlation_id, data),
+            ),
             (Proto::Tcp, Err((code, message))) => {
                 let mut body = BytesMut::new();
-                body.extend_from_slice(b"{\"error\":");
-                envelope::write_error_object(&mut body, code, message);
-                body.extend_from_slice(b",\"_correlationId\":");
-                envelope::write_json_string(&mut body, correlation_id);
-                body.extend_from_slice(b"}");
+                tcp::json::write_ack_err(&mut body, correlation_id, code, message);
                 tcp::frame::encode(FrameType::AckRes, name, &body)
             }
         }

@@ -7,7 +7,12 @@
 
 use std::borrow::Cow;
 
-use crate::envelope::{is_object, string_field, validate, walk_object};
+use bytes::{BufMut, BytesMut};
+
+use crate::envelope::{
+    is_object, json_string_len, string_field, validate, walk_object, write_error_object,
+    write_json_string,
+};
 use crate::error::EnvelopeError;
 
 /// A JSON frame's payload, read.
@@ -98,9 +103,57 @@ impl<'a> AckPayload<'a> {
     }
 }
 
+/// The length of an ACK_RES frame's payload for a result, [`write_ack_ok`]'s output, so
+/// the frame can be built around it in one buffer.
+pub fn ack_ok_len(correlation_id: &str, data: &str) -> usize {
+    const DATA: usize = br#"{"data":"#.len();
+    const CORRELATION: usize = br#","_correlationId":"#.len();
+    DATA + data.len() + CORRELATION + json_string_len(correlation_id) + 1
+}
+
+/// An ACK_RES frame's payload for a result: `{"data":…,"_correlationId":"…"}`, the
+/// answer to an [`AckPayload`]. `data` is raw JSON text.
+pub fn write_ack_ok(buf: &mut BytesMut, correlation_id: &str, data: &str) {
+    buf.put_slice(br#"{"data":"#);
+    buf.put_slice(data.as_bytes());
+    buf.put_slice(br#","_correlationId":"#);
+    write_json_string(buf, correlation_id);
+    buf.put_u8(b'}');
+}
+
+/// An ACK_RES frame's payload for a failure:
+/// `{"error":{"code","message"},"_correlationId":"…"}`.
+pub fn write_ack_err(buf: &mut BytesMut, correlation_id: &str, code: &str, message: &str) {
+    buf.put_slice(br#"{"error":"#);
+    write_error_object(buf, code, message);
+    buf.put_slice(br#","_correlationId":"#);
+    write_json_string(buf, correlation_id);
+    buf.put_u8(b'}');
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ack_replies_read_back_as_what_they_answer() {
+        let mut ok = BytesMut::new();
+        write_ack_ok(&mut ok, "c\"1\n", r#"{"got":[1,2]}"#);
+        assert_eq!(ok.len(), ack_ok_len("c\"1\n", r#"{"got":[1,2]}"#));
+        let read = AckPayload::parse(std::str::from_utf8(&ok).unwrap()).unwrap();
+        assert_eq!(
+            (read.data, read.correlation_id.as_ref()),
+            (Some(r#"{"got":[1,2]}"#), "c\"1\n")
+        );
+
+        let mut err = BytesMut::new();
+        write_ack_err(&mut err, "c2", "bad_request", "id \"x\" is required");
+        let json: serde_json::Value = serde_json::from_slice(&err).unwrap();
+        assert_eq!(
+            json,
+            serde_json::json!({"error": {"code": "bad_request", "message": "id \"x\" is required"}, "_correlationId": "c2"})
+        );
+    }
 
     #[test]
     fn an_object_of_room_and_data_alone_is_a_room_event() {
