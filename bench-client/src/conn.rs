@@ -619,11 +619,7 @@ impl Writer {
                 encode_client_into(out, OpCode::Text, &self.json, mask);
             }
             Proto::Tcp => {
-                self.json.put_slice(b"{\"data\":");
-                self.json.put_slice(data.as_bytes());
-                self.json.put_slice(b",\"_correlationId\":");
-                envelope::write_json_string(&mut self.json, correlation);
-                self.json.put_u8(b'}');
+                tcp::json::write_ack_payload(&mut self.json, correlation, data);
                 tcp::frame::encode_into(out, FrameType::AckReq, name, &self.json);
             }
             Proto::Socketio => {

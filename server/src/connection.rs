@@ -327,8 +327,8 @@ impl Conn {
             (Proto::Tcp, Ok(data)) => tcp::frame::encode_with(
                 FrameType::AckRes,
                 name,
-                tcp::json::ack_ok_len(correlation_id, data),
-                |body| tcp::json::write_ack_ok(body, correlation_id, data),
+                tcp::json::ack_payload_len(correlation_id, data),
+                |body| tcp::json::write_ack_payload(body, correlation_id, data),
             ),
             (Proto::Tcp, Err((code, message))) => {
                 let mut body = BytesMut::new();

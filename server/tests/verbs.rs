@@ -322,12 +322,7 @@ fn a_batch_of_requests_is_answered_in_one_write() {
                     r#"{{"data":{{"pad":"{}"}},"_correlationId":"b{round}-{i}"}}"#,
                     "x".repeat(60)
                 );
-                let total = 7 + "mirror".len() + payload.len();
-                batch.extend_from_slice(&(total as u32).to_be_bytes());
-                batch.push(0x05);
-                batch.extend_from_slice(&6u16.to_be_bytes());
-                batch.extend_from_slice(b"mirror");
-                batch.extend_from_slice(payload.as_bytes());
+                tcp_frame_into(&mut batch, 0x05, "mirror", payload.as_bytes());
             }
             let before = data_segments_in(&t.stream);
             std::io::Write::write_all(&mut t.stream, &batch).unwrap();

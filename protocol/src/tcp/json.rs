@@ -103,17 +103,17 @@ impl<'a> AckPayload<'a> {
     }
 }
 
-/// The length of an ACK_RES frame's payload for a result, [`write_ack_ok`]'s output, so
-/// the frame can be built around it in one buffer.
-pub fn ack_ok_len(correlation_id: &str, data: &str) -> usize {
+/// The length of [`write_ack_payload`]'s output, so a frame can be built around it in
+/// one buffer.
+pub fn ack_payload_len(correlation_id: &str, data: &str) -> usize {
     const DATA: usize = br#"{"data":"#.len();
     const CORRELATION: usize = br#","_correlationId":"#.len();
     DATA + data.len() + CORRELATION + json_string_len(correlation_id) + 1
 }
 
-/// An ACK_RES frame's payload for a result: `{"data":…,"_correlationId":"…"}`, the
-/// answer to an [`AckPayload`]. `data` is raw JSON text.
-pub fn write_ack_ok(buf: &mut BytesMut, correlation_id: &str, data: &str) {
+/// `{"data":…,"_correlationId":"…"}`: the payload of an ACK_REQ and of a successful
+/// ACK_RES alike, the shape [`AckPayload`] reads. `data` is raw JSON text.
+pub fn write_ack_payload(buf: &mut BytesMut, correlation_id: &str, data: &str) {
     buf.put_slice(br#"{"data":"#);
     buf.put_slice(data.as_bytes());
     buf.put_slice(br#","_correlationId":"#);
@@ -138,8 +138,8 @@ mod tests {
     #[test]
     fn ack_replies_read_back_as_what_they_answer() {
         let mut ok = BytesMut::new();
-        write_ack_ok(&mut ok, "c\"1\n", r#"{"got":[1,2]}"#);
-        assert_eq!(ok.len(), ack_ok_len("c\"1\n", r#"{"got":[1,2]}"#));
+        write_ack_payload(&mut ok, "c\"1\n", r#"{"got":[1,2]}"#);
+        assert_eq!(ok.len(), ack_payload_len("c\"1\n", r#"{"got":[1,2]}"#));
         let read = AckPayload::parse(std::str::from_utf8(&ok).unwrap()).unwrap();
         assert_eq!(
             (read.data, read.correlation_id.as_ref()),

@@ -197,6 +197,17 @@ impl Client {
     }
 }
 
+/// Appends one TCP frame (SPEC §3.2: length, type, event length, event, payload) to
+/// `out`, so a test can write several in one write.
+pub fn tcp_frame_into(out: &mut Vec<u8>, kind: u8, event: &str, payload: &[u8]) {
+    let total = 7 + event.len() + payload.len();
+    out.extend_from_slice(&(total as u32).to_be_bytes());
+    out.push(kind);
+    out.extend_from_slice(&(event.len() as u16).to_be_bytes());
+    out.extend_from_slice(event.as_bytes());
+    out.extend_from_slice(payload);
+}
+
 /// A client of the binary TCP protocol (SPEC §3.2).
 pub struct TcpClient {
     pub stream: TcpStream,
@@ -222,13 +233,8 @@ impl TcpClient {
     }
 
     pub fn send(&mut self, kind: u8, event: &str, payload: &[u8]) {
-        let total = 7 + event.len() + payload.len();
-        let mut frame = Vec::with_capacity(total);
-        frame.extend_from_slice(&(total as u32).to_be_bytes());
-        frame.push(kind);
-        frame.extend_from_slice(&(event.len() as u16).to_be_bytes());
-        frame.extend_from_slice(event.as_bytes());
-        frame.extend_from_slice(payload);
+        let mut frame = Vec::new();
+        tcp_frame_into(&mut frame, kind, event, payload);
         self.stream.write_all(&frame).expect("write");
     }
 
