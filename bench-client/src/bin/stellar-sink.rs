@@ -45,9 +45,17 @@ fn main() -> std::io::Result<()> {
         .nth(1)
         .and_then(|p| p.parse().ok())
         .unwrap_or(23999);
-    let mut rt = monoio::RuntimeBuilder::<monoio::FusionDriver>::new()
-        .enable_timer()
-        .build()?;
+    // The ring Stellar's workers use (cooperative task work, server/src/event_loop.rs),
+    // so that the floor is measured on the same runtime as the server.
+    let build = |ring: io_uring::Builder| {
+        monoio::RuntimeBuilder::<monoio::FusionDriver>::new()
+            .uring_builder(ring)
+            .enable_timer()
+            .build()
+    };
+    let mut coop = io_uring::IoUring::builder();
+    coop.setup_coop_taskrun();
+    let mut rt = build(coop).or_else(|_| build(io_uring::IoUring::builder()))?;
     rt.block_on(async move {
         let listener = TcpListener::bind(("127.0.0.1", port))?;
         eprintln!("stellar-sink on ws://127.0.0.1:{port}/");
