@@ -61,12 +61,15 @@ pub fn run(
 /// interrupt, paid for by the writer and breaking into the worker's loop. With
 /// `COOP_TASKRUN` the completion instead waits for the worker's next system call, which
 /// its loop makes at every turn (monoio reaps completions only when it parks, so none
-/// is seen later than before). WebSocket acks, 5 runs each: server CPU per round trip
-/// 3 494 against 5 182 ns (`results/bench/ack-defer-ab.md`).
+/// is seen later than before). A/B, 5 runs each: WebSocket acks 223 572 against 199 231
+/// round trips/s, connection storm 44 against 52 µs per connection
+/// (`results/bench/*-coop-ab.md`).
 ///
-/// Not `DEFER_TASKRUN`, which measured the same: it runs the waiting completions only
-/// when the loop parks to wait, and monoio's park does not wait while other threads keep
-/// waking the worker, so a steady stream of mesh messages could hold back its sockets.
+/// Not `DEFER_TASKRUN`, which measured level with this to 10 % ahead of it
+/// (`results/bench/ack-coop-defer.md`): it runs the waiting completions only when the
+/// loop parks to wait, and monoio's park does not wait while other threads keep waking
+/// the worker, so a steady stream of mesh messages (a cluster link's, say) could hold
+/// back its sockets for as long as it lasts.
 fn uring_runtime() -> std::io::Result<(UringRuntime, &'static str)> {
     let build = |ring: io_uring::Builder| {
         monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
