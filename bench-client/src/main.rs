@@ -372,9 +372,11 @@ fn run(args: &Args, servers: Vec<SocketAddr>, tls: Option<tls::Connector>) -> Re
     bar.finish_and_clear();
     run.done.store(true, Ordering::Release);
     let mut latency = scenario::new_histogram();
+    let mut series = scenario::Series::default();
     for t in threads {
-        if let Ok(h) = t.join() {
+        if let Ok((h, s)) = t.join() {
             let _ = latency.add(&h);
+            series.add(&s);
         }
     }
     let gen_cpu = report::cpu_seconds("self").unwrap_or(0.0) - gen_cpu_before;
@@ -475,6 +477,7 @@ fn run(args: &Args, servers: Vec<SocketAddr>, tls: Option<tls::Connector>) -> Re
         },
         window,
         latency_percentiles_us: report::percentile_curve(&latency),
+        late_by_100ms: series,
         finished_unix: std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs()),
@@ -502,7 +505,7 @@ fn generator_thread(
     t: usize,
     count: usize,
     cpu: usize,
-) -> hdrhistogram::Histogram<u64> {
+) -> (hdrhistogram::Histogram<u64>, scenario::Series) {
     if let Some(core) =
         core_affinity::get_core_ids().and_then(|ids| ids.into_iter().find(|c| c.id == cpu))
     {
@@ -513,7 +516,7 @@ fn generator_thread(
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("stellar-bench: thread {t}: no event loop: {e}");
-            return scenario::new_histogram();
+            return (scenario::new_histogram(), scenario::Series::default());
         }
     };
     let l = Rc::clone(&tally);

@@ -101,6 +101,10 @@ pub struct Report {
     /// 36.9, …, 90, …, 99, …, 99.9, …), the HdrHistogram percentile curve `scripts/bench`
     /// plots; `latency_us.max` is the end of the curve.
     pub latency_percentiles_us: Vec<[f64; 2]>,
+    /// The window's deliveries by when they were sent, per 100 ms: how many, how many
+    /// took over 10 ms, and the slowest (µs). Late deliveries in a few bins are stalls;
+    /// spread over all of them, a queue.
+    pub late_by_100ms: crate::scenario::Series,
     /// When the run ended, in seconds since the Unix epoch (the date on the charts).
     pub finished_unix: u64,
     /// What the window's messages cost the broker between the nodes (`--broker`).
@@ -172,6 +176,17 @@ impl Report {
             "  latency µs: p50 {:.0}  p90 {:.0}  p99 {:.0}  p99.9 {:.0}  max {:.0}  ({} samples)",
             l.p50, l.p90, l.p99, l.p999, l.max, l.samples
         );
+        let bins = &self.late_by_100ms.0;
+        let late: u64 = bins.iter().map(|b| b.late).sum();
+        if late > 0 {
+            let with = bins.iter().filter(|b| b.late > 0).count();
+            let worst = bins.iter().map(|b| b.late).max().unwrap_or(0);
+            println!(
+                "  latency over 10 ms: {late} deliveries, sent in {with} of {} 100-ms bins \
+                 (at most {worst} in one)",
+                bins.len()
+            );
+        }
         if self.connections_per_sec > 0.0 {
             println!("  connections/s {:.0}", self.connections_per_sec);
         }

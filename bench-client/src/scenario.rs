@@ -127,19 +127,72 @@ impl Run {
     }
 }
 
-/// What one generator thread's clients record: latencies (ns) and the in-window
-/// delivery counts. One event loop owns it, so counting is a plain add, not an atomic
-/// one; the thread adds its counts to the run's when it ends.
+/// What one generator thread's clients record: latencies (ns), when the late ones were
+/// sent ([`Series`]) and the in-window delivery counts. One event loop owns it, so
+/// counting is a plain add, not an atomic one; the thread adds its counts to the run's
+/// when it ends.
 pub struct Tally {
     latency: RefCell<Histogram<u64>>,
+    series: RefCell<Series>,
     arrived: Cell<u64>,
     delivered: Cell<u64>,
+}
+
+/// Width of one bin of a [`Series`].
+pub const SERIES_BIN_NS: u64 = 100_000_000;
+/// A delivery slower than this is late in a [`Series`]: 30 times the median of the
+/// open-loop shapes here, so only a delivery that waited behind something is counted.
+pub const LATE_NS: u64 = 10_000_000;
+
+/// The window's deliveries by when they were sent, in bins of [`SERIES_BIN_NS`]: whether
+/// the slow ones come in bursts (a stall: every delivery sent in those 100 ms waited)
+/// or spread over the run (a queue that is sometimes long). Not in the percentiles,
+/// which cannot tell the two apart.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Series(pub Vec<Bin>);
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Bin {
+    pub deliveries: u64,
+    /// Deliveries slower than [`LATE_NS`].
+    pub late: u64,
+    /// The slowest delivery, in µs.
+    pub max_us: u64,
+}
+
+impl Series {
+    /// Counts a delivery sent `sent` ns into the window that took `ns`.
+    pub fn record(&mut self, sent: u64, ns: u64) {
+        let Ok(i) = usize::try_from(sent / SERIES_BIN_NS) else {
+            return;
+        };
+        if self.0.len() <= i {
+            self.0.resize(i + 1, Bin::default());
+        }
+        let bin = &mut self.0[i];
+        bin.deliveries += 1;
+        bin.late += u64::from(ns > LATE_NS);
+        bin.max_us = bin.max_us.max(ns / 1_000);
+    }
+
+    /// Adds another thread's series, bin by bin.
+    pub fn add(&mut self, other: &Series) {
+        if self.0.len() < other.0.len() {
+            self.0.resize(other.0.len(), Bin::default());
+        }
+        for (bin, o) in self.0.iter_mut().zip(&other.0) {
+            bin.deliveries += o.deliveries;
+            bin.late += o.late;
+            bin.max_us = bin.max_us.max(o.max_us);
+        }
+    }
 }
 
 impl Tally {
     pub fn new() -> Rc<Self> {
         Rc::new(Self {
             latency: RefCell::new(new_histogram()),
+            series: RefCell::default(),
             arrived: Cell::new(0),
             delivered: Cell::new(0),
         })
@@ -150,13 +203,21 @@ impl Tally {
         let _ = self.latency.borrow_mut().record(ns.max(1_000));
     }
 
-    /// Adds this thread's counts to the run's and hands back its histogram.
-    pub fn finish(&self, run: &Run) -> Histogram<u64> {
+    /// Records one delivery of the window: sent at `t` (ns since the run's start), and
+    /// taking `ns`.
+    fn record_delivery(&self, run: &Run, t: u64, ns: u64) {
+        self.record(ns);
+        let start = run.window.0.load(Ordering::Acquire);
+        self.series.borrow_mut().record(t.saturating_sub(start), ns);
+    }
+
+    /// Adds this thread's counts to the run's and hands back its histogram and series.
+    pub fn finish(&self, run: &Run) -> (Histogram<u64>, Series) {
         let c = &run.counters;
         c.arrived.fetch_add(self.arrived.take(), Ordering::Relaxed);
         c.delivered
             .fetch_add(self.delivered.take(), Ordering::Relaxed);
-        self.latency.replace(new_histogram())
+        (self.latency.replace(new_histogram()), self.series.take())
     }
 }
 
@@ -362,7 +423,7 @@ async fn receive(run: Arc<Run>, mut reader: Reader, tally: Rc<Tally>, publishers
         if !run.in_window(t) {
             continue;
         }
-        tally.record(now.saturating_sub(t));
+        tally.record_delivery(&run, t, now.saturating_sub(t));
         tally.delivered.set(tally.delivered.get() + 1);
         let Some(slot) = usize::try_from(p).ok().and_then(|p| last.get_mut(p)) else {
             continue;
@@ -392,4 +453,54 @@ fn binary_stamp(msg: &[u8], proto: Proto) -> Option<(u64, u64, u64)> {
     let s = u64::from_be_bytes(payload.get(4..12)?.try_into().ok()?);
     let t = u64::from_be_bytes(payload.get(12..20)?.try_into().ok()?);
     Some((p, s, t))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_series_bins_deliveries_by_when_they_were_sent() {
+        let mut a = Series::default();
+        a.record(50_000_000, 300_000); // bin 0, on time
+        a.record(250_000_000, 12_000_000); // bin 2, late
+        a.record(299_999_999, 10_000_000); // bin 2, exactly the bound: not late
+        assert_eq!(
+            a.0,
+            vec![
+                Bin {
+                    deliveries: 1,
+                    late: 0,
+                    max_us: 300
+                },
+                Bin::default(),
+                Bin {
+                    deliveries: 2,
+                    late: 1,
+                    max_us: 12_000
+                },
+            ]
+        );
+        let mut b = Series::default();
+        b.record(450_000_000, 40_000_000);
+        b.record(210_000_000, 20_000_000);
+        a.add(&b);
+        assert_eq!(a.0.len(), 5);
+        assert_eq!(
+            a.0[2],
+            Bin {
+                deliveries: 3,
+                late: 2,
+                max_us: 20_000
+            }
+        );
+        assert_eq!(
+            a.0[4],
+            Bin {
+                deliveries: 1,
+                late: 1,
+                max_us: 40_000
+            }
+        );
+    }
 }
