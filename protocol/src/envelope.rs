@@ -80,39 +80,63 @@ impl<'a> Envelope<'a> {
 }
 
 /// Walks the members of the JSON object `text` in one pass, handing each key and value
-/// to `f`: every key and value is validated, none is built. sonic-rs's member walk stops
-/// at the object's closing brace, so what follows it is checked here: whitespace only,
-/// as RFC 8259 allows around a value. (A second, whole-text validation pass used to do
-/// that, at the cost of reading every message twice.)
+/// to `f`: every key and value is validated, none is built, and a key or value without
+/// escapes is lent from `text`, not copied. What follows the object may only be
+/// whitespace, as RFC 8259 allows around a value.
+///
+/// This reads the object through sonic-rs's serde deserializer rather than its object
+/// iterator (`to_object_iter`): the iterator copies every key into a new `String`
+/// (sonic-rs 0.5 turns a borrowed key into `Cow::Owned`), three or four allocations
+/// for each message, where the deserializer hands borrowed keys to [`Key`].
 pub(crate) fn walk_object<'a>(
     text: &'a str,
-    mut f: impl FnMut(&str, sonic_rs::LazyValue<'a>),
+    f: impl FnMut(&str, sonic_rs::LazyValue<'a>),
 ) -> Result<(), EnvelopeError> {
-    // Where the last member's value ends, as an offset into `text`.
-    let mut end = None;
-    for member in sonic_rs::to_object_iter(text) {
-        let (key, value) = member.map_err(|e| EnvelopeError::InvalidJson(e.to_string()))?;
-        let raw = value.as_raw_str();
-        end = (raw.as_ptr() as usize)
-            .checked_sub(text.as_ptr() as usize)
-            .map(|start| start + raw.len());
-        f(&key, value);
+    let mut de = sonic_rs::Deserializer::from_str(text);
+    serde::Deserializer::deserialize_map(&mut de, Members(f))
+        .and_then(|()| de.end())
+        .map_err(|e| EnvelopeError::InvalidJson(e.to_string()))
+}
+
+/// The visitor of [`walk_object`]: each member in order, to the caller's closure.
+struct Members<F>(F);
+
+impl<'de, F: FnMut(&str, sonic_rs::LazyValue<'de>)> serde::de::Visitor<'de> for Members<F> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a JSON object")
     }
-    // JSON's whitespace (RFC 8259 §2), not Unicode's.
-    let skip_space = |s: &'a str| s.trim_start_matches([' ', '\t', '\n', '\r']);
-    let after_members = match end {
-        Some(end) => text.get(end..),
-        // No member: the walk accepted `{`, whitespace and `}`.
-        None => skip_space(text).strip_prefix('{'),
-    };
-    let rest = after_members
-        .map(skip_space)
-        .and_then(|r| r.strip_prefix('}'));
-    match rest {
-        Some(rest) if skip_space(rest).is_empty() => Ok(()),
-        // Bytes after the object, or a value sonic-rs did not lend from `text` (never
-        // seen): let the full parser say what is wrong, or that nothing is.
-        _ => validate(text),
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(mut self, mut map: A) -> Result<(), A::Error> {
+        while let Some(Key(key)) = map.next_key()? {
+            let value: sonic_rs::LazyValue<'de> = map.next_value()?;
+            (self.0)(&key, value);
+        }
+        Ok(())
+    }
+}
+
+/// A member's name: lent from the text, or unescaped into a `String` when it has
+/// escapes (rare: no field the envelope reads needs one).
+struct Key<'de>(Cow<'de, str>);
+
+impl<'de> serde::Deserialize<'de> for Key<'de> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct KeyVisitor;
+        impl<'de> serde::de::Visitor<'de> for KeyVisitor {
+            type Value = Key<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a member name")
+            }
+            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Key<'de>, E> {
+                Ok(Key(Cow::Borrowed(v)))
+            }
+            fn visit_str<E>(self, v: &str) -> Result<Key<'de>, E> {
+                Ok(Key(Cow::Owned(v.to_owned())))
+            }
+        }
+        d.deserialize_str(KeyVisitor)
     }
 }
 
