@@ -416,6 +416,18 @@ mod tests {
     }
 
     #[test]
+    fn member_names_may_be_escaped_and_the_last_of_a_name_wins() {
+        let env = Envelope::parse(
+            br#"{"ev\u0065nt":"a","event":"b","r\u006fom":"x","data":{"s":"q\"uote"}}"#,
+        )
+        .unwrap();
+        assert_eq!(env.event, "b");
+        assert_eq!(env.room.as_deref(), Some("x"));
+        // Data with escapes is still the text as sent, not unescaped.
+        assert_eq!(env.data.as_deref(), Some(r#"{"s":"q\"uote"}"#));
+    }
+
+    #[test]
     fn event_and_handler_names_obey_the_rule_of_spec_3_2() {
         for bad in [
             r#"{"event":""}"#.to_owned(),
