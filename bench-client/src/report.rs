@@ -182,9 +182,11 @@ impl Report {
             let with = bins.iter().filter(|b| b.late > 0).count();
             let worst = bins.iter().map(|b| b.late).max().unwrap_or(0);
             println!(
-                "  latency over 10 ms: {late} deliveries, sent in {with} of {} 100-ms bins \
+                "  latency over {} ms: {late} deliveries, sent in {with} of {} {}-ms bins \
                  (at most {worst} in one)",
-                bins.len()
+                crate::scenario::LATE_NS / 1_000_000,
+                bins.len(),
+                crate::scenario::SERIES_BIN_NS / 1_000_000,
             );
         }
         if self.connections_per_sec > 0.0 {
