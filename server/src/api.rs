@@ -349,6 +349,9 @@ fn bind_reuseport(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
     let fd = socket::socket(family, SockType::Stream, SockFlag::SOCK_CLOEXEC, None)?;
     socket::setsockopt(fd, sockopt::ReuseAddr, &true)?;
     socket::setsockopt(fd, sockopt::ReusePort, &true)?;
+    // Every accepted socket inherits it (Linux copies the listener's options into each
+    // child): one setsockopt here instead of one per connection.
+    socket::setsockopt(fd, sockopt::TcpNoDelay, &true)?;
     socket::bind(fd, &SockaddrStorage::from(addr))?;
     socket::listen(fd, 4096)?;
     // SAFETY: `fd` was just created by socket(2) above, is open, and is owned by no
@@ -640,6 +643,30 @@ impl ServerHandle {
     fn each_worker(&self, msg: impl Fn() -> MeshMsg) {
         for w in 0..self.0.mesh.workers() {
             self.0.mesh.send(w, msg());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream};
+    use std::os::fd::AsRawFd;
+
+    use nix::sys::socket::{getsockopt, sockopt};
+
+    /// The accept loop no longer sets TCP_NODELAY on each connection: it relies on the
+    /// kernel handing the listener's setting on to every accepted socket.
+    #[test]
+    fn accepted_sockets_inherit_nodelay_from_the_listener() {
+        for ip in [Ipv4Addr::LOCALHOST.into(), Ipv6Addr::LOCALHOST.into()] {
+            let Ok(listener) = super::bind_reuseport(SocketAddr::new(ip, 0)) else {
+                continue; // no IPv6 loopback on this machine
+            };
+            listener.set_nonblocking(false).expect("blocking accept");
+            let addr = listener.local_addr().expect("bound");
+            let _client = TcpStream::connect(addr).expect("connect");
+            let (accepted, _) = listener.accept().expect("accept");
+            assert!(getsockopt(accepted.as_raw_fd(), sockopt::TcpNoDelay).expect("getsockopt"));
         }
     }
 }

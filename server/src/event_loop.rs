@@ -133,7 +133,6 @@ async fn accept_loop(worker: Rc<Worker>, listener: TcpListener, proto: Proto) {
         if worker.is_shutting_down() {
             return;
         }
-        let _ = stream.set_nodelay(true);
         let w = Rc::clone(&worker);
         match proto {
             Proto::Ws => monoio::spawn(session::serve_http(w, stream, remote)),
