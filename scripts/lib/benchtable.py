@@ -52,7 +52,23 @@ def summarize(rs):
         "server_rss_bytes_per_connection": med([r["server_rss_bytes_per_connection"] for r in rs]),
         "connections_per_sec": med([r["connections_per_sec"] for r in rs]),
         "generator_cpu_share": med([r.get("generator_cpu_share") for r in rs]),
+        # 100-ms bins of send time holding a delivery over 10 ms, and how many bins
+        # (runs from before the series was recorded have none).
+        "late_bins": med([late_bins(r) for r in rs]),
+        "bins": med([len(r["late_by_100ms"]) if "late_by_100ms" in r else None for r in rs]),
     }
+
+
+def late_bins(run):
+    bins = run.get("late_by_100ms")
+    return None if bins is None else sum(1 for b in bins if b["late"] > 0)
+
+
+def late_cell(r):
+    """`late of bins`, or – where the scenario has no latency series (connect, idle)."""
+    if not r.get("bins"):
+        return "–"
+    return f"{fmt(r['late_bins'])} of {fmt(r['bins'])}"
 
 
 def generator_cell(share):
