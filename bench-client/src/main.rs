@@ -15,6 +15,7 @@ mod pacer;
 mod report;
 mod scenario;
 mod socketio;
+mod stall;
 mod tls;
 mod window;
 
@@ -126,6 +127,14 @@ struct Args {
     /// room's other members; echo, ack: itself). `--rate` is then ignored.
     #[arg(long)]
     window: Option<usize>,
+    /// Stop the server (SIGSTOP to each `--server-pid`) for `--stall-for` seconds once
+    /// every this many seconds through the measured window, then continue it (SIGCONT):
+    /// every server meets the same stalls, so the tail shows how each recovers from one.
+    #[arg(long, requires = "server_pid")]
+    stall_every: Option<f64>,
+    /// How long each injected stall lasts, in seconds.
+    #[arg(long, default_value_t = 0.04)]
+    stall_for: f64,
 }
 
 fn main() -> std::process::ExitCode {
@@ -349,6 +358,30 @@ fn run(args: &Args, servers: Vec<SocketAddr>, tls: Option<tls::Connector>) -> Re
     let mut rss_after = None;
     let mut broker_window = (None, None);
     let mut broker_cpu = (None, None);
+    // Run-clock nanoseconds as an instant.
+    let instant = |ns: u64| Instant::now() + Duration::from_nanos(ns.saturating_sub(run.now_ns()));
+    let stalls = match args.stall_every {
+        Some(every) if !measuring => {
+            let (every, length) = (
+                Duration::from_secs_f64(every),
+                Duration::from_secs_f64(args.stall_for),
+            );
+            match stall::inject(
+                &args.server_pid,
+                every,
+                length,
+                instant(from),
+                instant(until),
+            ) {
+                Ok(handle) => Some((every, length, handle)),
+                Err(e) => {
+                    eprintln!("stellar-bench: {e}");
+                    std::process::exit(2);
+                }
+            }
+        }
+        _ => None,
+    };
     if !measuring {
         wait(from);
         server_cpu.0 = report::cpu_seconds_of(&args.server_pid);
@@ -464,6 +497,11 @@ fn run(args: &Args, servers: Vec<SocketAddr>, tls: Option<tls::Connector>) -> Re
             Some((gen_window_cpu.1 - gen_window_cpu.0) / (seconds * args.cpus.len() as f64))
         },
         generator_threads: args.cpus.len(),
+        injected_stalls: stalls.map(|(every, length, handle)| stall::Stalls {
+            every_s: every.as_secs_f64(),
+            length_ms: length.as_secs_f64() * 1e3,
+            count: handle.join().unwrap_or(0),
+        }),
         broker: match broker_window {
             (Some(before), Some(after)) => Some(report::BrokerUse::of(
                 before.until(&after),

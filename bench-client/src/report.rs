@@ -94,6 +94,9 @@ pub struct Report {
     /// Generator CPU over the window (connect: over the storm) per generator thread;
     /// near 1.0 the generator, not the server, limits the run.
     pub generator_cpu_share: Option<f64>,
+    /// `--stall-every`: the stalls injected into the server through the window.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub injected_stalls: Option<crate::stall::Stalls>,
     /// `--window`: messages each sender kept in flight (closed loop; `target_rate` is
     /// then 0). `None`: open loop at `target_rate`.
     pub window: Option<usize>,
@@ -225,6 +228,12 @@ impl Report {
             "  generator CPU {:.2}s over {} threads",
             self.generator_cpu_seconds, self.generator_threads
         );
+        if let Some(st) = self.injected_stalls {
+            println!(
+                "  injected stalls: {} of {:.0} ms (server stopped), one every {:.1} s",
+                st.count, st.length_ms, st.every_s
+            );
+        }
         if let Some(w) = self.window {
             println!("  closed loop: {w} messages in flight per sender (--rate ignored)");
         }
