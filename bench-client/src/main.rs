@@ -12,6 +12,7 @@
 mod broker;
 mod conn;
 mod pacer;
+mod packets;
 mod report;
 mod scenario;
 mod socketio;
@@ -290,6 +291,7 @@ fn run(args: &Args, servers: Vec<SocketAddr>, tls: Option<tls::Connector>) -> Re
         done: AtomicBool::new(false),
         counters: Counters::default(),
         close_codes: Mutex::default(),
+        sockets: Mutex::default(),
         closed_loop,
     });
     let rss_before = report::rss_bytes_of(&args.server_pid);
@@ -356,6 +358,7 @@ fn run(args: &Args, servers: Vec<SocketAddr>, tls: Option<tls::Connector>) -> Re
     let mut server_cpu = (None, None);
     let mut gen_window_cpu = (0.0, 0.0);
     let mut rss_after = None;
+    let mut segments = None;
     let mut broker_window = (None, None);
     let mut broker_cpu = (None, None);
     // Run-clock nanoseconds as an instant.
@@ -388,6 +391,8 @@ fn run(args: &Args, servers: Vec<SocketAddr>, tls: Option<tls::Connector>) -> Re
         broker_window.0 = args.broker.as_deref().and_then(read_broker);
         broker_cpu.0 = args.broker_pid.as_deref().and_then(report::cpu_seconds);
         gen_window_cpu.0 = report::cpu_seconds("self").unwrap_or(0.0);
+        let sockets = run.sockets.lock().map(|s| s.clone()).unwrap_or_default();
+        let segments_before = packets::data_segments_in(&sockets);
         while run.now_ns() < until {
             bar.set_position(
                 ((run.now_ns().saturating_sub(go)) / 1_000_000_000).min(bar.length().unwrap_or(0)),
@@ -398,6 +403,10 @@ fn run(args: &Args, servers: Vec<SocketAddr>, tls: Option<tls::Connector>) -> Re
         broker_window.1 = args.broker.as_deref().and_then(read_broker);
         broker_cpu.1 = args.broker_pid.as_deref().and_then(report::cpu_seconds);
         gen_window_cpu.1 = report::cpu_seconds("self").unwrap_or(0.0);
+        segments = Some(packets::received_between(
+            &segments_before,
+            &packets::data_segments_in(&sockets),
+        ));
         rss_after = report::rss_bytes_of(&args.server_pid);
         // Let deliveries in flight arrive.
         std::thread::sleep(Duration::from_secs(2));
@@ -497,6 +506,9 @@ fn run(args: &Args, servers: Vec<SocketAddr>, tls: Option<tls::Connector>) -> Re
             Some((gen_window_cpu.1 - gen_window_cpu.0) / (seconds * args.cpus.len() as f64))
         },
         generator_threads: args.cpus.len(),
+        server_packets_per_1000_deliveries: segments
+            .filter(|_| arrived > 0)
+            .map(|n| n as f64 * 1000.0 / arrived as f64),
         injected_stalls: stalls.map(|(every, length, handle)| stall::Stalls {
             every_s: every.as_secs_f64(),
             length_ms: length.as_secs_f64() * 1e3,

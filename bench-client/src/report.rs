@@ -94,6 +94,10 @@ pub struct Report {
     /// Generator CPU over the window (connect: over the storm) per generator thread;
     /// near 1.0 the generator, not the server, limits the run.
     pub generator_cpu_share: Option<f64>,
+    /// TCP data segments the server sent to the generator's sockets over the window,
+    /// per 1 000 deliveries that arrived in it (their `TCP_INFO`): 1 000 ÷ this is how
+    /// many deliveries a packet carried.
+    pub server_packets_per_1000_deliveries: Option<f64>,
     /// `--stall-every`: the stalls injected into the server through the window.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub injected_stalls: Option<crate::stall::Stalls>,
@@ -228,6 +232,12 @@ impl Report {
             "  generator CPU {:.2}s over {} threads",
             self.generator_cpu_seconds, self.generator_threads
         );
+        if let Some(p) = self.server_packets_per_1000_deliveries.filter(|p| *p > 0.0) {
+            println!(
+                "  server packets: {p:.1} per 1000 deliveries ({:.1} deliveries per packet)",
+                1000.0 / p
+            );
+        }
         if let Some(st) = self.injected_stalls {
             println!(
                 "  injected stalls: {} of {:.0} ms (server stopped), one every {:.1} s",

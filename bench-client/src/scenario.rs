@@ -86,6 +86,8 @@ pub struct Run {
     pub close_codes: Mutex<HashMap<String, u64>>,
     /// `--window`: senders run closed-loop with this state; `None` = open loop.
     pub closed_loop: Option<Window>,
+    /// Every client socket, for the data segments the server sent to it (`packets`).
+    pub sockets: Mutex<Vec<std::os::fd::RawFd>>,
 }
 
 impl Run {
@@ -299,13 +301,18 @@ pub async fn client_with_slot(
     let started = Instant::now();
     let server = run.servers[run.server_of[index]];
     let opened = match conn::connect_from(conn::source_for(index, run.source_offset), server) {
-        Ok(tcp) => match &run.tls {
-            None => conn::open(Stream::Plain(tcp), run.proto, "127.0.0.1", run.deflate).await,
-            Some(tls) => match tls.connect(tcp).await {
-                Ok(stream) => conn::open(stream, run.proto, "127.0.0.1", run.deflate).await,
-                Err(e) => Err(e),
-            },
-        },
+        Ok(tcp) => {
+            if let Ok(mut sockets) = run.sockets.lock() {
+                sockets.push(std::os::fd::AsRawFd::as_raw_fd(&tcp));
+            }
+            match &run.tls {
+                None => conn::open(Stream::Plain(tcp), run.proto, "127.0.0.1", run.deflate).await,
+                Some(tls) => match tls.connect(tcp).await {
+                    Ok(stream) => conn::open(stream, run.proto, "127.0.0.1", run.deflate).await,
+                    Err(e) => Err(e),
+                },
+            }
+        }
         Err(e) => Err(e),
     };
     let (mut reader, mut writer) = match opened {

@@ -56,6 +56,7 @@ def summarize(rs):
         # (runs from before the series was recorded have none).
         "late_bins": med([late_bins(r) for r in rs]),
         "bins": med([len(r["late_by_100ms"]) if "late_by_100ms" in r else None for r in rs]),
+        "server_packets_per_1000_deliveries": med([r.get("server_packets_per_1000_deliveries") for r in rs]),
     }
 
 
