@@ -165,7 +165,17 @@ fn main() -> std::process::ExitCode {
             }
         },
     };
-    let report = run(&args, servers, tls);
+    let stalls = match args.stall_every {
+        None => None,
+        Some(every) => match stall::Plan::new(&args.server_pid, every, args.stall_for) {
+            Ok(plan) => Some(plan),
+            Err(e) => {
+                eprintln!("stellar-bench: {e}");
+                return std::process::ExitCode::from(2);
+            }
+        },
+    };
+    let report = run(&args, servers, tls, stalls);
     report.print();
     if let Some(out) = &args.out
         && let Err(e) = report.write_json(out)
@@ -254,7 +264,12 @@ fn assign_servers(room_of: &[usize], servers: usize) -> Vec<usize> {
         .collect()
 }
 
-fn run(args: &Args, servers: Vec<SocketAddr>, tls: Option<tls::Connector>) -> Report {
+fn run(
+    args: &Args,
+    servers: Vec<SocketAddr>,
+    tls: Option<tls::Connector>,
+    stalls: Option<stall::Plan>,
+) -> Report {
     let rooms = match args.scenario {
         Scenario::Fanout => 1,
         Scenario::Broadcast | Scenario::Binary => args.rooms.max(1),
@@ -363,28 +378,9 @@ fn run(args: &Args, servers: Vec<SocketAddr>, tls: Option<tls::Connector>) -> Re
     let mut broker_cpu = (None, None);
     // Run-clock nanoseconds as an instant.
     let instant = |ns: u64| Instant::now() + Duration::from_nanos(ns.saturating_sub(run.now_ns()));
-    let stalls = match args.stall_every {
-        Some(every) if !measuring => {
-            let (every, length) = (
-                Duration::from_secs_f64(every),
-                Duration::from_secs_f64(args.stall_for),
-            );
-            match stall::inject(
-                &args.server_pid,
-                every,
-                length,
-                instant(from),
-                instant(until),
-            ) {
-                Ok(handle) => Some((every, length, handle)),
-                Err(e) => {
-                    eprintln!("stellar-bench: {e}");
-                    std::process::exit(2);
-                }
-            }
-        }
-        _ => None,
-    };
+    let stalls = stalls
+        .filter(|_| !measuring)
+        .map(|plan| plan.inject(instant(from), instant(until)));
     if !measuring {
         wait(from);
         server_cpu.0 = report::cpu_seconds_of(&args.server_pid);
@@ -509,11 +505,7 @@ fn run(args: &Args, servers: Vec<SocketAddr>, tls: Option<tls::Connector>) -> Re
         server_packets_per_1000_deliveries: segments
             .filter(|_| arrived > 0)
             .map(|n| n as f64 * 1000.0 / arrived as f64),
-        injected_stalls: stalls.map(|(every, length, handle)| stall::Stalls {
-            every_s: every.as_secs_f64(),
-            length_ms: length.as_secs_f64() * 1e3,
-            count: handle.join().unwrap_or(0),
-        }),
+        injected_stalls: stalls.and_then(|handle| handle.join().ok()),
         broker: match broker_window {
             (Some(before), Some(after)) => Some(report::BrokerUse::of(
                 before.until(&after),

@@ -19,36 +19,54 @@ pub struct Stalls {
     pub count: u32,
 }
 
-/// Stops every process of `pids` for `length` at the middle of each `every` from `from`
-/// until `until`, on a thread of its own; the handle yields how many stalls it made.
-pub fn inject(
-    pids: &[String],
+/// What to inject: the processes, the period and each stall's length. Checked before
+/// any client connects.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    pids: Vec<Pid>,
     every: Duration,
     length: Duration,
-    from: Instant,
-    until: Instant,
-) -> Result<JoinHandle<u32>, String> {
-    let pids = pids
-        .iter()
-        .map(|p| p.parse().map(Pid::from_raw))
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| format!("--server-pid: {e}"))?;
-    if length.is_zero() || length >= every {
-        return Err("--stall-for must be above 0 and below --stall-every".into());
-    }
-    Ok(std::thread::spawn(move || {
-        let mut count = 0;
-        let mut at = from + every / 2;
-        while at + length <= until {
-            sleep_until(at);
-            let stopped = Stopped::new(&pids);
-            std::thread::sleep(length);
-            drop(stopped);
-            count += 1;
-            at += every;
+}
+
+impl Plan {
+    /// `every` and `length` in seconds; a stall must be shorter than its period.
+    pub fn new(pids: &[String], every: f64, length: f64) -> Result<Self, String> {
+        let pids = pids
+            .iter()
+            .map(|p| p.parse().map(Pid::from_raw))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| format!("--server-pid: {e}"))?;
+        if !(every.is_finite() && length.is_finite() && length > 0.0 && length < every) {
+            return Err("--stall-for must be above 0 and below --stall-every".into());
         }
-        count
-    }))
+        Ok(Self {
+            pids,
+            every: Duration::from_secs_f64(every),
+            length: Duration::from_secs_f64(length),
+        })
+    }
+
+    /// Stops the processes for the stall's length at the middle of each period from
+    /// `from` until `until`, on a thread of its own; the handle yields the report.
+    pub fn inject(self, from: Instant, until: Instant) -> JoinHandle<Stalls> {
+        std::thread::spawn(move || {
+            let mut count = 0;
+            let mut at = from + self.every / 2;
+            while at + self.length <= until {
+                sleep_until(at);
+                let stopped = Stopped::new(&self.pids);
+                std::thread::sleep(self.length);
+                drop(stopped);
+                count += 1;
+                at += self.every;
+            }
+            Stalls {
+                every_s: self.every.as_secs_f64(),
+                length_ms: self.length.as_secs_f64() * 1e3,
+                count,
+            }
+        })
+    }
 }
 
 fn sleep_until(at: Instant) {
@@ -100,19 +118,14 @@ mod tests {
                 .expect("state field")
         };
         let start = Instant::now();
-        let handle = inject(
-            std::slice::from_ref(&pid),
-            Duration::from_millis(200),
-            Duration::from_millis(80),
-            start,
-            start + Duration::from_millis(600),
-        )
-        .expect("plan");
+        let plan = Plan::new(std::slice::from_ref(&pid), 0.2, 0.08).expect("plan");
+        let handle = plan.inject(start, start + Duration::from_millis(600));
         // The first stall runs from 100 to 180 ms.
         std::thread::sleep(Duration::from_millis(140));
         assert_eq!(state(&pid), "T", "stopped inside a stall");
-        let count = handle.join().expect("injector");
-        assert_eq!(count, 3);
+        let stalls = handle.join().expect("injector");
+        assert_eq!(stalls.count, 3);
+        assert_eq!(stalls.length_ms, 80.0);
         assert_ne!(state(&pid), "T", "continued after the last stall");
         let _ = child.kill();
         let _ = child.wait();
@@ -120,10 +133,11 @@ mod tests {
 
     #[test]
     fn a_stall_must_be_shorter_than_its_period() {
-        let now = Instant::now();
-        let second = Duration::from_secs(1);
-        assert!(inject(&[], second, second, now, now).is_err());
-        assert!(inject(&[], second, Duration::ZERO, now, now).is_err());
-        assert!(inject(&["x".into()], second, second / 10, now, now).is_err());
+        assert!(Plan::new(&[], 1.0, 1.0).is_err());
+        assert!(Plan::new(&[], 1.0, 0.0).is_err());
+        assert!(Plan::new(&[], -1.0, 0.04).is_err());
+        assert!(Plan::new(&[], f64::INFINITY, 0.04).is_err());
+        assert!(Plan::new(&["x".into()], 1.0, 0.1).is_err());
+        assert!(Plan::new(&["1".into()], 1.0, 0.1).is_ok());
     }
 }
