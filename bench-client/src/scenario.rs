@@ -7,6 +7,7 @@
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, RawFd};
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -87,7 +88,7 @@ pub struct Run {
     /// `--window`: senders run closed-loop with this state; `None` = open loop.
     pub closed_loop: Option<Window>,
     /// Every client socket, for the data segments the server sent to it (`packets`).
-    pub sockets: Mutex<Vec<std::os::fd::RawFd>>,
+    pub sockets: Mutex<Vec<RawFd>>,
 }
 
 impl Run {
@@ -300,11 +301,12 @@ pub async fn client_with_slot(
     let slot = Slot(slot);
     let started = Instant::now();
     let server = run.servers[run.server_of[index]];
+    // Recorded for `Run::sockets` only once the client is in: a failed one's descriptor
+    // is closed and may be reused by the next, which would then be counted twice.
+    let mut fd = None;
     let opened = match conn::connect_from(conn::source_for(index, run.source_offset), server) {
         Ok(tcp) => {
-            if let Ok(mut sockets) = run.sockets.lock() {
-                sockets.push(std::os::fd::AsRawFd::as_raw_fd(&tcp));
-            }
+            fd = Some(tcp.as_raw_fd());
             match &run.tls {
                 None => conn::open(Stream::Plain(tcp), run.proto, "127.0.0.1", run.deflate).await,
                 Some(tls) => match tls.connect(tcp).await {
@@ -345,6 +347,9 @@ pub async fn client_with_slot(
         return;
     }
     run.counters.connected.fetch_add(1, Ordering::Relaxed);
+    if let (Some(fd), Ok(mut sockets)) = (fd, run.sockets.lock()) {
+        sockets.push(fd);
+    }
     drop(slot);
     phases.go.wait().await;
     match run.scenario {
