@@ -47,6 +47,13 @@ pub fn set_close_grace(grace: Duration) {
     CLOSE_GRACE.set(grace);
 }
 
+/// `at` in whole milliseconds since this process first asked.
+fn process_clock(at: Instant) -> u64 {
+    static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    let start = *START.get_or_init(Instant::now);
+    at.saturating_duration_since(start).as_millis() as u64
+}
+
 /// Outcome of queueing a frame.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Queued {
@@ -80,7 +87,9 @@ pub struct Conn {
     remote_port: u16,
     /// Milliseconds since the Unix epoch.
     pub connected_at: u64,
-    pub(crate) last_seen: Cell<Instant>,
+    /// When the last bytes were read from the client, in milliseconds of
+    /// [`process_clock`] (8 bytes where an `Instant` takes 16).
+    last_seen: Cell<u64>,
     queue: RefCell<WriteQueue>,
     max_backpressure: Cell<usize>,
     policy: Cell<SlowConsumerPolicy>,
@@ -124,7 +133,7 @@ impl Conn {
             remote_ip: remote.ip(),
             remote_port: remote.port(),
             connected_at,
-            last_seen: Cell::new(Instant::now()),
+            last_seen: Cell::new(process_clock(Instant::now())),
             queue: RefCell::default(),
             max_backpressure: Cell::new(max_backpressure),
             policy: Cell::new(policy),
@@ -137,6 +146,16 @@ impl Conn {
             deflate_bits: Cell::new(0),
             user: RefCell::new(None),
         }
+    }
+
+    /// Notes that the client sent bytes at `now`.
+    pub fn seen(&self, now: Instant) {
+        self.last_seen.set(process_clock(now));
+    }
+
+    /// How long before `now` the client last sent bytes (to the millisecond).
+    pub fn silent_for(&self, now: Instant) -> Duration {
+        Duration::from_millis(process_clock(now).saturating_sub(self.last_seen.get()))
     }
 
     /// Requires authentication, with `user` already known from the upgrade or not.

@@ -158,7 +158,7 @@ fn heartbeat(worker: &Worker) {
     let config = worker.config();
     let now = Instant::now();
     for conn in worker.all_conns() {
-        let idle = now.duration_since(conn.last_seen.get());
+        let idle = conn.silent_for(now);
         if idle >= config.heartbeat_timeout {
             debug!(worker = worker.index, client = %conn.id, "heartbeat timeout");
             conn.close(CloseCode::GOING_AWAY, "Heartbeat timeout");

@@ -56,19 +56,32 @@ pub enum Next {
 }
 
 /// Frames waiting for the writer.
+///
+/// Everything queued lives in one box that exists only while something is queued or
+/// being written: an idle connection's queue is a null pointer and two flags, and
+/// the box (with its ring and open buffer) goes back when the writer parks.
 #[derive(Default)]
 pub struct WriteQueue {
+    pending: Option<Box<Pending>>,
+    /// A close was queued: nothing more is accepted and the writer ends after it.
+    closing: bool,
+    /// The reader is gone: the writer ends once the queue is empty.
+    finished: bool,
+}
+
+/// What a [`WriteQueue`] holds between the first frame of a burst and the writer's
+/// park.
+#[derive(Default)]
+struct Pending {
     /// The upgrade's HTTP response while it waits for the first write. Kept apart from
     /// the frames: it is not a message, does not count against `max_backpressure`,
     /// and a slow-consumer close must not discard it (the client would get a close
     /// frame without the upgrade).
-    /// Boxed: it lives for one write, and inline it would size every connection's
-    /// queue for good.
-    head: Option<Box<Bytes>>,
+    head: Option<Bytes>,
     /// Large frames, and runs of small ones sealed off ahead of them.
     frames: VecDeque<Bytes>,
     /// Small frames copied end to end, behind everything in `frames`. Handed to the
-    /// writer whole (buffer and all), so an idle connection holds no buffer.
+    /// writer whole (buffer and all).
     tail: BytesMut,
     /// The last of `frames` is a small frame queued alone: shared, not copied, so a
     /// lone frame (the common case at low rates) costs no buffer; the next small frame
@@ -78,21 +91,32 @@ pub struct WriteQueue {
     bytes: usize,
     /// Bytes of frames handed to the writer and not yet written.
     in_flight: usize,
-    /// A close was queued: nothing more is accepted and the writer ends after it.
-    closing: bool,
-    /// The reader is gone: the writer ends once the queue is empty.
-    finished: bool,
+}
+
+impl Pending {
+    fn is_empty(&self) -> bool {
+        self.head.is_none() && self.frames.is_empty() && self.tail.is_empty()
+    }
+
+    /// Moves the tail, if anything is on it, to the end of `frames`.
+    fn seal_tail(&mut self) {
+        self.lone_small = false;
+        if !self.tail.is_empty() {
+            let tail = std::mem::take(&mut self.tail);
+            self.frames.push_back(tail.freeze());
+        }
+    }
 }
 
 impl WriteQueue {
     /// Nothing waits to be written.
     pub fn is_empty(&self) -> bool {
-        self.head.is_none() && self.frames.is_empty() && self.tail.is_empty()
+        self.pending.as_ref().is_none_or(|p| p.is_empty())
     }
 
     /// Bytes of queued frames (the upgrade head not included).
     pub fn bytes(&self) -> usize {
-        self.bytes
+        self.pending.as_ref().map_or(0, |p| p.bytes)
     }
 
     /// Bytes of frames queued or being written: what `max_backpressure` bounds. A
@@ -100,12 +124,14 @@ impl WriteQueue {
     /// any size goes out on an idle connection, and a connection holds at most
     /// `max_backpressure` plus one frame.
     pub fn backlog(&self) -> usize {
-        self.bytes + self.in_flight
+        self.pending.as_ref().map_or(0, |p| p.bytes + p.in_flight)
     }
 
     /// The batch last taken is written (or failed): its frames no longer count.
     pub fn written(&mut self) {
-        self.in_flight = 0;
+        if let Some(p) = &mut self.pending {
+            p.in_flight = 0;
+        }
     }
 
     /// A close is queued; nothing more may be.
@@ -118,31 +144,37 @@ impl WriteQueue {
         self.finished
     }
 
+    /// The queue's contents, made at the first frame of a burst.
+    fn pending(&mut self) -> &mut Pending {
+        self.pending.get_or_insert_default()
+    }
+
     /// Queues the upgrade's HTTP response ahead of every frame.
     pub fn set_head(&mut self, head: Bytes) {
-        self.head = Some(Box::new(head));
+        self.pending().head = Some(head);
     }
 
     /// Queues `frame` behind everything else: copied onto the tail when small, shared
     /// when large.
     pub fn push(&mut self, frame: &Bytes) {
         debug_assert!(!self.closing, "nothing is queued behind a close");
-        self.bytes += frame.len();
+        let p = self.pending();
+        p.bytes += frame.len();
         if frame.len() > COPY_MAX {
-            self.seal_tail();
-            self.frames.push_back(frame.clone());
-        } else if !self.tail.is_empty() {
-            self.tail.extend_from_slice(frame);
-        } else if self.lone_small {
-            self.lone_small = false;
-            self.tail.reserve(TAIL_START);
-            if let Some(first) = self.frames.pop_back() {
-                self.tail.extend_from_slice(&first);
+            p.seal_tail();
+            p.frames.push_back(frame.clone());
+        } else if !p.tail.is_empty() {
+            p.tail.extend_from_slice(frame);
+        } else if p.lone_small {
+            p.lone_small = false;
+            p.tail.reserve(TAIL_START);
+            if let Some(first) = p.frames.pop_back() {
+                p.tail.extend_from_slice(&first);
             }
-            self.tail.extend_from_slice(frame);
+            p.tail.extend_from_slice(frame);
         } else {
-            self.frames.push_back(frame.clone());
-            self.lone_small = true;
+            p.frames.push_back(frame.clone());
+            p.lone_small = true;
         }
     }
 
@@ -158,10 +190,12 @@ impl WriteQueue {
 
     /// Discards everything but the upgrade response.
     pub fn clear(&mut self) {
-        self.frames.clear();
-        self.tail = BytesMut::new();
-        self.lone_small = false;
-        self.bytes = 0;
+        if let Some(p) = &mut self.pending {
+            p.frames.clear();
+            p.tail = BytesMut::new();
+            p.lone_small = false;
+            p.bytes = 0;
+        }
     }
 
     /// Moves the upgrade response, if it still waits, and queued frames into `out`,
@@ -169,47 +203,41 @@ impl WriteQueue {
     /// [`Next::Park`] when the queue is empty and open, [`Next::End`] when it is empty
     /// and closing or finished.
     pub fn take_batch(&mut self, out: &mut Batch) -> Next {
+        let ended = self.finished || self.closing;
+        let Some(p) = &mut self.pending else {
+            return if ended { Next::End } else { Next::Park };
+        };
         // The head shares the batch's size bound with the frames behind it.
         let mut gathered = 0;
-        if let Some(head) = self.head.take() {
+        if let Some(head) = p.head.take() {
             gathered = head.len();
-            out.frames.push(*head);
+            out.frames.push(head);
         }
-        self.seal_tail();
-        if self.frames.is_empty() {
+        p.seal_tail();
+        if p.frames.is_empty() {
             if !out.frames.is_empty() {
                 return Next::Write;
             }
-            if self.finished || self.closing {
-                return Next::End;
+            // Drained, and no write outstanding: the box goes until the next frame.
+            if p.in_flight == 0 {
+                self.pending = None;
             }
-            // An idle connection keeps no ring: one comes back with the next frame.
-            self.frames = VecDeque::new();
-            return Next::Park;
+            return if ended { Next::End } else { Next::Park };
         }
         let mut taken = 0;
-        while let Some(front) = self.frames.front() {
+        while let Some(front) = p.frames.front() {
             if gathered > 0 && gathered + front.len() > MAX_GATHER {
                 break;
             }
             gathered += front.len();
             taken += front.len();
-            if let Some(frame) = self.frames.pop_front() {
+            if let Some(frame) = p.frames.pop_front() {
                 out.frames.push(frame);
             }
         }
-        self.bytes -= taken;
-        self.in_flight += taken;
+        p.bytes -= taken;
+        p.in_flight += taken;
         Next::Write
-    }
-
-    /// Moves the tail, if anything is on it, to the end of `frames`.
-    fn seal_tail(&mut self) {
-        self.lone_small = false;
-        if !self.tail.is_empty() {
-            let tail = std::mem::take(&mut self.tail);
-            self.frames.push_back(tail.freeze());
-        }
     }
 }
 
@@ -472,6 +500,24 @@ mod tests {
         q.push(&frame(3, 9));
         let (_, frames) = take(&mut q);
         assert_eq!(frames, vec![Bytes::from_static(b"head"), frame(3, 9)]);
+    }
+
+    #[test]
+    fn a_drained_queue_holds_nothing_until_its_next_frame() {
+        let mut q = WriteQueue::default();
+        assert!(q.pending.is_none());
+        q.push(&frame(10, 0));
+        let mut batch = Batch::default();
+        assert_eq!(q.take_batch(&mut batch), Next::Write);
+        assert_eq!(take(&mut q).0, Next::Park);
+        assert!(q.pending.is_some(), "kept while its batch is being written");
+        assert_eq!(q.backlog(), 10);
+        q.written();
+        assert_eq!(take(&mut q).0, Next::Park);
+        assert!(q.pending.is_none());
+        assert_eq!((q.bytes(), q.backlog()), (0, 0));
+        q.push(&frame(5, 1));
+        assert_eq!(take(&mut q).1, vec![frame(5, 1)]);
     }
 
     #[test]
