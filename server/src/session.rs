@@ -49,9 +49,7 @@ const FIRST_READ: usize = 2048;
 /// sending under ten messages a second, and it is what keeps idle connections small.
 const QUIET: std::time::Duration = std::time::Duration::from_millis(100);
 
-/// The reading side of a session. It lives in a box the session task points to: an
-/// async fn keeps its arguments twice and every local of every await point, so state
-/// held by value would make each idle connection's task several hundred bytes larger.
+/// The reading side of a session, held in the session's task.
 struct ReadSide {
     reader: OwnedReadHalf<Socket>,
     buf: BytesMut,
@@ -273,19 +271,15 @@ fn start(
         ),
         Proto::Tcp => Decoder::Tcp(TcpDecoder::new(config.max_payload)),
     };
-    let mut side = Box::new(ReadSide {
+    let side = ReadSide {
         reader,
         buf: leftover,
         decoder,
         watch,
         busy: false,
         quiet: true,
-    });
-    monoio::spawn(async move {
-        read_loop(&worker, &conn, &mut side).await;
-        drop(side);
-        end(&worker, &conn);
-    });
+    };
+    monoio::spawn(session(worker, conn, side));
 }
 
 /// The accepted socket, or TLS over it when TLS is on (`tls.rs`); a failed or stalled
@@ -305,64 +299,85 @@ fn end(worker: &Rc<Worker>, conn: &Rc<Conn>) {
     conn.release_half();
 }
 
-/// Decodes and routes until the peer goes away. After a close, keeps reading (and
-/// discarding) until the peer closes or the grace period shuts the socket, so our close
-/// frame is not lost to a reset.
-async fn read_loop(worker: &Rc<Worker>, conn: &Rc<Conn>, side: &mut ReadSide) {
-    let mut open = true;
-    loop {
-        while open {
-            // The join to wait for, if any, is boxed: it is rare, and its state (the
-            // barrier, the replies, the recovery) would otherwise be carried in every
-            // connection's task. The match ends before the await, so the decoded
-            // `Flow` is not held across it either.
-            let wait = match side.decoder.route_next(worker, conn, &mut side.buf) {
-                None => break,
-                Some(Flow::Continue) => continue,
-                Some(Flow::Stop) => {
-                    open = false;
-                    continue;
+/// The connection's task: decodes and routes until the peer goes away, then cleans up.
+/// After a close, keeps reading (and discarding) until the peer closes or the grace
+/// period shuts the socket, so our close frame is not lost to a reset.
+///
+/// An async block over the parts it owns, not an `async fn` over references to them:
+/// an `async fn` keeps its arguments in its state and again as the locals they are
+/// moved into (256 bytes here), and references would be kept beside what they point
+/// to. This way the task holds each part once, the read state inline, and is 144 bytes
+/// (a test guards it).
+#[allow(
+    clippy::manual_async_fn,
+    reason = "as an async fn its state is 256 bytes, not 144: the arguments are kept twice"
+)]
+fn session(worker: Rc<Worker>, conn: Rc<Conn>, mut side: ReadSide) -> impl Future<Output = ()> {
+    async move {
+        let mut open = true;
+        loop {
+            while open {
+                // The join to wait for, if any, is boxed: it is rare, and its state (the
+                // barrier, the replies, the recovery) would otherwise be carried in every
+                // connection's task. The match ends before the await, so the decoded
+                // `Flow` is not held across it either.
+                let wait = match side.decoder.route_next(&worker, &conn, &mut side.buf) {
+                    None => break,
+                    Some(Flow::Continue) => continue,
+                    Some(Flow::Stop) => {
+                        open = false;
+                        continue;
+                    }
+                    Some(Flow::Wait(barrier, replies, recovery)) => {
+                        let (worker, conn) = (Rc::clone(&worker), Rc::clone(&conn));
+                        Box::pin(async move {
+                            barrier.wait().await;
+                            for reply in replies {
+                                conn.send(reply, &worker.stats);
+                            }
+                            if let Some(ask) = recovery {
+                                crate::recovery::start(&worker, &conn, ask);
+                            }
+                        })
+                    }
+                };
+                wait.await;
+            }
+            if !open {
+                side.buf.clear();
+            }
+            // A quiet connection waits with no buffer, others on a small one; a full
+            // chunk is offered while the last read filled its buffer (more is likely
+            // waiting).
+            if side.buf.is_empty() && !side.busy {
+                if side.quiet && open {
+                    side.buf = BytesMut::new();
+                    side.watch.readable().await;
                 }
-                Some(Flow::Wait(barrier, replies, recovery)) => Box::pin(async move {
-                    barrier.wait().await;
-                    for reply in replies {
-                        conn.send(reply, &worker.stats);
-                    }
-                    if let Some(ask) = recovery {
-                        crate::recovery::start(worker, conn, ask);
-                    }
-                }),
-            };
-            wait.await;
-        }
-        if !open {
-            side.buf.clear();
-        }
-        // A quiet connection waits with no buffer, others on a small one; a full chunk
-        // is offered while the last read filled its buffer (more is likely waiting).
-        if side.buf.is_empty() && !side.busy {
-            if side.quiet && open {
-                side.buf = BytesMut::new();
-                side.watch.readable().await;
+                side.buf = BytesMut::with_capacity(FIRST_READ);
+            } else {
+                side.buf.reserve(READ_CHUNK);
             }
-            side.buf = BytesMut::with_capacity(FIRST_READ);
-        } else {
-            side.buf.reserve(READ_CHUNK);
-        }
-        let spare = side.buf.capacity() - side.buf.len();
-        // Boxed: the read's future (the buffer lent, the request, each layer's copy of
-        // the arguments) is the largest state of this task, and held inline it would
-        // size every connection's task, quiet ones too, which wait on readiness alone.
-        match Box::pin(read_append(&mut side.reader, &mut side.buf)).await {
-            Ok(0) | Err(_) => return,
-            Ok(n) => {
-                side.busy = n == spare;
-                worker.stats.bytes_in.add(n as u64);
-                let now = Instant::now();
-                side.quiet = conn.silent_for(now) > QUIET;
-                conn.seen(now);
+            // Boxed: the read's future (the buffer lent, the request, each layer's copy
+            // of the arguments) is the largest state of this task, and held inline it
+            // would size every connection's task, quiet ones too, which wait on
+            // readiness alone.
+            let ReadSide { reader, buf, .. } = &mut side;
+            match Box::pin(read_append(reader, buf)).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    // The read is made into the buffer's spare capacity, so a read that
+                    // filled it leaves it full.
+                    side.busy = side.buf.len() == side.buf.capacity();
+                    worker.stats.bytes_in.add(n as u64);
+                    let now = Instant::now();
+                    side.quiet = conn.silent_for(now) > QUIET;
+                    conn.seen(now);
+                }
             }
         }
+        drop(side);
+        end(&worker, &conn);
     }
 }
 #[cfg(test)]
@@ -370,16 +385,17 @@ mod tests {
     use crate::connection::Conn;
 
     /// What every idle connection holds stays within the allocator's size classes it
-    /// was fitted to (mimalloc: 96 and 160 bytes, an `Rc` adding 16): one field more
-    /// and each connection costs the next class up (+16 and +32 bytes). Grow them only
-    /// with the idle bench rerun (README "Idle connections").
+    /// was fitted to (mimalloc: 160 bytes for `Conn` with its `Rc`'s 16, 192 for the
+    /// session task with monoio's 48-byte task header and trailer): one field more
+    /// and each connection costs the next class up (+32 bytes). Grow them only with
+    /// the idle bench rerun (README "Idle connections").
     #[test]
     fn idle_connection_parts_fit_their_size_classes() {
-        assert!(
-            size_of::<super::ReadSide>() <= 96,
-            "ReadSide is {} bytes",
-            size_of::<super::ReadSide>()
-        );
+        fn future_size<A, B, C, F: Future>(_: fn(A, B, C) -> F) -> usize {
+            size_of::<F>()
+        }
+        let task = future_size(super::session);
+        assert!(task + 48 <= 192, "the session future is {task} bytes");
         assert!(
             size_of::<Conn>() + 16 <= 160,
             "Conn is {} bytes",
