@@ -6,7 +6,6 @@
 
 use std::net::SocketAddr;
 use std::rc::Rc;
-use std::sync::Arc;
 
 use stellar_protocol::ErrorCode;
 use stellar_protocol::event::reserved;
@@ -69,7 +68,7 @@ pub fn authenticate(worker: &Worker, request: &Request) -> Result<Option<AuthUse
 /// Whether `conn` may join `room`: the `authorize_join` hook, else the user's grant when
 /// auth is on, else yes.
 pub fn may_join(worker: &Worker, conn: &Conn, room: &str) -> bool {
-    let user = conn.user.borrow();
+    let user = conn.user();
     if let Some(hook) = &worker.handlers().authorize_join {
         return hook(&conn.client_info(), user.as_deref(), room);
     }
@@ -95,18 +94,7 @@ pub fn register(
         return Err(Refusal::TooManyFromIp);
     }
     let id = worker.next_id();
-    let conn = Rc::new(
-        Conn::new(
-            id,
-            proto,
-            remote,
-            fd,
-            config.max_backpressure,
-            config.slow_consumer,
-            Arc::clone(&worker.stats),
-        )
-        .with_auth(is_auth_on(worker), user),
-    );
+    let conn = Rc::new(Conn::new(id, proto, remote, fd).with_auth(is_auth_on(worker), user));
     worker.add_conn(&conn);
     if let Some(mut dir) = shared.dirs.lock(worker.index) {
         dir.clients.insert(id);

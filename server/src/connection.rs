@@ -9,7 +9,7 @@
 //! slow-consumer policy closes or drops, so one slow reader never holds more than
 //! `max_backpressure` plus one frame, nor slows the room (SPEC §3.3).
 
-use std::cell::{Cell, RefCell};
+use std::cell::{Cell, Ref, RefCell, RefMut};
 use std::net::{IpAddr, SocketAddr};
 use std::os::fd::RawFd;
 use std::rc::Rc;
@@ -30,21 +30,50 @@ use crate::compression;
 use crate::config::SlowConsumerPolicy;
 use crate::mesh::ClientId;
 use crate::outbound::{Outbound, Proto, Wire};
+use crate::rate_limit::Buckets;
 use crate::stats::WorkerStats;
 use crate::write_queue::{Batch, Next, WriteQueue};
 
-std::thread_local! {
-    /// `close_timeout` of this worker's configuration: how long a closing connection
-    /// may take to get its close out (behind a write in flight, for a slow consumer)
-    /// and finish the close handshake before its socket is shut down under it. Per
-    /// thread, as every connection of a worker lives on its thread; set by the worker
-    /// at start and on each configuration change.
-    static CLOSE_GRACE: Cell<Duration> = const { Cell::new(Duration::from_secs(2)) };
+/// What every connection of a worker shares, held once per thread instead of once per
+/// connection (every connection of a worker lives on its thread). The worker sets it
+/// at start and on each configuration change; on other threads (tests) it holds the
+/// configuration's defaults and no stats.
+struct Shared {
+    /// `close_timeout`: how long a closing connection may take to get its close out
+    /// (behind a write in flight, for a slow consumer) and finish the close handshake
+    /// before its socket is shut down under it.
+    close_grace: Cell<Duration>,
+    /// `max_backpressure` and `slow_consumer` (SPEC §3.3).
+    max_backpressure: Cell<usize>,
+    policy: Cell<SlowConsumerPolicy>,
+    /// Where writers count the bytes and writes they make.
+    stats: RefCell<Option<Arc<WorkerStats>>>,
 }
 
-/// Sets this thread's close grace (see `CLOSE_GRACE`).
-pub fn set_close_grace(grace: Duration) {
-    CLOSE_GRACE.set(grace);
+std::thread_local! {
+    static SHARED: Shared = {
+        let defaults = crate::config::Config::default();
+        Shared {
+            close_grace: Cell::new(defaults.close_timeout),
+            max_backpressure: Cell::new(defaults.max_backpressure),
+            policy: Cell::new(defaults.slow_consumer),
+            stats: RefCell::new(None),
+        }
+    };
+}
+
+/// Applies `config` to every connection of this thread's worker.
+pub fn configure(config: &crate::config::Config) {
+    SHARED.with(|s| {
+        s.close_grace.set(config.close_timeout);
+        s.max_backpressure.set(config.max_backpressure);
+        s.policy.set(config.slow_consumer);
+    });
+}
+
+/// Makes `stats` where this thread's writers count.
+pub fn count_into(stats: Arc<WorkerStats>) {
+    SHARED.with(|s| *s.stats.borrow_mut() = Some(stats));
 }
 
 /// `at` in whole milliseconds since this process first asked.
@@ -91,8 +120,6 @@ pub struct Conn {
     /// [`process_clock`] (8 bytes where an `Instant` takes 16).
     last_seen: Cell<u64>,
     queue: RefCell<WriteQueue>,
-    max_backpressure: Cell<usize>,
-    policy: Cell<SlowConsumerPolicy>,
     fd: RawFd,
     /// Socket halves still held (by the reader, and by the writer task or parked
     /// here); the fd is open while this is above zero.
@@ -101,29 +128,28 @@ pub struct Conn {
     /// are queued and parks the half here again once the queue is empty, so an idle
     /// connection costs no task.
     socket: Cell<Option<OwnedWriteHalf<Socket>>>,
-    stats: Arc<WorkerStats>,
-    /// Rate-limit buckets, touched only by the owning worker; allocated at the first
-    /// message, so an idle connection carries only a pointer.
-    pub(crate) buckets: RefCell<Option<Box<crate::rate_limit::Buckets>>>,
     /// Whether this client must authenticate before anything but `auth` and `ping`.
     pub(crate) auth_required: bool,
     /// The window (bits) frames to this client are compressed with; 0 when it did not
     /// agree on permessage-deflate (`compression.rs`). Set once, right after the upgrade.
     deflate_bits: Cell<u8>,
+    /// The user and the rate-limit buckets, made when the first of them is needed, so
+    /// a connection with neither carries only a pointer.
+    extra: RefCell<Option<Box<Extra>>>,
+}
+
+/// What only some connections have.
+#[derive(Default)]
+struct Extra {
     /// The authenticated user, once known.
-    pub(crate) user: RefCell<Option<Box<AuthUser>>>,
+    user: Option<Box<AuthUser>>,
+    /// Rate-limit buckets, touched only by the owning worker; made at the first
+    /// message under a limit.
+    buckets: Option<Box<Buckets>>,
 }
 
 impl Conn {
-    pub fn new(
-        id: ClientId,
-        proto: Proto,
-        remote: SocketAddr,
-        fd: RawFd,
-        max_backpressure: usize,
-        policy: SlowConsumerPolicy,
-        stats: Arc<WorkerStats>,
-    ) -> Self {
+    pub fn new(id: ClientId, proto: Proto, remote: SocketAddr, fd: RawFd) -> Self {
         let connected_at = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as u64);
@@ -135,16 +161,12 @@ impl Conn {
             connected_at,
             last_seen: Cell::new(process_clock(Instant::now())),
             queue: RefCell::default(),
-            max_backpressure: Cell::new(max_backpressure),
-            policy: Cell::new(policy),
             fd,
             open_halves: Cell::new(2),
             socket: Cell::new(None),
-            stats,
-            buckets: RefCell::default(),
             auth_required: false,
             deflate_bits: Cell::new(0),
-            user: RefCell::new(None),
+            extra: RefCell::new(None),
         }
     }
 
@@ -161,8 +183,27 @@ impl Conn {
     /// Requires authentication, with `user` already known from the upgrade or not.
     pub fn with_auth(mut self, required: bool, user: Option<AuthUser>) -> Self {
         self.auth_required = required;
-        *self.user.get_mut() = user.map(Box::new);
+        if let Some(user) = user {
+            self.extra.get_mut().get_or_insert_default().user = Some(Box::new(user));
+        }
         self
+    }
+
+    /// The authenticated user, if any.
+    pub fn user(&self) -> Option<Ref<'_, AuthUser>> {
+        Ref::filter_map(self.extra.borrow(), |e| e.as_ref()?.user.as_deref()).ok()
+    }
+
+    /// Records the user this client authenticated as.
+    pub fn set_user(&self, user: AuthUser) {
+        self.extra.borrow_mut().get_or_insert_default().user = Some(Box::new(user));
+    }
+
+    /// This client's rate-limit buckets, made at the first call.
+    pub fn buckets(&self) -> RefMut<'_, Buckets> {
+        RefMut::map(self.extra.borrow_mut(), |e| {
+            &mut **e.get_or_insert_default().buckets.get_or_insert_default()
+        })
     }
 
     /// Sends this client frames compressed with a `window_bits` window
@@ -207,7 +248,7 @@ impl Conn {
 
     /// Whether the client may do more than authenticate.
     pub fn is_authenticated(&self) -> bool {
-        !self.auth_required || self.user.borrow().is_some()
+        !self.auth_required || self.user().is_some()
     }
 
     /// The peer's address.
@@ -217,7 +258,7 @@ impl Conn {
 
     /// The authenticated user's id, if any.
     pub fn user_id(&self) -> Option<String> {
-        self.user.borrow().as_ref().map(|u| u.id.clone())
+        self.user().map(|u| u.id.clone())
     }
 
     /// The client as hooks and handlers see it, with its current user id.
@@ -254,11 +295,6 @@ impl Conn {
         self.queue.borrow_mut().set_head(head);
     }
 
-    pub fn set_limits(&self, max_backpressure: usize, policy: SlowConsumerPolicy) {
-        self.max_backpressure.set(max_backpressure);
-        self.policy.set(policy);
-    }
-
     /// Queues one frame, applying the slow-consumer policy.
     pub fn send(self: &Rc<Self>, frame: Bytes, stats: &WorkerStats) -> Queued {
         self.send_shared(&frame, stats)
@@ -270,9 +306,10 @@ impl Conn {
         if q.is_closing() || q.is_finished() {
             return Queued::Closed;
         }
-        if q.backlog() >= self.max_backpressure.get() {
+        let (limit, policy) = SHARED.with(|s| (s.max_backpressure.get(), s.policy.get()));
+        if q.backlog() >= limit {
             drop(q);
-            return match self.policy.get() {
+            return match policy {
                 SlowConsumerPolicy::Drop => {
                     stats.slow_consumer_drops.add(1);
                     Queued::Dropped
@@ -392,7 +429,7 @@ impl Conn {
         self.start_writer();
         let conn = Rc::clone(self);
         monoio::spawn(async move {
-            monoio::time::sleep(CLOSE_GRACE.get()).await;
+            monoio::time::sleep(SHARED.with(|s| s.close_grace.get())).await;
             conn.kill();
         });
     }
@@ -436,6 +473,7 @@ impl Conn {
 /// the connection when the queue is empty, or half-closes it once the queue is closed
 /// and drained.
 async fn write_loop(conn: Rc<Conn>, mut socket: OwnedWriteHalf<Socket>) {
+    let stats = SHARED.with(|s| s.stats.borrow().clone());
     let mut batch = Batch::default();
     loop {
         let next = conn.queue.borrow_mut().take_batch(&mut batch);
@@ -454,8 +492,10 @@ async fn write_loop(conn: Rc<Conn>, mut socket: OwnedWriteHalf<Socket>) {
             conn.kill();
             break;
         };
-        conn.stats.bytes_out.add(len as u64);
-        conn.stats.socket_writes.add(1);
+        if let Some(stats) = &stats {
+            stats.bytes_out.add(len as u64);
+            stats.socket_writes.add(1);
+        }
     }
     let _ = socket.shutdown().await;
     conn.release_half();

@@ -106,7 +106,7 @@ impl<'a> Ctx<'a> {
 
     /// The authenticated user and claims, if any.
     pub fn user(&self) -> Option<AuthUser> {
-        self.conn.and_then(|c| c.user.borrow().as_deref().cloned())
+        self.conn.and_then(|c| c.user().map(|u| u.clone()))
     }
 
     /// Sends `event` to this client.

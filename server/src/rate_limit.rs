@@ -6,7 +6,7 @@
 //! worker through the mesh, so checking a message takes no lock. Buckets live in the
 //! connection and are touched only by its worker.
 
-use std::cell::{Ref, RefCell};
+use std::cell::{Ref, RefCell, RefMut};
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -80,24 +80,19 @@ impl Limiter {
         table.applies(global).then_some((table, global))
     }
 
-    /// Whether client `id` (its buckets in `buckets`) may send one more `event`.
-    pub fn allow<C: std::ops::Deref<Target = str>>(
+    /// Whether client `id` may send one more `event`; `buckets` gives its buckets,
+    /// asked for only when a limit is in force (they are made at the first ask).
+    pub fn allow<'a, C: std::ops::Deref<Target = str>>(
         &self,
         config: &Config,
-        buckets: &RefCell<Option<Box<Buckets>>>,
+        buckets: impl FnOnce() -> RefMut<'a, Buckets>,
         id: impl FnOnce() -> C,
         event: &str,
     ) -> bool {
         let Some((table, global)) = self.in_force(config) else {
             return true;
         };
-        buckets.borrow_mut().get_or_insert_with(Box::default).allow(
-            id,
-            event,
-            &table,
-            global,
-            Instant::now(),
-        )
+        buckets().allow(id, event, &table, global, Instant::now())
     }
 
     /// Whether the HTTP caller at `ip` may call action `name` once more.

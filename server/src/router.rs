@@ -370,7 +370,7 @@ fn authenticate(worker: &Rc<Worker>, conn: &Rc<Conn>, data: Option<&str>) -> Flo
         Ok(user) => {
             let first = !conn.is_authenticated();
             let data = json!({ "userId": user.id }).to_string();
-            *conn.user.borrow_mut() = Some(Box::new(user));
+            conn.set_user(user);
             conn.emit_raw(&reserved::AUTH_SUCCESS, &data, &worker.stats);
             if first && conn.proto == Proto::Ws {
                 send_welcome(worker, conn);

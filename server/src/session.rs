@@ -385,7 +385,7 @@ mod tests {
     use crate::connection::Conn;
 
     /// What every idle connection holds stays within the allocator's size classes it
-    /// was fitted to (mimalloc: 160 bytes for `Conn` with its `Rc`'s 16, 192 for the
+    /// was fitted to (mimalloc: 128 bytes for `Conn` with its `Rc`'s 16, 192 for the
     /// session task with monoio's 48-byte task header and trailer): one field more
     /// and each connection costs the next class up (+32 bytes). Grow them only with
     /// the idle bench rerun (README "Idle connections").
@@ -397,7 +397,7 @@ mod tests {
         let task = future_size(super::session);
         assert!(task + 48 <= 192, "the session future is {task} bytes");
         assert!(
-            size_of::<Conn>() + 16 <= 160,
+            size_of::<Conn>() + 16 <= 128,
             "Conn is {} bytes",
             size_of::<Conn>()
         );

@@ -54,7 +54,8 @@ impl Worker {
             shared.cluster.clone(),
         );
         let config = shared.config();
-        crate::connection::set_close_grace(config.close_timeout);
+        crate::connection::configure(&config);
+        crate::connection::count_into(Arc::clone(&stats));
         crate::compression::configure(&config);
         Rc::new(Self {
             index,
@@ -76,11 +77,8 @@ impl Worker {
 
     /// Applies a configuration changed at run time to the worker and its connections.
     pub fn set_config(&self, config: Arc<Config>) {
-        crate::connection::set_close_grace(config.close_timeout);
+        crate::connection::configure(&config);
         crate::compression::configure(&config);
-        for conn in self.conns.borrow().values() {
-            conn.set_limits(config.max_backpressure, config.slow_consumer);
-        }
         *self.config.borrow_mut() = config;
     }
 
@@ -100,7 +98,7 @@ impl Worker {
     pub fn allow(&self, conn: &Conn, event: &str) -> bool {
         let config = self.config.borrow();
         self.limiter
-            .allow(&config, &conn.buckets, || conn.id.text(), event)
+            .allow(&config, || conn.buckets(), || conn.id.text(), event)
     }
 
     /// Whether the HTTP caller at `ip` may call action `name` once more.

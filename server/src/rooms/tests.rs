@@ -8,7 +8,6 @@ use std::collections::{BTreeMap, BTreeSet};
 use proptest::prelude::*;
 
 use super::*;
-use crate::config::SlowConsumerPolicy;
 use crate::outbound::Proto;
 
 const WORKERS: usize = 3;
@@ -171,9 +170,6 @@ fn conn(worker: usize, seq: u64) -> Rc<Conn> {
         Proto::Ws,
         "127.0.0.1:1".parse().unwrap(),
         -1,
-        1 << 20,
-        SlowConsumerPolicy::Close,
-        Arc::new(WorkerStats::default()),
     ))
 }
 
