@@ -38,7 +38,7 @@ use crate::write_queue::{Batch, Next, WriteQueue};
 /// connection (every connection of a worker lives on its thread). The worker sets it
 /// at start and on each configuration change; on other threads (tests) it holds the
 /// configuration's defaults and no stats.
-struct Shared {
+struct PerWorker {
     /// `close_timeout`: how long a closing connection may take to get its close out
     /// (behind a write in flight, for a slow consumer) and finish the close handshake
     /// before its socket is shut down under it.
@@ -51,9 +51,9 @@ struct Shared {
 }
 
 std::thread_local! {
-    static SHARED: Shared = {
+    static PER_WORKER: PerWorker = {
         let defaults = crate::config::Config::default();
-        Shared {
+        PerWorker {
             close_grace: Cell::new(defaults.close_timeout),
             max_backpressure: Cell::new(defaults.max_backpressure),
             policy: Cell::new(defaults.slow_consumer),
@@ -64,7 +64,7 @@ std::thread_local! {
 
 /// Applies `config` to every connection of this thread's worker.
 pub fn configure(config: &crate::config::Config) {
-    SHARED.with(|s| {
+    PER_WORKER.with(|s| {
         s.close_grace.set(config.close_timeout);
         s.max_backpressure.set(config.max_backpressure);
         s.policy.set(config.slow_consumer);
@@ -73,7 +73,7 @@ pub fn configure(config: &crate::config::Config) {
 
 /// Makes `stats` where this thread's writers count.
 pub fn count_into(stats: Arc<WorkerStats>) {
-    SHARED.with(|s| *s.stats.borrow_mut() = Some(stats));
+    PER_WORKER.with(|s| *s.stats.borrow_mut() = Some(stats));
 }
 
 /// `at` in whole milliseconds since this process first asked.
@@ -306,7 +306,7 @@ impl Conn {
         if q.is_closing() || q.is_finished() {
             return Queued::Closed;
         }
-        let (limit, policy) = SHARED.with(|s| (s.max_backpressure.get(), s.policy.get()));
+        let (limit, policy) = PER_WORKER.with(|s| (s.max_backpressure.get(), s.policy.get()));
         if q.backlog() >= limit {
             drop(q);
             return match policy {
@@ -429,7 +429,7 @@ impl Conn {
         self.start_writer();
         let conn = Rc::clone(self);
         monoio::spawn(async move {
-            monoio::time::sleep(SHARED.with(|s| s.close_grace.get())).await;
+            monoio::time::sleep(PER_WORKER.with(|s| s.close_grace.get())).await;
             conn.kill();
         });
     }
@@ -473,7 +473,7 @@ impl Conn {
 /// the connection when the queue is empty, or half-closes it once the queue is closed
 /// and drained.
 async fn write_loop(conn: Rc<Conn>, mut socket: OwnedWriteHalf<Socket>) {
-    let stats = SHARED.with(|s| s.stats.borrow().clone());
+    let stats = PER_WORKER.with(|s| s.stats.borrow().clone());
     let mut batch = Batch::default();
     loop {
         let next = conn.queue.borrow_mut().take_batch(&mut batch);
