@@ -97,7 +97,7 @@ pub fn register(
     let conn = Rc::new(Conn::new(id, proto, remote, fd).with_auth(is_auth_on(worker), user));
     worker.add_conn(&conn);
     if let Some(mut dir) = shared.dirs.lock(worker.index) {
-        dir.clients.insert(id);
+        dir.clients.insert(id.seq);
     }
     let stats = &worker.stats;
     stats.total_connections.add(1);
@@ -115,7 +115,7 @@ pub fn unregister(worker: &Rc<Worker>, conn: &Rc<Conn>) {
     worker.remove_conn(conn);
     let shared = &worker.shared;
     if let Some(mut dir) = shared.dirs.lock(worker.index) {
-        dir.clients.remove(&conn.id);
+        dir.clients.remove(&conn.id.seq);
     }
     shared.release_admission();
     shared.release_ip(conn.remote().ip());

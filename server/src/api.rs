@@ -459,7 +459,7 @@ impl ServerHandle {
         }
         self.0
             .dirs
-            .clients(None)
+            .clients(self.0.node())
             .iter()
             .map(ToString::to_string)
             .collect()

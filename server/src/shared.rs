@@ -184,7 +184,7 @@ impl Shared {
 
     /// The members of `room` on every worker and every node.
     pub(crate) fn room_members(&self, room: &str) -> Vec<crate::mesh::ClientId> {
-        let mut members = self.dirs.clients(Some(room));
+        let mut members = self.dirs.members(room);
         if let Some(cluster) = &self.cluster {
             members.extend(cluster.remote_members(room));
             members.sort_unstable();

@@ -231,3 +231,18 @@ fn limits_refuse_joins() {
         "an existing room"
     );
 }
+
+#[test]
+fn the_directory_names_each_client_by_node_worker_and_seq() {
+    let dirs = Directories::new(2);
+    dirs.lock(0).unwrap().clients.insert(5);
+    dirs.lock(1).unwrap().clients.insert(3);
+    let id = |worker, seq| ClientId {
+        node: 7,
+        worker,
+        seq,
+    };
+    assert_eq!(dirs.clients(7), vec![id(0, 5), id(1, 3)]);
+    dirs.lock(1).unwrap().clients.remove(&3);
+    assert_eq!(dirs.clients(7), vec![id(0, 5)]);
+}
