@@ -409,26 +409,27 @@ impl Directories {
 
     /// Every client of this node (`node` is its id), across workers.
     pub fn clients(&self, node: u32) -> Vec<ClientId> {
-        let mut out = Vec::new();
-        for worker in 0..self.0.len() {
-            if let Some(dir) = self.lock(worker) {
-                out.extend(dir.clients.iter().map(|&seq| ClientId {
-                    node,
-                    worker: worker as u16,
-                    seq,
-                }));
-            }
-        }
-        out.sort_unstable();
-        out
+        self.gather(|worker, dir, out| {
+            out.extend(
+                dir.clients
+                    .iter()
+                    .map(|&seq| ClientId { node, worker, seq }),
+            );
+        })
     }
 
     /// The members of `room` on this node, across workers.
     pub fn members(&self, room: &str) -> Vec<ClientId> {
+        self.gather(|_, dir, out| out.extend(dir.rooms.get(room).into_iter().flatten().copied()))
+    }
+
+    /// The ids `add` takes from each worker's directory (given the worker's index),
+    /// sorted.
+    fn gather(&self, add: impl Fn(u16, &Directory, &mut Vec<ClientId>)) -> Vec<ClientId> {
         let mut out = Vec::new();
         for worker in 0..self.0.len() {
             if let Some(dir) = self.lock(worker) {
-                out.extend(dir.rooms.get(room).into_iter().flatten().copied());
+                add(worker as u16, &dir, &mut out);
             }
         }
         out.sort_unstable();
