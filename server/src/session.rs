@@ -33,16 +33,38 @@ use crate::stats::WorkerStats;
 use crate::tls::{self, Socket};
 use crate::worker::Worker;
 
-/// Bytes asked of the kernel per read while a connection is busy (its last read filled
-/// the buffer).
+/// The largest read: what is asked of the kernel while a connection is busy (its last
+/// read filled the buffer) or has part of a frame buffered.
 const READ_CHUNK: usize = 16 * 1024;
-/// The read buffer of a connection that is not busy. It holds a client's usual batch
-/// (several small messages written together) whole, so their replies and relays go out
-/// in one write: at 128 B a batch of four 100-byte acks was read and answered one
-/// request first, the rest after, and every round trip cost twice the packets
-/// (`results/bench/read-ab-tcp.md`: 1.57x the server CPU). With io_uring the buffer is
-/// lent to the kernel while the read is pending; a quiet connection holds none.
+/// The smallest read buffer, that of a connection whose last read was small. It holds a
+/// client's usual batch (several small messages written together) whole, so their
+/// replies and relays go out in one write: at 128 B a batch of four 100-byte acks was
+/// read and answered one request first, the rest after, and every round trip cost twice
+/// the packets (`results/bench/read-ab-tcp.md`: 1.57x the server CPU). With io_uring the
+/// buffer is lent to the kernel while the read is pending; a quiet connection holds none.
 const FIRST_READ: usize = 2048;
+
+/// The buffer for a connection's next read after one left `read` bytes in a `len`-byte
+/// buffer: [`READ_CHUNK`] when it filled the buffer (more is likely waiting), else twice
+/// what is there, to a power of two, but not under half of `len`, from [`FIRST_READ`] up.
+///
+/// A client that writes in bursts (a publisher with many messages in flight) then has
+/// each burst read whole, so its relays leave in one write to each member, not two.
+/// With a fixed 2 KiB, a 3 KiB burst was read 2 KiB in one loop turn and the rest in
+/// the next, and the closed-loop broadcast sent 37 packets per 1 000 deliveries instead
+/// of 25 (`results/bench/broadcast-window-read-ab.md`). Halving at most once per read
+/// keeps the size through the small read that takes such a split burst's tail; a client
+/// whose reads stay small is back at `FIRST_READ` after three.
+fn next_read(len: usize, read: usize) -> usize {
+    if read >= len {
+        return READ_CHUNK;
+    }
+    read.saturating_mul(2)
+        .next_power_of_two()
+        .max(len / 2)
+        .clamp(FIRST_READ, READ_CHUNK)
+}
+
 /// A connection whose last two reads were further apart than this is quiet: it waits for
 /// its next bytes on readiness alone, with no buffer lent to the kernel, and is given
 /// one once they are there. That costs one more request per read, nothing for a client
@@ -56,10 +78,19 @@ struct ReadSide {
     decoder: Decoder,
     /// Where the socket waits while quiet (`idle`).
     watch: idle::Watch,
-    /// The last read filled its buffer.
-    busy: bool,
-    /// The last two reads were more than [`QUIET`] apart (or there was none yet).
+    /// The size of the next read's buffer when nothing is buffered ([`next_read`]), in
+    /// KiB.
+    next_kib: u8,
+    /// The last two reads were more than [`QUIET`] apart (or there was none yet), and
+    /// the last did not fill its buffer.
     quiet: bool,
+}
+
+impl ReadSide {
+    /// The buffer for the next read when nothing is buffered.
+    fn next_len(&self) -> usize {
+        usize::from(self.next_kib) * 1024
+    }
 }
 
 /// Reads once into the spare capacity of `buf`, after the bytes it holds. (monoio's
@@ -276,7 +307,7 @@ fn start(
         buf: leftover,
         decoder,
         watch,
-        busy: false,
+        next_kib: (FIRST_READ / 1024) as u8,
         quiet: true,
     };
     monoio::spawn(session(worker, conn, side));
@@ -346,15 +377,14 @@ fn session(worker: Rc<Worker>, conn: Rc<Conn>, mut side: ReadSide) -> impl Futur
             if !open {
                 side.buf.clear();
             }
-            // A quiet connection waits with no buffer, others on a small one; a full
-            // chunk is offered while the last read filled its buffer (more is likely
-            // waiting).
-            if side.buf.is_empty() && !side.busy {
+            // A quiet connection waits with no buffer, then reads like the others: into
+            // a buffer sized by its last reads (`next_read`).
+            if side.buf.is_empty() {
                 if side.quiet && open {
                     side.buf = BytesMut::new();
                     side.watch.readable().await;
                 }
-                side.buf = BytesMut::with_capacity(FIRST_READ);
+                side.buf = BytesMut::with_capacity(side.next_len());
             } else {
                 side.buf.reserve(READ_CHUNK);
             }
@@ -367,11 +397,12 @@ fn session(worker: Rc<Worker>, conn: Rc<Conn>, mut side: ReadSide) -> impl Futur
                 Ok(0) | Err(_) => break,
                 Ok(n) => {
                     // The read is made into the buffer's spare capacity, so a read that
-                    // filled it leaves it full.
-                    side.busy = side.buf.len() == side.buf.capacity();
+                    // filled it leaves it full, and more is likely waiting.
+                    let (len, read) = (side.buf.capacity(), side.buf.len());
+                    side.next_kib = (next_read(len, read) / 1024) as u8;
                     worker.stats.bytes_in.add(n as u64);
                     let now = Instant::now();
-                    side.quiet = conn.silent_for(now) > QUIET;
+                    side.quiet = read < len && conn.silent_for(now) > QUIET;
                     conn.seen(now);
                 }
             }
@@ -382,7 +413,30 @@ fn session(worker: Rc<Worker>, conn: Rc<Conn>, mut side: ReadSide) -> impl Futur
 }
 #[cfg(test)]
 mod tests {
+    use super::{FIRST_READ, READ_CHUNK, next_read};
     use crate::connection::Conn;
+
+    #[test]
+    fn reads_grow_to_a_burst_and_shrink_back_by_halves() {
+        const K: usize = 1024;
+        // A read that filled its buffer: the most next time.
+        assert_eq!(next_read(FIRST_READ, FIRST_READ), READ_CHUNK);
+        // Small reads keep the small buffer.
+        assert_eq!(next_read(FIRST_READ, 100), FIRST_READ);
+        // A burst's tail (the rest of a split 3 KiB) keeps room for the next burst.
+        assert_eq!(next_read(READ_CHUNK, K), 8 * K);
+        assert_eq!(next_read(8 * K, 3 * K), 8 * K);
+        // Twice what came, to a power of two: 5 KiB wants 16.
+        assert_eq!(next_read(8 * K, 5 * K), READ_CHUNK);
+        // Quiet again: back to the small buffer by halves.
+        let sizes: Vec<usize> = std::iter::successors(Some(READ_CHUNK), |&len| {
+            (len > FIRST_READ).then(|| next_read(len, 10))
+        })
+        .collect();
+        assert_eq!(sizes, [READ_CHUNK, 8 * K, 4 * K, FIRST_READ]);
+        // A buffer grown past the chunk for a large frame's rest comes back within it.
+        assert_eq!(next_read(64 * K, 40 * K), READ_CHUNK);
+    }
 
     /// What every idle connection holds stays within the allocator's size classes it
     /// was fitted to (mimalloc: 128 bytes for `Conn` with its `Rc`'s 16, 192 for the

@@ -268,3 +268,66 @@ fn regression_frames_split_across_reads_are_reassembled() {
         .join()
         .expect("every message arrives whole and in order");
 }
+
+/// A burst of messages written at once is read whole and relayed in one write to each
+/// member. The read buffer follows the bursts a client sends (`session.rs`,
+/// `next_read`): with a fixed 2 KiB one, every 4 KiB burst was read in two loop turns
+/// and its relays left in two writes, twice the packets.
+fn a_burst_is_relayed_in_one_write(driver: Driver) {
+    let s = TestServer::with(config(1, driver));
+    let mut member = s.ws();
+    member.join("burst");
+    let mut publisher = s.ws();
+    publisher.join("burst");
+    let pad = "x".repeat(64);
+    let mut burst = |round: u32| {
+        for seq in 0..40 {
+            let data = json!({"round": round, "seq": seq, "pad": pad});
+            let text = json!({"event": "tick", "room": "burst", "data": data});
+            publisher
+                .ws
+                .write(Message::text(text.to_string()))
+                .expect("buffered");
+        }
+        // One write of about 4.4 KiB: more than the first read's 2 KiB.
+        publisher.ws.flush().expect("written");
+        for seq in 0..40 {
+            assert_eq!(
+                member.recv_event("tick")["data"]["seq"],
+                seq,
+                "round {round}"
+            );
+        }
+    };
+    // The server's count of completed writes, once it stops moving (a write is counted
+    // when it completes, which may be just after the member has read it).
+    let writes = || {
+        let mut last = s.handle.stats().socket_writes;
+        loop {
+            std::thread::sleep(std::time::Duration::from_millis(50));
+            let now = s.handle.stats().socket_writes;
+            if now == last {
+                return now;
+            }
+            last = now;
+        }
+    };
+    // The first burst teaches the publisher's read its size.
+    burst(0);
+    let before = writes();
+    burst(1);
+    member.send(json!({"event": "ping"}));
+    member.recv_event("pong");
+    // The burst's relays and the pong.
+    assert_eq!(writes() - before, 2, "the burst's relays left in one write");
+}
+
+#[test]
+fn a_burst_is_relayed_in_one_write_on_uring() {
+    a_burst_is_relayed_in_one_write(Driver::Uring);
+}
+
+#[test]
+fn a_burst_is_relayed_in_one_write_on_epoll() {
+    a_burst_is_relayed_in_one_write(Driver::Epoll);
+}
