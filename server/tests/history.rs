@@ -20,11 +20,16 @@ fn history_config(size: usize) -> Config {
     }
 }
 
-/// Sends `n` room events `m` numbered from `from` from `sender`.
+/// Sends `n` room events `m` numbered from `from` from `sender`, and returns once the
+/// server has routed them (the pong to a ping sent after them comes after them): they
+/// are in the room's history before anyone joins or recovers. Without it a client on
+/// the other worker could join first (seen once under the full suite's load).
 fn publish(sender: &mut Client, room: &str, from: u64, n: u64) {
     for i in from..from + n {
         sender.send(json!({"event": "m", "room": room, "data": i}));
     }
+    sender.send(json!({"event": "ping"}));
+    sender.recv_event("pong");
 }
 
 /// Reads `n` room events `m`, returning their (data, offset), checking one epoch.
