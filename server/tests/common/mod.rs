@@ -289,3 +289,30 @@ pub fn clients_on_every_worker(server: &TestServer, workers: usize, count: usize
     }
     clients
 }
+
+/// Segments with data this socket has received so far (the kernel's `tcp_info`): on
+/// loopback, one per write the server made to it (of up to 64 KiB).
+pub fn data_segments_in(stream: &TcpStream) -> u32 {
+    use std::os::fd::AsRawFd;
+    let mut info = std::mem::MaybeUninit::<libc::tcp_info>::zeroed();
+    let mut len = size_of::<libc::tcp_info>() as libc::socklen_t;
+    // SAFETY: `info` is writable for `len` bytes, the kernel writes at most `len` bytes
+    // and sets `len` to what it wrote; the fd is an open TCP socket held by `stream`.
+    let rc = unsafe {
+        libc::getsockopt(
+            stream.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            info.as_mut_ptr().cast(),
+            &mut len,
+        )
+    };
+    assert_eq!(
+        rc,
+        0,
+        "getsockopt(TCP_INFO): {}",
+        std::io::Error::last_os_error()
+    );
+    // SAFETY: zero-initialised, then filled by the kernel; every field is an integer.
+    unsafe { info.assume_init() }.tcpi_data_segs_in
+}
