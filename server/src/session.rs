@@ -51,8 +51,8 @@ const FIRST_READ: usize = 2048;
 /// A client that writes in bursts (a publisher with many messages in flight) then has
 /// each burst read whole, so its relays leave in one write to each member, not two.
 /// With a fixed 2 KiB, a 3 KiB burst was read 2 KiB in one loop turn and the rest in
-/// the next, and the closed-loop broadcast sent 37 packets per 1 000 deliveries instead
-/// of 25 (`results/bench/broadcast-window-read-ab.md`). Halving at most once per read
+/// the next, and the closed-loop broadcast sent 39 packets per 1 000 deliveries instead
+/// of 27 (`results/bench/broadcast-window-read-ab.md`). Halving at most once per read
 /// keeps the size through the small read that takes such a split burst's tail; a client
 /// whose reads stay small is back at `FIRST_READ` after three.
 fn next_read(len: usize, read: usize) -> usize {
