@@ -145,3 +145,33 @@ test('the page loads the client from the binary as a classic script and as a mod
   await context.close();
   assert.deepEqual(problems, []);
 });
+
+test('a page on another origin calls actions over HTTP where allowed_origins lists it', async () => {
+  // The page is on `server`'s origin; the API servers are other origins (other ports).
+  const pageOrigin = server.http;
+  const listing = await Stellar.start(['--allowed-origins', pageOrigin]);
+  const elsewhere = await Stellar.start(['--allowed-origins', 'https://elsewhere.example']);
+  try {
+    const context = await browser.newContext();
+    const page = await context.newPage();
+    page.on('pageerror', (error) => problems.push(`cors page error: ${error.message}`));
+    await page.goto(`${pageOrigin}/stellar-client`);
+    const outcome = await page.evaluate(async ([listed, unlisted]) => {
+      const { default: StellarClient } = await import('/stellar-client.mjs');
+      // Not connected: action() takes the HTTP fallback, a credentialed cross-origin
+      // POST with a JSON body (so the browser sends a preflight first).
+      const call = (origin) => new StellarClient({ url: origin, reconnect: false })
+        .action('echo', { from: 'another origin' })
+        .then((data) => ({ data }), (error) => ({ error: error.message }));
+      return { listed: await call(listed), unlisted: await call(unlisted) };
+    }, [listing.http, elsewhere.http]);
+    assert.deepEqual(outcome.listed, { data: { from: 'another origin' } });
+    assert.ok(outcome.unlisted.error, `refused: ${JSON.stringify(outcome.unlisted)}`);
+    await context.close();
+  } finally {
+    await listing.kill();
+    await elsewhere.kill();
+  }
+  // The browser reports the refused call on the console; only page errors count here.
+  assert.deepEqual(problems.filter((p) => p.startsWith('cors')), []);
+});

@@ -31,7 +31,7 @@ const SYNC_PERIOD: Duration = Duration::from_secs(5);
 /// the session cookie for `GET /api/ws/token`.
 fn authenticate(secret: &str, request: &Request) -> Result<AuthUser, String> {
     if let Some(token) = auth::token_from(request) {
-        return auth::verify(secret, token).map_err(|e| e.to_string());
+        return auth::verify(secret, &token).map_err(|e| e.to_string());
     }
     let session = request.cookie("session").ok_or("no session cookie")?;
     let (_, user, rooms) = SESSIONS

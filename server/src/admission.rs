@@ -60,7 +60,7 @@ pub fn authenticate(worker: &Worker, request: &Request) -> Result<Option<AuthUse
         return Ok(None);
     };
     match auth::token_from(request) {
-        Some(token) => auth::verify(&secret, token).map(Some),
+        Some(token) => auth::verify(&secret, &token).map(Some),
         None => Ok(None),
     }
 }

@@ -8,6 +8,7 @@
 //! against the grant: the token's `rooms` claim (exact names or `prefix:*` patterns), or
 //! the library's `authorize_join` hook.
 
+use std::borrow::Cow;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
@@ -110,9 +111,9 @@ pub fn issue(secret: &str, user: &AuthUser, ttl_secs: u64) -> Result<String, Aut
     .map_err(|e| AuthError::Invalid(e.to_string()))
 }
 
-/// The token an upgrade request carries: `token` query parameter, then `Authorization:
-/// Bearer`, then the `token` cookie.
-pub fn token_from(request: &Request) -> Option<&str> {
+/// The token an upgrade request carries: `token` query parameter (percent-decoded),
+/// then `Authorization: Bearer`, then the `token` cookie.
+pub fn token_from(request: &Request) -> Option<Cow<'_, str>> {
     request
         .query_param("token")
         .filter(|t| !t.is_empty())
@@ -120,9 +121,9 @@ pub fn token_from(request: &Request) -> Option<&str> {
             request
                 .header("authorization")
                 .and_then(|h| h.strip_prefix("Bearer "))
-                .map(str::trim)
+                .map(|t| Cow::Borrowed(t.trim()))
         })
-        .or_else(|| request.cookie("token"))
+        .or_else(|| request.cookie("token").map(Cow::Borrowed))
 }
 
 #[cfg(test)]
@@ -222,15 +223,15 @@ mod tests {
         let limits = stellar_protocol::ws::handshake::HeadLimits::default();
         let parse = |text: &str| Request::parse(text.as_bytes(), &limits).unwrap().unwrap();
         assert_eq!(
-            token_from(&parse("GET /?token=q HTTP/1.1\r\n\r\n")),
-            Some("q")
+            token_from(&parse("GET /?token=q%2E1 HTTP/1.1\r\n\r\n")).as_deref(),
+            Some("q.1")
         );
         assert_eq!(
-            token_from(&parse("GET / HTTP/1.1\r\nAuthorization: Bearer h\r\n\r\n")),
+            token_from(&parse("GET / HTTP/1.1\r\nAuthorization: Bearer h\r\n\r\n")).as_deref(),
             Some("h")
         );
         assert_eq!(
-            token_from(&parse("GET / HTTP/1.1\r\nCookie: a=1; token=c\r\n\r\n")),
+            token_from(&parse("GET / HTTP/1.1\r\nCookie: a=1; token=c\r\n\r\n")).as_deref(),
             Some("c")
         );
         assert_eq!(token_from(&parse("GET / HTTP/1.1\r\n\r\n")), None);

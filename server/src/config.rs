@@ -195,7 +195,8 @@ options! {
     /// Messages shorter than this many bytes are sent uncompressed even to clients that
     /// negotiated compression.
     compression_threshold: usize = 128, flag usize;
-    /// Accepted `Origin`s, comma-separated; empty = any.
+    /// Browser `Origin`s served, on upgrades and plain HTTP (listed ones get CORS
+    /// headers), comma-separated; empty = any.
     allowed_origins: Vec<String> = Vec::new(), flag Vec<String>,
         arg(value_delimiter = ','), shown "any";
     /// Directory served at `/public/` and by the `file` verb.

@@ -17,6 +17,7 @@ use crate::assets;
 use crate::config::Config;
 use crate::ctx::Ctx;
 use crate::files;
+use crate::origin::{self, Verdict};
 use crate::worker::Worker;
 
 /// A response head for a body of `len` bytes.
@@ -66,10 +67,30 @@ pub async fn serve(
     mut body: BytesMut,
 ) {
     let config = worker.config();
+    let listed = match origin::for_http(&config.allowed_origins, request.header("origin")) {
+        Verdict::Refused => {
+            let error = json!({"error": {"code": ErrorCode::Forbidden.as_str(), "message": "origin not allowed"}});
+            let _ = stream
+                .write_all(json_response(403, "Forbidden", &error))
+                .await;
+            return;
+        }
+        Verdict::Listed(o) => Some(o),
+        Verdict::Served => None,
+    };
+    if request.method == "OPTIONS" {
+        let _ = stream.write_all(options(listed)).await;
+        return;
+    }
+    let cors = listed.map(origin::cors_headers);
+    let answer = |bytes: Bytes| match &cors {
+        Some(headers) => origin::with_headers(&bytes, headers),
+        None => bytes,
+    };
     if let Some(len) = request.content_length() {
         if len > config.max_payload {
             let _ = stream
-                .write_all(status_only(413, "Payload Too Large"))
+                .write_all(answer(status_only(413, "Payload Too Large")))
                 .await;
             return;
         }
@@ -85,32 +106,47 @@ pub async fn serve(
     if request.method == "GET"
         && let Some(path) = request.path.strip_prefix("/public/")
     {
-        return serve_public(&mut stream, config, path).await;
+        return serve_public(&mut stream, config, path, cors.as_deref()).await;
     }
     if matches!(request.method.as_str(), "GET" | "HEAD")
         && let Some(asset) = assets::find(&request.path, config.demo)
     {
-        let answer = asset.response(request.header("if-none-match"), request.method == "GET");
-        let _ = stream.write_all(answer).await;
+        let response = asset.response(request.header("if-none-match"), request.method == "GET");
+        let _ = stream.write_all(answer(response)).await;
         return;
     }
-    let answer = route(worker, remote, &request, &body);
-    let _ = stream.write_all(answer).await;
+    let response = route(worker, remote, &request, &body);
+    let _ = stream.write_all(answer(response)).await;
+}
+
+/// `OPTIONS`: a CORS preflight from a listed origin gets its headers; any other request
+/// gets the methods only, and a browser then refuses the cross-origin call.
+fn options(listed: Option<&str>) -> Bytes {
+    listed.map_or_else(
+        || {
+            Bytes::from_static(
+                b"HTTP/1.1 204 No Content\r\nAllow: GET, POST, HEAD, OPTIONS\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+            )
+        },
+        origin::preflight,
+    )
 }
 
 /// `GET /public/<path>`: 404 or 413, or the head with the file's length and then its
 /// body, streamed in chunks read off the loop.
-async fn serve_public(stream: &mut Socket, config: Arc<Config>, path: &str) {
+async fn serve_public(stream: &mut Socket, config: Arc<Config>, path: &str, cors: Option<&str>) {
+    let cors = cors.unwrap_or("");
     match files::open(config, path).await {
         Ok(file) => {
-            let head = head(200, "OK", file.mime, file.len);
-            if stream.write_all(head.into_bytes()).await.0.is_ok() {
+            let head = origin::with_headers(head(200, "OK", file.mime, file.len).as_bytes(), cors);
+            if stream.write_all(head).await.0.is_ok() {
                 let _ = file.send_body(stream).await;
             }
         }
         Err(e) => {
             let (status, reason) = e.status();
-            let _ = stream.write_all(status_only(status, reason)).await;
+            let answer = origin::with_headers(&status_only(status, reason), cors);
+            let _ = stream.write_all(answer).await;
         }
     }
 }
@@ -153,9 +189,9 @@ fn route(worker: &Rc<Worker>, remote: std::net::IpAddr, request: &Request, body:
     }
 }
 
-/// `POST /api/<action>` (JSON body) or `GET /api/<action>?k=v`: calls the `on_ack`
-/// handler of that name, under the same rate limits as WebSocket clients (keyed by the
-/// caller's address).
+/// `POST /api/<action>` (JSON body) or `GET /api/<action>?k=v` (each value a string,
+/// percent-decoded; the last of a repeated key wins): calls the `on_ack` handler of that
+/// name, under the same rate limits as WebSocket clients (keyed by the caller's address).
 fn action(
     worker: &Rc<Worker>,
     remote: std::net::IpAddr,
@@ -164,6 +200,12 @@ fn action(
     request: &Request,
     body: &[u8],
 ) -> Bytes {
+    // The name as a client may have escaped it (`chat%3Asend`); one that is not UTF-8
+    // once decoded is kept as sent, and fails the name rules below.
+    let name = percent_encoding::percent_decode_str(name)
+        .decode_utf8()
+        .unwrap_or(std::borrow::Cow::Borrowed(name));
+    let name = &*name;
     let event = match EventName::new(name) {
         Ok(event) => event,
         Err(e) => {
@@ -199,18 +241,10 @@ fn action(
             }
         }
     } else {
-        let pairs = request
-            .query
-            .as_deref()
-            .unwrap_or("")
-            .split('&')
-            .filter(|kv| !kv.is_empty());
         Value::Object(
-            pairs
-                .map(|kv| {
-                    let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
-                    (k.to_owned(), Value::String(v.to_owned()))
-                })
+            request
+                .query_pairs()
+                .map(|(k, v)| (k.into_owned(), Value::String(v.into_owned())))
                 .collect(),
         )
     };

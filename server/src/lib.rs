@@ -63,6 +63,7 @@ mod idle;
 mod inbound;
 mod inbox;
 mod mesh;
+mod origin;
 mod outbound;
 pub mod rate_limit;
 mod recovery;

@@ -27,6 +27,7 @@ use crate::compression;
 use crate::connection::{Conn, error_frame};
 use crate::http;
 use crate::idle;
+use crate::origin::{self, Verdict};
 use crate::outbound::Proto;
 use crate::router::{self, Decoder, Flow};
 use crate::stats::WorkerStats;
@@ -193,17 +194,11 @@ async fn handshake(
             return None;
         }
     };
-    if !config.allowed_origins.is_empty() {
-        let allowed = upgrade
-            .origin
-            .as_deref()
-            .is_some_and(|o| config.allowed_origins.iter().any(|a| a == o));
-        if !allowed {
-            let _ = stream
-                .write_all(reject(&HandshakeError::OriginNotAllowed))
-                .await;
-            return None;
-        }
+    if origin::for_upgrade(&config.allowed_origins, upgrade.origin.as_deref()) == Verdict::Refused {
+        let _ = stream
+            .write_all(reject(&HandshakeError::OriginNotAllowed))
+            .await;
+        return None;
     }
     let user = match admission::authenticate(worker, &request) {
         Ok(user) => user,

@@ -236,7 +236,7 @@ fn auth_hook_backs_upgrades_token_issuing_and_http_actions() {
                 }),
                 Some(_) => Err("bad api key".into()),
                 None => match req.query_param("token") {
-                    Some(t) => stellar_server::auth::verify(SECRET, t).map_err(|e| e.to_string()),
+                    Some(t) => stellar_server::auth::verify(SECRET, &t).map_err(|e| e.to_string()),
                     None => Err("missing credentials".into()),
                 },
             })

@@ -192,6 +192,120 @@ Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n
     assert_eq!(&head, b"HTTP/1.1 101");
 }
 
+/// `allowed_origins` also guards plain HTTP: a foreign page's request is refused before
+/// its action runs, a listed page gets CORS headers (and its preflight answered), and a
+/// request with no `Origin` (curl, a server) is served without them.
+#[test]
+fn http_from_a_foreign_origin_is_refused_and_a_listed_one_gets_cors_headers() {
+    let config = Config {
+        allowed_origins: vec!["https://game.example".into()],
+        ..config(1, Driver::Auto)
+    };
+    let calls = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = std::sync::Arc::clone(&calls);
+    let s = TestServer::start(Server::builder().config(config).on_ack("hit", move |_| {
+        counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Ok(json!("ok"))
+    }));
+    let port = s.handle.port();
+    let post = |origin: &str| {
+        http(
+            port,
+            &format!(
+                "POST /api/hit HTTP/1.1\r\nHost: x\r\n{origin}Content-Type: application/json\r\nContent-Length: 2\r\n\r\n{{}}"
+            ),
+        )
+    };
+    let head_of = |answer: &str| answer.split("\r\n\r\n").next().unwrap_or("").to_owned();
+    let cors = "Access-Control-Allow-Origin: https://game.example\r\n";
+
+    // A cross-site POST (a form or a fetch from another page) never reaches the handler.
+    let foreign = post("Origin: https://evil.example\r\n");
+    assert!(foreign.starts_with("HTTP/1.1 403"), "{foreign}");
+    assert!(foreign.contains(r#""code":"forbidden""#), "{foreign}");
+    assert!(
+        http(
+            port,
+            "GET /stats HTTP/1.1\r\nOrigin: https://evil.example\r\n\r\n"
+        )
+        .starts_with("HTTP/1.1 403")
+    );
+    assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 0);
+
+    // The listed origin: served, and allowed to read the answer with credentials.
+    let listed = post("Origin: https://game.example\r\n");
+    assert!(
+        listed.starts_with("HTTP/1.1 200") && listed.ends_with(r#"{"data":"ok"}"#),
+        "{listed}"
+    );
+    let head = head_of(&listed);
+    assert!(head.contains(cors), "{head}");
+    assert!(
+        head.contains("Access-Control-Allow-Credentials: true\r\n"),
+        "{head}"
+    );
+    assert!(head.contains("Vary: Origin"), "{head}");
+    let health = http(
+        port,
+        "GET /health HTTP/1.1\r\nOrigin: https://game.example\r\n\r\n",
+    );
+    assert!(
+        health.starts_with("HTTP/1.1 200") && head_of(&health).contains(cors),
+        "{health}"
+    );
+
+    // Its preflight: the methods and headers the client's action() fallback sends.
+    let preflight = http(
+        port,
+        "OPTIONS /api/hit HTTP/1.1\r\nOrigin: https://game.example\r\nAccess-Control-Request-Method: POST\r\n\
+         Access-Control-Request-Headers: content-type, authorization\r\n\r\n",
+    );
+    assert!(preflight.starts_with("HTTP/1.1 204"), "{preflight}");
+    for header in [
+        cors,
+        "Access-Control-Allow-Methods: GET, POST, OPTIONS\r\n",
+        "Access-Control-Allow-Headers: Content-Type, Authorization\r\n",
+    ] {
+        assert!(preflight.contains(header), "{header} in {preflight}");
+    }
+    let foreign_preflight = http(
+        port,
+        "OPTIONS /api/hit HTTP/1.1\r\nOrigin: https://evil.example\r\n\r\n",
+    );
+    assert!(
+        foreign_preflight.starts_with("HTTP/1.1 403"),
+        "{foreign_preflight}"
+    );
+
+    // No Origin: not a browser's cross-origin call; served, no CORS headers.
+    let plain = post("");
+    assert!(plain.starts_with("HTTP/1.1 200"), "{plain}");
+    assert!(!plain.contains("Access-Control-"), "{plain}");
+    assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 2);
+}
+
+/// With no `allowed_origins` every origin is served, and no answer carries CORS headers:
+/// a browser lets only same-origin pages read them.
+#[test]
+fn without_allowed_origins_http_is_served_with_no_cors_headers() {
+    let s = TestServer::with(config(1, Driver::Auto));
+    let port = s.handle.port();
+    let answer = http(
+        port,
+        "GET /health HTTP/1.1\r\nOrigin: https://any.example\r\n\r\n",
+    );
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(!answer.contains("Access-Control-"), "{answer}");
+    let options = http(
+        port,
+        "OPTIONS /api/echo HTTP/1.1\r\nOrigin: https://any.example\r\n\r\n",
+    );
+    assert!(
+        options.starts_with("HTTP/1.1 204") && !options.contains("Access-Control-"),
+        "{options}"
+    );
+}
+
 #[test]
 fn half_sent_handshake_times_out_with_408() {
     let config = Config {
@@ -257,6 +371,32 @@ fn http_actions_answer_200_400_404_422_and_429() {
         post(r#"{"a":1,"b":1}"#).starts_with("HTTP/1.1 429"),
         "the 5th call is over 4 per minute"
     );
+}
+
+/// `GET /api/<action>?k=v` takes the name and the query as a browser or `curl
+/// --data-urlencode` escapes them: `%XX` and, in the query, `+` for a space.
+#[test]
+fn http_get_actions_decode_the_name_and_the_query() {
+    let s = TestServer::start(
+        Server::builder()
+            .config(config(1, Driver::Auto))
+            .on_ack("chat:echo", |ctx| Ok(ctx.data().clone())),
+    );
+    let port = s.handle.port();
+    let answer = http(
+        port,
+        "GET /api/chat%3Aecho?text=hello%20world%21&sum=1%2B1+%3D+2&caf%C3%A9=%E2%9C%93&text=again%26more HTTP/1.1\r\n\r\n",
+    );
+    let (head, body) = answer.split_once("\r\n\r\n").expect("a response");
+    assert!(head.starts_with("HTTP/1.1 200"), "{answer}");
+    let body: serde_json::Value = serde_json::from_str(body).expect("JSON");
+    assert_eq!(
+        body,
+        json!({"data": {"text": "again&more", "sum": "1+1 = 2", "café": "✓"}})
+    );
+    // Decoded, a name is held to the same rules as over WebSocket.
+    assert!(http(port, "GET /api/chat%20echo HTTP/1.1\r\n\r\n").starts_with("HTTP/1.1 400"));
+    assert!(http(port, "GET /api/chat%FFecho HTTP/1.1\r\n\r\n").starts_with("HTTP/1.1 400"));
 }
 
 /// One message of any legal size goes out on a connection whose queue is under

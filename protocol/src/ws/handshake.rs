@@ -6,6 +6,8 @@
 //! checks §4.2.1 rule by rule and yields the [`Upgrade`], whose `Origin` the caller
 //! judges; [`Upgrade::response`] builds the 101 answer and [`reject`] the 4xx ones.
 
+use std::borrow::Cow;
+
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use bytes::{BufMut, Bytes, BytesMut};
@@ -117,14 +119,17 @@ impl Request {
             .any(|t| t.trim().eq_ignore_ascii_case(token))
     }
 
-    /// A query parameter's raw value (not percent-decoded).
-    pub fn query_param(&self, key: &str) -> Option<&str> {
-        self.query
-            .as_deref()?
-            .split('&')
-            .filter_map(|kv| kv.split_once('=').or(Some((kv, ""))))
-            .find(|(k, _)| *k == key)
-            .map(|(_, v)| v)
+    /// The query's `key=value` pairs in order, decoded as browsers encode a query
+    /// (`application/x-www-form-urlencoded`: `%XX` escapes, `+` for a space). A key with
+    /// no `=` has the empty value; bytes that are not UTF-8 once decoded become U+FFFD,
+    /// and a `%` not followed by two hex digits is kept as it is.
+    pub fn query_pairs(&self) -> impl Iterator<Item = (Cow<'_, str>, Cow<'_, str>)> {
+        form_urlencoded::parse(self.query.as_deref().unwrap_or("").as_bytes())
+    }
+
+    /// The decoded value of the first query parameter whose decoded key is `key`.
+    pub fn query_param(&self, key: &str) -> Option<Cow<'_, str>> {
+        self.query_pairs().find(|(k, _)| k == key).map(|(_, v)| v)
     }
 
     /// A cookie's value from the `Cookie` headers.
@@ -403,9 +408,41 @@ Sec-WebSocket-Version: 13\r\n\r\n";
             b"GET /ws?token=abc&x HTTP/1.1\r\nCookie: a=1; token=xyz\r\nContent-Length: 12\r\n\r\n",
         );
         assert_eq!(req.path, "/ws");
-        assert_eq!(req.query_param("token"), Some("abc"));
-        assert_eq!(req.query_param("x"), Some(""));
+        assert_eq!(req.query_param("token").as_deref(), Some("abc"));
+        assert_eq!(req.query_param("x").as_deref(), Some(""));
+        assert_eq!(req.query_param("missing"), None);
         assert_eq!(req.cookie("token"), Some("xyz"));
         assert_eq!(req.content_length(), Some(12));
+    }
+
+    #[test]
+    fn query_values_are_decoded_as_browsers_encode_them() {
+        let req = parse(
+            b"GET /api/x?msg=hello%20world&sum=a%2Bb+c&caf%C3%A9=%E2%9C%93&bad=100%&bin=%FF&&=e HTTP/1.1\r\n\r\n",
+        );
+        let pairs: Vec<(String, String)> = req
+            .query_pairs()
+            .map(|(k, v)| (k.into_owned(), v.into_owned()))
+            .collect();
+        let want = [
+            ("msg", "hello world"),
+            ("sum", "a+b c"),
+            ("café", "✓"),
+            ("bad", "100%"),
+            ("bin", "\u{FFFD}"),
+            ("", "e"),
+        ];
+        let want: Vec<(String, String)> = want
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        assert_eq!(pairs, want);
+        assert_eq!(req.query_param("café").as_deref(), Some("✓"));
+        assert!(
+            parse(b"GET /api/x HTTP/1.1\r\n\r\n")
+                .query_pairs()
+                .next()
+                .is_none()
+        );
     }
 }
