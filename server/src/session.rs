@@ -34,9 +34,16 @@ use crate::stats::WorkerStats;
 use crate::tls::{self, Socket};
 use crate::worker::Worker;
 
-/// The largest read: what is asked of the kernel while a connection is busy (its last
-/// read filled the buffer) or has part of a frame buffered.
+/// What is asked of the kernel once a connection is busy (its last read filled the
+/// buffer) or has part of a frame buffered.
 const READ_CHUNK: usize = 16 * 1024;
+/// The largest read, for a connection that keeps filling its buffer (a publisher at
+/// full speed): each full read doubles the next, from [`READ_CHUNK`] up to this. The
+/// messages of one read are routed in one loop turn and their relays leave in one write
+/// to each member, so at capacity the read size is the deliveries per packet: with
+/// 16 KiB the broadcast at capacity sent 7.0 packets per 1 000 deliveries where the
+/// sink, whose buffers grow, sent 2.6 (`results/bench/broadcast-capacity-read64-ab.md`).
+const MAX_READ: usize = 64 * 1024;
 /// The smallest read buffer, that of a connection whose last read was small. It holds a
 /// client's usual batch (several small messages written together) whole, so their
 /// replies and relays go out in one write: at 128 B a batch of four 100-byte acks was
@@ -46,8 +53,9 @@ const READ_CHUNK: usize = 16 * 1024;
 const FIRST_READ: usize = 2048;
 
 /// The buffer for a connection's next read after one left `read` bytes in a `len`-byte
-/// buffer: [`READ_CHUNK`] when it filled the buffer (more is likely waiting), else twice
-/// what is there, to a power of two, but not under half of `len`, from [`FIRST_READ`] up.
+/// buffer: when it filled the buffer (more is likely waiting), twice `len`, from
+/// [`READ_CHUNK`] to [`MAX_READ`]; else twice what is there, to a power of two, but not
+/// under half of `len`, from [`FIRST_READ`] up.
 ///
 /// A client that writes in bursts (a publisher with many messages in flight) then has
 /// each burst read whole, so its relays leave in one write to each member, not two.
@@ -58,12 +66,12 @@ const FIRST_READ: usize = 2048;
 /// whose reads stay small is back at `FIRST_READ` after three.
 fn next_read(len: usize, read: usize) -> usize {
     if read >= len {
-        return READ_CHUNK;
+        return len.saturating_mul(2).clamp(READ_CHUNK, MAX_READ);
     }
     read.saturating_mul(2)
         .next_power_of_two()
         .max(len / 2)
-        .clamp(FIRST_READ, READ_CHUNK)
+        .clamp(FIRST_READ, MAX_READ)
 }
 
 /// A connection whose last two reads were further apart than this is quiet: it waits for
@@ -408,14 +416,18 @@ fn session(worker: Rc<Worker>, conn: Rc<Conn>, mut side: ReadSide) -> impl Futur
 }
 #[cfg(test)]
 mod tests {
-    use super::{FIRST_READ, READ_CHUNK, next_read};
+    use super::{FIRST_READ, MAX_READ, READ_CHUNK, next_read};
     use crate::connection::Conn;
 
     #[test]
     fn reads_grow_to_a_burst_and_shrink_back_by_halves() {
         const K: usize = 1024;
-        // A read that filled its buffer: the most next time.
+        // A read that filled its buffer: a chunk next time, then twice as much for each
+        // read that fills it again, up to the most.
         assert_eq!(next_read(FIRST_READ, FIRST_READ), READ_CHUNK);
+        assert_eq!(next_read(READ_CHUNK, READ_CHUNK), 2 * READ_CHUNK);
+        assert_eq!(next_read(2 * READ_CHUNK, 2 * READ_CHUNK), MAX_READ);
+        assert_eq!(next_read(MAX_READ, MAX_READ), MAX_READ);
         // Small reads keep the small buffer.
         assert_eq!(next_read(FIRST_READ, 100), FIRST_READ);
         // A burst's tail (the rest of a split 3 KiB) keeps room for the next burst.
@@ -429,8 +441,16 @@ mod tests {
         })
         .collect();
         assert_eq!(sizes, [READ_CHUNK, 8 * K, 4 * K, FIRST_READ]);
-        // A buffer grown past the chunk for a large frame's rest comes back within it.
-        assert_eq!(next_read(64 * K, 40 * K), READ_CHUNK);
+        // A busy connection's reads shrink by halves too once they stop filling it.
+        let sizes: Vec<usize> = std::iter::successors(Some(MAX_READ), |&len| {
+            (len > FIRST_READ).then(|| next_read(len, 10))
+        })
+        .collect();
+        assert_eq!(sizes, [MAX_READ, 32 * K, 16 * K, 8 * K, 4 * K, FIRST_READ]);
+        // A buffer grown past the most for a large frame's rest comes back within it.
+        assert_eq!(next_read(1024 * K, 1024 * K), MAX_READ);
+        assert_eq!(next_read(1024 * K, 40 * K), MAX_READ);
+        assert_eq!(next_read(1024 * K, 10), MAX_READ);
     }
 
     /// What every idle connection holds stays within the allocator's size classes it
