@@ -758,7 +758,7 @@ impl Engine {
     /// the cluster summary for `/stats`.
     async fn refresh(self: Rc<Self>) {
         loop {
-            tokio::time::sleep(self.refresh).await;
+            tokio::time::sleep(jittered(self.refresh, self.me())).await;
             if self.state.stopping.get() {
                 return;
             }
@@ -934,8 +934,48 @@ fn parse_member_field(field: &str) -> Option<(ClientId, &str)> {
     Some((id.parse().ok()?, room))
 }
 
+/// `period` shortened by up to a fifth, differently each time and on each node: nodes
+/// started together would otherwise refresh in step forever, loading Redis at the same
+/// instant each period, and one node's sweep would always land the same few
+/// milliseconds after another's refresh (a stalled node's expired entry could then be
+/// refreshed before every sweep). Never longer than `period`, so a dead node is still
+/// out within three periods.
+fn jittered(period: Duration, node: u32) -> Duration {
+    // A multiplicative hash of the clock and the node id: spread enough for this, and no
+    // random-number generator to carry.
+    let mixed = (now_ms() ^ u64::from(node).rotate_left(32)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    let fraction = (mixed >> 11) as f64 / (1u64 << 53) as f64;
+    period - (period / 5).mul_f64(fraction)
+}
+
 fn now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refreshes_are_spread_over_the_last_fifth_of_the_period_and_never_later() {
+        let period = Duration::from_millis(1000);
+        let waits: Vec<Duration> = (0..200u32)
+            .map(|node| {
+                // Each millisecond of the clock and each node id gives another wait.
+                std::thread::sleep(Duration::from_micros(50));
+                jittered(period, node)
+            })
+            .collect();
+        assert!(
+            waits.iter().all(|w| *w <= period && *w >= period * 4 / 5),
+            "{waits:?}"
+        );
+        let (min, max) = (waits.iter().min().unwrap(), waits.iter().max().unwrap());
+        assert!(
+            *max - *min > Duration::from_millis(100),
+            "spread: {min:?}..{max:?}"
+        );
+    }
 }
