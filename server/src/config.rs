@@ -446,9 +446,8 @@ mod tests {
 
     #[test]
     fn flags_override_file_which_overrides_defaults() {
-        let dir = std::env::temp_dir().join(format!("stellar-cfg-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let file = dir.join("stellar.toml");
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("stellar.toml");
         std::fs::write(
             &file,
             "port = 4000\nmax_rooms = 7\nheartbeat_interval = \"2s\"\n",

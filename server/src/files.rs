@@ -274,16 +274,16 @@ mod tests {
 
     #[test]
     fn public_files_never_leave_the_directory() {
-        let dir = std::env::temp_dir().join(format!("stellar-public-{}", std::process::id()));
+        // The public directory, and a secret outside it that a symlink points to.
+        let (public, elsewhere) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let dir = public.path();
         std::fs::create_dir_all(dir.join("sub")).unwrap();
         std::fs::write(dir.join("sub/a.txt"), "hello").unwrap();
-        let outside = std::env::temp_dir().join(format!("stellar-outside-{}", std::process::id()));
+        let outside = elsewhere.path().join("secret.txt");
         std::fs::write(&outside, "secret").unwrap();
-        let link = dir.join("escape.txt");
-        let _ = std::fs::remove_file(&link);
-        std::os::unix::fs::symlink(&outside, &link).unwrap();
+        std::os::unix::fs::symlink(&outside, dir.join("escape.txt")).unwrap();
         let config = Config {
-            public_dir: Some(dir.clone()),
+            public_dir: Some(dir.to_path_buf()),
             ..Config::default()
         };
         assert_eq!(
@@ -312,11 +312,10 @@ mod tests {
 
     #[test]
     fn files_over_the_cap_are_refused_before_reading() {
-        let dir = std::env::temp_dir().join(format!("stellar-cap-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        std::fs::write(dir.join("six.txt"), "123456").unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("six.txt"), "123456").unwrap();
         let config = |max_file_bytes| Config {
-            public_dir: Some(dir.clone()),
+            public_dir: Some(dir.path().to_path_buf()),
             max_file_bytes,
             ..Config::default()
         };

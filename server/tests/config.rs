@@ -52,12 +52,12 @@ fn a_malformed_redis_url_stops_the_binary_naming_the_option() {
     assert!(!ok && stderr.contains("redis_url"), "flag: {stderr}");
     let (ok, stderr) = run_to_exit(&[], &[("STELLAR_REDIS_URL", BAD_REDIS_URL)]);
     assert!(!ok && stderr.contains("redis_url"), "env: {stderr}");
-    let file = std::env::temp_dir().join(format!("stellar-bad-redis-{}.toml", std::process::id()));
+    let dir = common::temp_dir();
+    let file = dir.path().join("bad-redis.toml");
     std::fs::write(&file, format!("redis_url = \"{BAD_REDIS_URL}\"\n")).expect("write config");
     let path = file.to_str().expect("UTF-8 path");
     let (ok, stderr) = run_to_exit(&["--config", path], &[]);
     assert!(!ok && stderr.contains("redis_url"), "file: {stderr}");
-    let _ = std::fs::remove_file(&file);
 }
 
 #[test]

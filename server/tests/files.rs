@@ -9,7 +9,6 @@ mod common;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::path::PathBuf;
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -35,14 +34,6 @@ fn serial() -> MutexGuard<'static, ()> {
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-/// A fresh public directory for one test.
-fn public_dir(test: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("stellar-files-{}-{test}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
 /// A sparse file of `len` bytes: it reads as zeros and takes no disk space.
 fn sparse_file(dir: &std::path::Path, name: &str, len: u64) {
     std::fs::File::create(dir.join(name))
@@ -51,14 +42,15 @@ fn sparse_file(dir: &std::path::Path, name: &str, len: u64) {
         .unwrap();
 }
 
-fn server(dir: PathBuf, driver: Driver, max_file_bytes: u64) -> TestServer {
+fn server(dir: tempfile::TempDir, driver: Driver, max_file_bytes: u64) -> TestServer {
     TestServer::with(Config {
-        public_dir: Some(dir),
+        public_dir: Some(dir.path().to_path_buf()),
         // `max_backpressure` stays at its default (1 MiB): the `file` verb's reply, one
         // message far larger than it, still goes out on an idle connection.
         max_file_bytes,
         ..config(1, driver)
     })
+    .keeping(dir)
 }
 
 /// An HTTP response whose head has been read.
@@ -135,10 +127,10 @@ fn slowest_ping_until(client: &mut Client, finished: impl Fn() -> bool) -> (Dura
 
 /// A bystander pings its worker while a [`BIG`] file is downloaded from the same
 /// worker over `/public/`, read whole by the test.
-fn download_keeps_pings_fast(test: &str, driver: Driver) {
+fn download_keeps_pings_fast(driver: Driver) {
     let _serial = serial();
-    let dir = public_dir(test);
-    sparse_file(&dir, "big.bin", BIG);
+    let dir = temp_dir();
+    sparse_file(dir.path(), "big.bin", BIG);
     let s = server(dir, driver, BIG);
     let mut bystander = s.ws();
     let port = s.handle.port();
@@ -164,27 +156,27 @@ fn download_keeps_pings_fast(test: &str, driver: Driver) {
 /// of that worker. Fails on the code before the fix.
 #[test]
 fn regression_public_download_stalled_every_connection_of_its_worker() {
-    download_keeps_pings_fast("regression", Driver::Auto);
+    download_keeps_pings_fast(Driver::Auto);
 }
 
 #[test]
 fn public_download_keeps_pings_fast_on_uring() {
-    download_keeps_pings_fast("http-uring", Driver::Uring);
+    download_keeps_pings_fast(Driver::Uring);
 }
 
 #[test]
 fn public_download_keeps_pings_fast_on_epoll() {
-    download_keeps_pings_fast("http-epoll", Driver::Epoll);
+    download_keeps_pings_fast(Driver::Epoll);
 }
 
 /// A bystander pings its worker while another client of the same worker asks for a
 /// file just under `max_file_bytes` with the `file` verb.
-fn file_verb_keeps_pings_fast(test: &str, driver: Driver) {
+fn file_verb_keeps_pings_fast(driver: Driver) {
     const CAP: u64 = 8 * MIB;
     let _serial = serial();
-    let dir = public_dir(test);
+    let dir = temp_dir();
     let len = CAP - 1024;
-    std::fs::write(dir.join("near-cap.txt"), vec![b'a'; len as usize]).unwrap();
+    std::fs::write(dir.path().join("near-cap.txt"), vec![b'a'; len as usize]).unwrap();
     let s = server(dir, driver, CAP);
     let mut bystander = s.ws();
     let mut requester = s.ws();
@@ -216,21 +208,21 @@ fn file_verb_keeps_pings_fast(test: &str, driver: Driver) {
 
 #[test]
 fn file_verb_keeps_pings_fast_on_uring() {
-    file_verb_keeps_pings_fast("verb-uring", Driver::Uring);
+    file_verb_keeps_pings_fast(Driver::Uring);
 }
 
 #[test]
 fn file_verb_keeps_pings_fast_on_epoll() {
-    file_verb_keeps_pings_fast("verb-epoll", Driver::Epoll);
+    file_verb_keeps_pings_fast(Driver::Epoll);
 }
 
 #[test]
 fn files_over_max_file_bytes_get_413_and_file_too_large() {
     const CAP: u64 = MIB;
     let _serial = serial();
-    let dir = public_dir("cap");
-    sparse_file(&dir, "at-cap.bin", CAP);
-    sparse_file(&dir, "over-cap.bin", CAP + 1);
+    let dir = temp_dir();
+    sparse_file(dir.path(), "at-cap.bin", CAP);
+    sparse_file(dir.path(), "over-cap.bin", CAP + 1);
     let s = server(dir, Driver::Auto, CAP);
     let port = s.handle.port();
 
@@ -273,8 +265,8 @@ fn rss_bytes() -> u64 {
 fn public_download_is_streamed_not_held_whole() {
     const HELD_BOUND: u64 = 24 * MIB;
     let _serial = serial();
-    let dir = public_dir("stream");
-    sparse_file(&dir, "big.bin", BIG);
+    let dir = temp_dir();
+    sparse_file(dir.path(), "big.bin", BIG);
     let s = server(dir, Driver::Auto, BIG);
     let before = rss_bytes();
     let response = get(s.handle.port(), "/public/big.bin");

@@ -256,16 +256,13 @@ fn two_thousand_joins_from_one_client_stop_at_the_per_client_cap() {
 
 #[test]
 fn public_paths_never_leave_public_dir() {
-    let dir = std::env::temp_dir().join(format!("stellar-hostile-{}", std::process::id()));
+    // The public directory, with a secret beside it that no path may reach.
+    let root = temp_dir();
+    let dir = root.path().join("public");
     std::fs::create_dir_all(dir.join("assets")).unwrap();
     std::fs::write(dir.join("assets/app.js"), "console.log(1)").unwrap();
-    std::fs::write(
-        dir.parent()
-            .unwrap()
-            .join(format!("stellar-secret-{}", std::process::id())),
-        "secret",
-    )
-    .unwrap();
+    let secret = "secret.txt";
+    std::fs::write(root.path().join(secret), "secret").unwrap();
     let config = Config {
         public_dir: Some(dir),
         ..config(1, Driver::Auto)
@@ -284,7 +281,6 @@ fn public_paths_never_leave_public_dir() {
         ok.starts_with("HTTP/1.1 200") && ok.contains("text/javascript"),
         "{ok}"
     );
-    let secret = format!("stellar-secret-{}", std::process::id());
     for bad in [
         format!("/public/../{secret}"),
         format!("/public/assets/../../{secret}"),

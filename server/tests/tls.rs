@@ -23,18 +23,16 @@ type Tls = StreamOwned<ClientConnection, TcpStream>;
 
 /// A self-signed certificate for `localhost`, written as PEM files in a fresh directory.
 struct Cert {
-    dir: PathBuf,
+    /// Holds the certificate and key files; removed with the `Cert`.
+    dir: tempfile::TempDir,
     der: CertificateDer<'static>,
 }
 
 impl Cert {
-    fn new(test: &str) -> Self {
-        let dir = std::env::temp_dir().join(format!("stellar-tls-{}-{test}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
+    fn new() -> Self {
         let cert = Self {
             der: CertificateDer::from(Vec::new()),
-            dir,
+            dir: temp_dir(),
         };
         cert.rotate()
     }
@@ -49,11 +47,11 @@ impl Cert {
     }
 
     fn cert_path(&self) -> PathBuf {
-        self.dir.join("cert.pem")
+        self.dir.path().join("cert.pem")
     }
 
     fn key_path(&self) -> PathBuf {
-        self.dir.join("key.pem")
+        self.dir.path().join("key.pem")
     }
 
     fn config(&self, driver: Driver) -> Config {
@@ -76,12 +74,6 @@ impl Cert {
             .with_no_client_auth();
         config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
         Arc::new(config)
-    }
-}
-
-impl Drop for Cert {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
@@ -146,8 +138,8 @@ fn tcp_recv(s: &mut impl Read) -> (u8, String, Vec<u8>) {
 
 /// A WebSocket member and a TCP member, both over TLS, in one room: each gets the
 /// other's room event.
-fn both_protocols_over_tls(test: &str, driver: Driver) {
-    let cert = Cert::new(test);
+fn both_protocols_over_tls(driver: Driver) {
+    let cert = Cert::new();
     let s = TestServer::with(cert.config(driver));
     let mut ws = wss(s.handle.port(), &cert);
     let mut tcp = tls_connect(s.handle.tcp_port(), cert.client(&[])).expect("TLS handshake");
@@ -211,17 +203,17 @@ fn both_protocols_over_tls(test: &str, driver: Driver) {
 
 #[test]
 fn wss_and_tcp_over_tls_on_uring() {
-    both_protocols_over_tls("uring", Driver::Uring);
+    both_protocols_over_tls(Driver::Uring);
 }
 
 #[test]
 fn wss_and_tcp_over_tls_on_epoll() {
-    both_protocols_over_tls("epoll", Driver::Epoll);
+    both_protocols_over_tls(Driver::Epoll);
 }
 
 #[test]
 fn https_answers_plain_http_routes() {
-    let cert = Cert::new("https");
+    let cert = Cert::new();
     let s = TestServer::with(cert.config(Driver::Auto));
     let mut tls = tls_connect(s.handle.port(), cert.client(&[b"http/1.1"])).unwrap();
     tls.write_all(b"GET /health HTTP/1.1\r\nHost: localhost\r\n\r\n")
@@ -236,7 +228,7 @@ fn https_answers_plain_http_routes() {
 /// a hang, counted, and the server keeps serving.
 #[test]
 fn the_wrong_protocol_on_a_port_is_closed_and_counted() {
-    let cert = Cert::new("wrong");
+    let cert = Cert::new();
     let s = TestServer::with(cert.config(Driver::Auto));
     let mut plain = TcpStream::connect(("127.0.0.1", s.handle.port())).unwrap();
     plain.set_read_timeout(Some(TIMEOUT)).unwrap();
@@ -276,7 +268,7 @@ fn the_wrong_protocol_on_a_port_is_closed_and_counted() {
 /// `connect_timeout`, like a slowloris before an HTTP head.
 #[test]
 fn a_stalled_handshake_is_closed_after_connect_timeout() {
-    let cert = Cert::new("stall");
+    let cert = Cert::new();
     let s = TestServer::with(Config {
         connect_timeout: Duration::from_millis(300),
         ..cert.config(Driver::Auto)
@@ -301,7 +293,7 @@ fn a_stalled_handshake_is_closed_after_connect_timeout() {
 /// its session; a broken file keeps the old certificate.
 #[test]
 fn reload_swaps_the_certificate_without_dropping_connections() {
-    let cert = Cert::new("reload");
+    let cert = Cert::new();
     let s = TestServer::with(cert.config(Driver::Auto));
     let mut before = wss(s.handle.port(), &cert);
     let old_client = cert.client(&[b"http/1.1"]);
@@ -331,7 +323,7 @@ fn reload_swaps_the_certificate_without_dropping_connections() {
 /// The `stellar` binary: TLS from flags, SIGHUP reloads, a missing key refuses to start.
 #[test]
 fn the_binary_serves_tls_and_reloads_on_sighup() {
-    let cert = Cert::new("binary");
+    let cert = Cert::new();
     let port = free_port();
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_stellar"))
         .args([

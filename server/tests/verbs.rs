@@ -7,17 +7,11 @@ use serde_json::{Value, json};
 use stellar_server::{AckError, Driver, Server};
 use tungstenite::Message;
 
-/// The public directory, written once: tests run in parallel threads and must not
-/// rewrite a file another test's server is reading.
-fn public_dir() -> std::path::PathBuf {
-    static DIR: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
-    DIR.get_or_init(|| {
-        let dir = std::env::temp_dir().join(format!("stellar-verbs-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        std::fs::write(dir.join("hello.txt"), "hello file").unwrap();
-        dir
-    })
-    .clone()
+/// A public directory of the server's own, removed with it.
+fn public_dir() -> tempfile::TempDir {
+    let dir = temp_dir();
+    std::fs::write(dir.path().join("hello.txt"), "hello file").unwrap();
+    dir
 }
 
 fn server() -> TestServer {
@@ -25,8 +19,9 @@ fn server() -> TestServer {
 }
 
 fn server_on(driver: Driver) -> TestServer {
+    let dir = public_dir();
     let config = stellar_server::Config {
-        public_dir: Some(public_dir()),
+        public_dir: Some(dir.path().to_path_buf()),
         ..config(2, driver)
     };
     TestServer::start(
@@ -58,6 +53,7 @@ fn server_on(driver: Driver) -> TestServer {
                 .unwrap()
             }),
     )
+    .keeping(dir)
 }
 
 #[test]

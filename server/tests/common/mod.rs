@@ -31,6 +31,16 @@ pub fn config(workers: usize, driver: Driver) -> Config {
 pub struct TestServer {
     pub server: Option<Server>,
     pub handle: ServerHandle,
+    /// Directories the server reads, removed once it has stopped.
+    dirs: Vec<tempfile::TempDir>,
+}
+
+/// A fresh directory under the system's temporary directory, removed when dropped.
+pub fn temp_dir() -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix("stellar-test-")
+        .tempdir()
+        .expect("temporary directory")
 }
 
 impl TestServer {
@@ -40,7 +50,14 @@ impl TestServer {
         Self {
             server: Some(server),
             handle,
+            dirs: Vec::new(),
         }
+    }
+
+    /// Keeps `dir` until the server has stopped (its `public_dir`, say).
+    pub fn keeping(mut self, dir: tempfile::TempDir) -> Self {
+        self.dirs.push(dir);
+        self
     }
 
     pub fn with(config: Config) -> Self {
