@@ -76,9 +76,17 @@ fn next_read(len: usize, read: usize) -> usize {
 
 /// A connection whose last two reads were further apart than this is quiet: it waits for
 /// its next bytes on readiness alone, with no buffer lent to the kernel, and is given
-/// one once they are there. That costs one more request per read, nothing for a client
-/// sending under ten messages a second, and it is what keeps idle connections small.
-const QUIET: std::time::Duration = std::time::Duration::from_millis(100);
+/// one once they are there. That is what keeps idle connections small, and it costs a
+/// client sending under one message a second nothing that matters.
+///
+/// It is not shorter because a quiet connection's bytes are seen later in a loop turn
+/// than a busy one's: the worker's epoll watcher wakes it behind every connection whose
+/// read completed in that turn, newer messages included. At 100 ms, publishers at ten
+/// messages a second were quiet half the time, and after a 40 ms stall of the worker
+/// at 90 000 deliveries/s their messages waited for the whole backlog: the slowest
+/// deliveries took 70-115 ms against the trivial relay's 47
+/// (`results/bench/broadcast-open-10k-90k-stalls-ab.md`).
+const QUIET: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// The reading side of a session, held in the session's task.
 struct ReadSide {
@@ -382,10 +390,12 @@ fn session(worker: Rc<Worker>, conn: Rc<Conn>, mut side: ReadSide) -> impl Futur
             }
             // A quiet connection waits with no buffer, then reads like the others: into
             // a buffer sized by its last reads (`next_read`).
+            let mut woken = false;
             if side.buf.is_empty() {
                 if side.quiet && open {
                     side.buf = BytesMut::new();
                     side.watch.readable().await;
+                    woken = true;
                 }
                 side.buf = BytesMut::with_capacity(side.next_len());
             } else {
@@ -394,9 +404,19 @@ fn session(worker: Rc<Worker>, conn: Rc<Conn>, mut side: ReadSide) -> impl Futur
             // Boxed: the read's future (the buffer lent, the request, each layer's copy
             // of the arguments) is the largest state of this task, and held inline it
             // would size every connection's task, quiet ones too, which wait on
-            // readiness alone.
-            let ReadSide { reader, buf, .. } = &mut side;
-            match Box::pin(read_append(reader, buf)).await {
+            // readiness alone. A connection just woken from a quiet wait reads what is
+            // there at once (`Watch::read_ready`).
+            let ReadSide {
+                reader, buf, watch, ..
+            } = &mut side;
+            let read = Box::pin(async move {
+                if woken && let Some(read) = watch.read_ready(buf) {
+                    return read;
+                }
+                read_append(reader, buf).await
+            })
+            .await;
+            match read {
                 Ok(0) | Err(_) => break,
                 Ok(n) => {
                     // The read is made into the buffer's spare capacity, so a read that
