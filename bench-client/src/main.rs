@@ -94,6 +94,10 @@ struct Args {
     /// Connections opened at once per thread (connect, idle).
     #[arg(long, default_value_t = 64)]
     concurrency: usize,
+    /// idle: each client joins its room (one of `--rooms`) once connected, then idles,
+    /// as a spectator does; without it an idle client sends nothing after the upgrade.
+    #[arg(long)]
+    join: bool,
     /// Source addresses start at 127.0.0.(1 + this) (vary it between back-to-back runs).
     #[arg(long, default_value_t = 0)]
     source_offset: u32,
@@ -297,6 +301,7 @@ fn run(
         rate: args.rate,
         payload: args.payload,
         concurrency: args.concurrency,
+        idle_join: args.join,
         source_offset: args.source_offset,
         room_of,
         start: Instant::now(),

@@ -73,6 +73,8 @@ pub struct Run {
     pub rate: f64,
     pub payload: usize,
     pub concurrency: usize,
+    /// Idle clients join their room before idling (`--join`).
+    pub idle_join: bool,
     /// First source address is 127.0.0.(1 + this).
     pub source_offset: u32,
     /// Room of each client, from the seed.
@@ -336,10 +338,11 @@ pub async fn client_with_slot(
         tally.record(started.elapsed().as_nanos() as u64);
     }
     let room = format!("room-{}", run.room_of[index]);
-    let joins = matches!(
-        run.scenario,
-        Scenario::Broadcast | Scenario::Fanout | Scenario::Binary
-    );
+    let joins = match run.scenario {
+        Scenario::Broadcast | Scenario::Fanout | Scenario::Binary => true,
+        Scenario::Idle => run.idle_join,
+        Scenario::Echo | Scenario::Ack | Scenario::Connect => false,
+    };
     if joins
         && (writer.join(&room).await.is_err() || !await_event(&mut reader, "joined-room").await)
     {

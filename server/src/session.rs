@@ -88,6 +88,13 @@ fn next_read(len: usize, read: usize) -> usize {
 /// (`results/bench/broadcast-open-10k-90k-stalls-ab.md`).
 const QUIET: std::time::Duration = std::time::Duration::from_secs(1);
 
+/// A connection's first reads after the upgrade leave it quiet however close together
+/// they are: most clients say what they have to say at once (a join, a subscription)
+/// and then wait, and a read lent to the ring is only given back with the next bytes,
+/// which for a spectator is its answer to the first heartbeat ping, 30 s or more later.
+/// A client that keeps sending is busy from its next read on.
+const OPENING_READS: u8 = 2;
+
 /// The reading side of a session, held in the session's task.
 struct ReadSide {
     reader: OwnedReadHalf<Socket>,
@@ -98,9 +105,11 @@ struct ReadSide {
     /// The size of the next read's buffer when nothing is buffered ([`next_read`]), in
     /// KiB.
     next_kib: u8,
-    /// The last two reads were more than [`QUIET`] apart (or there was none yet), and
-    /// the last did not fill its buffer.
+    /// The last two reads were more than [`QUIET`] apart (or there was none yet, or it
+    /// was one of the [`OPENING_READS`]), and the last did not fill its buffer.
     quiet: bool,
+    /// Reads so far, counted up to [`OPENING_READS`].
+    reads: u8,
 }
 
 impl ReadSide {
@@ -320,6 +329,7 @@ fn start(
         watch,
         next_kib: (FIRST_READ / 1024) as u8,
         quiet: true,
+        reads: 0,
     };
     monoio::spawn(session(worker, conn, side));
 }
@@ -425,7 +435,9 @@ fn session(worker: Rc<Worker>, conn: Rc<Conn>, mut side: ReadSide) -> impl Futur
                     side.next_kib = (next_read(len, read) / 1024) as u8;
                     worker.stats.bytes_in.add(n as u64);
                     let now = Instant::now();
-                    side.quiet = read < len && conn.silent_for(now) > QUIET;
+                    let opening = side.reads < OPENING_READS;
+                    side.reads = side.reads.saturating_add(1).min(OPENING_READS);
+                    side.quiet = read < len && (opening || conn.silent_for(now) > QUIET);
                     conn.seen(now);
                 }
             }
