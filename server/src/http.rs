@@ -83,10 +83,7 @@ pub async fn serve(
         return;
     }
     let cors = listed.map(origin::cors_headers);
-    let answer = |bytes: Bytes| match &cors {
-        Some(headers) => origin::with_headers(&bytes, headers),
-        None => bytes,
-    };
+    let answer = |bytes: Bytes| origin::with_headers(bytes, cors.as_deref());
     if let Some(len) = request.content_length() {
         if len > config.max_payload {
             let _ = stream
@@ -135,17 +132,17 @@ fn options(listed: Option<&str>) -> Bytes {
 /// `GET /public/<path>`: 404 or 413, or the head with the file's length and then its
 /// body, streamed in chunks read off the loop.
 async fn serve_public(stream: &mut Socket, config: Arc<Config>, path: &str, cors: Option<&str>) {
-    let cors = cors.unwrap_or("");
     match files::open(config, path).await {
         Ok(file) => {
-            let head = origin::with_headers(head(200, "OK", file.mime, file.len).as_bytes(), cors);
+            let head = head(200, "OK", file.mime, file.len);
+            let head = origin::with_headers(Bytes::from(head.into_bytes()), cors);
             if stream.write_all(head).await.0.is_ok() {
                 let _ = file.send_body(stream).await;
             }
         }
         Err(e) => {
             let (status, reason) = e.status();
-            let answer = origin::with_headers(&status_only(status, reason), cors);
+            let answer = origin::with_headers(status_only(status, reason), cors);
             let _ = stream.write_all(answer).await;
         }
     }

@@ -62,9 +62,7 @@ impl Watch {
         }
         Readable { arm, slot: None }
     }
-}
 
-impl Watch {
     /// Reads, at once and into `buf`'s spare capacity, what a socket that
     /// [`Watch::readable`] just found readable holds. `None` when it cannot be read here
     /// (TLS, or no bytes after all: epoll refused the socket, or a close raced the
@@ -75,7 +73,7 @@ impl Watch {
     /// than a busy one's. That turn is short on a quiet server; after a stall of the
     /// worker (a page-in, a preempted core) it is the backlog's length, and at 90 000
     /// deliveries/s with the worker stopped 40 ms once a second it made the slowest
-    /// deliveries 85-115 ms against the trivial relay's 47
+    /// deliveries 70-115 ms against the trivial relay's 47
     /// (`results/bench/broadcast-open-10k-90k-stalls-ab.md`).
     pub fn read_ready(&self, buf: &mut BytesMut) -> Option<std::io::Result<usize>> {
         let Self::In(fd) = *self else {
@@ -84,19 +82,12 @@ impl Watch {
         let start = buf.len();
         buf.resize(buf.capacity(), 0);
         let got = recv(fd, &mut buf[start..], MsgFlags::MSG_DONTWAIT);
-        let n = match got {
-            Ok(n) => n,
-            Err(Errno::EAGAIN | Errno::EINTR) => 0,
-            Err(e) => {
-                buf.truncate(start);
-                return Some(Err(e.into()));
-            }
-        };
-        buf.truncate(start + n);
-        // Zero bytes with no error is the peer's end of stream; EAGAIN's zero reads on.
+        buf.truncate(start + *got.as_ref().unwrap_or(&0));
         match got {
-            Ok(_) => Some(Ok(n)),
-            Err(_) => None,
+            // Zero bytes is the peer's end of stream.
+            Ok(n) => Some(Ok(n)),
+            Err(Errno::EAGAIN | Errno::EINTR) => None,
+            Err(e) => Some(Err(e.into())),
         }
     }
 }

@@ -436,7 +436,7 @@ fn session(worker: Rc<Worker>, conn: Rc<Conn>, mut side: ReadSide) -> impl Futur
                     worker.stats.bytes_in.add(n as u64);
                     let now = Instant::now();
                     let opening = side.reads < OPENING_READS;
-                    side.reads = side.reads.saturating_add(1).min(OPENING_READS);
+                    side.reads = (side.reads + 1).min(OPENING_READS);
                     side.quiet = read < len && (opening || conn.silent_for(now) > QUIET);
                     conn.seen(now);
                 }
