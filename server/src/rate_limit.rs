@@ -149,7 +149,7 @@ impl Bucket {
 #[derive(Debug, Default)]
 pub struct Buckets {
     client: Option<Bucket>,
-    events: HashMap<String, Bucket>,
+    events: ahash::HashMap<String, Bucket>,
 }
 
 impl Buckets {

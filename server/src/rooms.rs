@@ -13,10 +13,11 @@
 //!   `room_members`, `rooms`) and never per message.
 
 use std::cell::RefCell;
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::rc::Rc;
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use ahash::HashMap;
 use indexmap::IndexMap;
 
 use crate::cluster::{Cluster, Command};
@@ -46,13 +47,17 @@ pub struct RoomLimits {
 }
 
 /// One worker's memberships; see the module docs.
+///
+/// The maps read for every message hash with aHash, whose keys are drawn at random when
+/// the process starts, so room names a client picks cannot be made to collide; SipHash,
+/// the standard library's, was 2 % of the server's core in the closed-loop broadcast.
 pub struct Membership {
     worker: usize,
     mesh: Arc<Mesh>,
     dirs: Arc<Directories>,
     stats: Arc<WorkerStats>,
     /// This worker's members of each room, by client sequence number.
-    members: HashMap<RoomName, IndexMap<u64, Rc<Conn>>>,
+    members: HashMap<RoomName, IndexMap<u64, Rc<Conn>, ahash::RandomState>>,
     /// Each client's rooms, for clients in at least one.
     joined: HashMap<u64, Vec<RoomName>>,
     interest: Interest,
@@ -86,8 +91,8 @@ impl Membership {
             mesh,
             dirs,
             stats,
-            members: HashMap::new(),
-            joined: HashMap::new(),
+            members: HashMap::default(),
+            joined: HashMap::default(),
             interest: Interest::default(),
             cluster,
             tracks: RefCell::default(),
@@ -438,7 +443,7 @@ impl Directories {
 
     /// Every room with members, with its member count.
     pub fn rooms(&self) -> Vec<(String, usize)> {
-        let mut counts: HashMap<RoomName, usize> = HashMap::new();
+        let mut counts: HashMap<RoomName, usize> = HashMap::default();
         for worker in 0..self.0.len() {
             if let Some(dir) = self.lock(worker) {
                 for (room, members) in &dir.rooms {

@@ -70,13 +70,13 @@ impl Ack {
 /// Every registered handler, shared read-only by the workers.
 #[derive(Default)]
 pub struct Handlers {
-    pub(crate) events: HashMap<String, Vec<Arc<EventFn>>>,
+    pub(crate) events: ahash::HashMap<String, Vec<Arc<EventFn>>>,
     pub(crate) all: Vec<Arc<EventFn>>,
     /// Binary events (SPEC §3.1 binary frames), given their payload bytes.
-    pub(crate) binary: HashMap<String, Vec<Arc<BinaryFn>>>,
+    pub(crate) binary: ahash::HashMap<String, Vec<Arc<BinaryFn>>>,
     pub(crate) connection: Vec<Arc<EventFn>>,
     pub(crate) disconnect: Vec<Arc<EventFn>>,
-    pub(crate) acks: HashMap<String, Ack>,
+    pub(crate) acks: ahash::HashMap<String, Ack>,
     pub(crate) middleware: Vec<Arc<MiddlewareFn>>,
     pub(crate) room_event: Option<Arc<RoomEventFn>>,
     pub(crate) shutdown: Vec<Arc<ShutdownFn>>,

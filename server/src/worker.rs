@@ -8,10 +8,10 @@
 //! `session` (one connection) and `inbox` (cross-core work).
 
 use std::cell::{Cell, RefCell};
-use std::collections::HashMap;
 use std::rc::Rc;
 use std::sync::Arc;
 
+use ahash::HashMap;
 use stellar_protocol::EventName;
 use stellar_protocol::event::reserved;
 
