@@ -345,7 +345,9 @@ fn run(
         if settled >= args.clients as u64 || Instant::now() > connect_deadline {
             break;
         }
-        std::thread::sleep(Duration::from_millis(20));
+        // A storm of 5 000 takes about a fifth of a second: a coarser poll would
+        // quantise its rate.
+        std::thread::sleep(Duration::from_millis(1));
     }
     let storm_seconds = storm_start.elapsed().as_secs_f64();
     let storm_server_cpu = match (
@@ -576,18 +578,14 @@ fn generator_thread(
         let mine: Vec<usize> = (t..run.clients).step_by(count).collect();
         // Open connections `concurrency` at a time, so a storm does not overflow the
         // server's accept backlog.
-        let in_flight = Rc::new(std::cell::Cell::new(0usize));
+        let slots = scenario::Slots::new(run.concurrency);
         for index in mine {
-            while in_flight.get() >= run.concurrency {
-                monoio::time::sleep(Duration::from_micros(200)).await;
-            }
-            in_flight.set(in_flight.get() + 1);
-            let (run2, l2, flight) = (Arc::clone(&run), Rc::clone(&l), Rc::clone(&in_flight));
+            let slot = slots.take().await;
             monoio::spawn(scenario::client_with_slot(
-                run2,
+                Arc::clone(&run),
                 index,
-                l2,
-                flight,
+                Rc::clone(&l),
+                slot,
                 Rc::clone(&pacer),
                 Rc::clone(&phases),
             ));

@@ -231,12 +231,51 @@ pub fn new_histogram() -> Histogram<u64> {
         .unwrap_or_else(|_| Histogram::new(3).expect("3 sigfigs is valid"))
 }
 
-/// Holds one of a thread's connection slots until the client is connected (or failed).
-struct Slot(Rc<std::cell::Cell<usize>>);
+/// A generator thread's connection slots: at most `limit` connections opening at once,
+/// so a storm does not overflow the server's accept backlog. The opener is woken the
+/// moment a slot frees; it used to poll on a timer, whose millisecond tick was longer
+/// than a connection takes, so a storm's rate was the tick's more than the server's.
+pub struct Slots {
+    used: std::cell::Cell<usize>,
+    limit: usize,
+    opener: std::cell::RefCell<Option<std::task::Waker>>,
+}
+
+impl Slots {
+    pub fn new(limit: usize) -> Rc<Self> {
+        Rc::new(Self {
+            used: std::cell::Cell::new(0),
+            limit: limit.max(1),
+            opener: std::cell::RefCell::default(),
+        })
+    }
+
+    /// Waits for a free slot and takes it (one opener per thread waits here).
+    pub async fn take(self: &Rc<Self>) -> Slot {
+        std::future::poll_fn(|cx| {
+            if self.used.get() < self.limit {
+                self.used.set(self.used.get() + 1);
+                std::task::Poll::Ready(())
+            } else {
+                *self.opener.borrow_mut() = Some(cx.waker().clone());
+                std::task::Poll::Pending
+            }
+        })
+        .await;
+        Slot(Rc::clone(self))
+    }
+}
+
+/// One of a thread's connection slots, held until the client is connected (or failed).
+pub struct Slot(Rc<Slots>);
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        self.0.set(self.0.get().saturating_sub(1));
+        let slots = &self.0;
+        slots.used.set(slots.used.get().saturating_sub(1));
+        if let Some(opener) = slots.opener.borrow_mut().take() {
+            opener.wake();
+        }
     }
 }
 
@@ -291,16 +330,15 @@ impl Phases {
     }
 }
 
-/// Runs client `index` to the end of the run; `slot` counts connections in progress.
+/// Runs client `index` to the end of the run; `slot` is freed once it is connected.
 pub async fn client_with_slot(
     run: Arc<Run>,
     index: usize,
     tally: Rc<Tally>,
-    slot: Rc<std::cell::Cell<usize>>,
+    slot: Slot,
     pacer: Rc<Pacer>,
     phases: Rc<Phases>,
 ) {
-    let slot = Slot(slot);
     let started = Instant::now();
     let server = run.servers[run.server_of[index]];
     // Recorded for `Run::sockets` only once the client is in: a failed one's descriptor
