@@ -327,22 +327,24 @@ pub fn write_svg(
     Ok(())
 }
 
-/// User+system CPU seconds of a process (`self` for this one), to the nanosecond.
+/// User+system CPU seconds of a process (`self` for this one), to the nanosecond: the
+/// process's CPU-time clock, which counts every thread it has run, ended ones included.
+/// `/proc/PID/stat` counts in clock ticks (10 ms here), too coarse for a connection
+/// storm, whose whole cost is a few tenths of a second; it is the fallback.
 pub fn cpu_seconds(pid: &str) -> Option<f64> {
-    let coarse = ticked_cpu_seconds(pid)?;
-    // The scheduler's nanoseconds, summed over the threads alive now, unless a thread
-    // has exited since the process started (its time is then only in the ticks).
-    match threads_cpu_seconds(pid) {
-        Some(precise) if precise + TICK_SECONDS >= coarse => Some(precise),
-        _ => Some(coarse),
+    use nix::time::{ClockId, clock_getcpuclockid};
+    let clock = if pid == "self" {
+        Some(ClockId::CLOCK_PROCESS_CPUTIME_ID)
+    } else {
+        let pid = pid.parse().ok().map(nix::unistd::Pid::from_raw)?;
+        clock_getcpuclockid(pid).ok()
+    };
+    match clock.and_then(|c| c.now().ok()) {
+        Some(t) => Some(t.tv_sec() as f64 + t.tv_nsec() as f64 / 1e9),
+        None => ticked_cpu_seconds(pid),
     }
 }
 
-/// One clock tick, the resolution of `/proc/PID/stat`'s CPU times.
-const TICK_SECONDS: f64 = 0.01;
-
-/// The process's CPU time from `/proc/PID/stat`, in clock ticks (10 ms here): too
-/// coarse for a connection storm, whose whole cost is a few tenths of a second.
 fn ticked_cpu_seconds(pid: &str) -> Option<f64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     let after = stat.rsplit_once(')')?.1;
@@ -351,21 +353,6 @@ fn ticked_cpu_seconds(pid: &str) -> Option<f64> {
     let stime: f64 = fields.get(12)?.parse().ok()?;
     let ticks = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK).ok()??;
     Some((utime + stime) / ticks as f64)
-}
-
-/// The CPU time of the process's live threads, from each one's
-/// `/proc/PID/task/TID/schedstat` (nanoseconds on the CPU, first field).
-fn threads_cpu_seconds(pid: &str) -> Option<f64> {
-    let mut nanos = 0u64;
-    for task in std::fs::read_dir(format!("/proc/{pid}/task")).ok()? {
-        let path = task.ok()?.path().join("schedstat");
-        // A thread that ended between the listing and this read ran its time out.
-        let Ok(stat) = std::fs::read_to_string(path) else {
-            continue;
-        };
-        nanos += stat.split_whitespace().next()?.parse::<u64>().ok()?;
-    }
-    Some(nanos as f64 / 1e9)
 }
 
 /// CPU seconds summed over `pids` (the nodes of one cluster); `None` without PIDs or
@@ -402,19 +389,27 @@ mod tests {
     use super::*;
 
     #[test]
-    fn cpu_time_is_read_finer_than_a_clock_tick() {
-        let before = cpu_seconds("self").unwrap();
-        let start = std::time::Instant::now();
-        let mut spins = 0u64;
-        while start.elapsed() < std::time::Duration::from_millis(3) {
-            spins = std::hint::black_box(spins + 1);
-        }
-        let spent = cpu_seconds("self").unwrap() - before;
-        // 3 ms of spinning is under one tick: the ticked count would most often say 0.
+    fn cpu_time_is_read_finer_than_a_clock_tick_and_counts_ended_threads() {
+        // By PID, as the server is read; this process is the one measured.
+        let me = std::process::id().to_string();
+        let before = cpu_seconds(&me).unwrap();
+        std::thread::spawn(|| {
+            let start = std::time::Instant::now();
+            let mut spins = 0u64;
+            while start.elapsed() < std::time::Duration::from_millis(3) {
+                spins = std::hint::black_box(spins + 1);
+            }
+        })
+        .join()
+        .unwrap();
+        let spent = cpu_seconds(&me).unwrap() - before;
+        // 3 ms of spinning, in a thread that has ended, is under one clock tick: the
+        // ticked count would most often say 0, a sum over live threads would miss it.
         assert!(
             (0.002..0.5).contains(&spent),
             "{spent} s for 3 ms of spinning"
         );
+        assert!(cpu_seconds("self").unwrap() >= before + spent);
     }
 
     #[test]
