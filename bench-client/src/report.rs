@@ -75,8 +75,8 @@ pub struct Report {
     pub connections_per_sec: f64,
     /// Handshake (connect) or end-to-end (others) latency.
     pub latency_us: Percentiles,
-    /// Server CPU seconds over the window (connect: over the storm), from
-    /// /proc/<pid>/stat (with --server-pid).
+    /// Server CPU seconds over the window (connect: over the storm), from the
+    /// process's CPU-time clock (with --server-pid; see [`cpu_seconds`]).
     pub server_cpu_seconds: Option<f64>,
     /// Server CPU seconds per second of window (1.0 = one core saturated).
     pub server_cpu_share: Option<f64>,
