@@ -38,8 +38,14 @@ pub const MAX_GATHER: usize = 256 * 1024;
 /// waits behind them; larger ones are always queued as shared `Bytes`. Up to here a
 /// burst is cheaper copied than shared (`benches/benches/queue.rs`).
 pub const COPY_MAX: usize = 256;
-/// The open buffer's first allocation; it grows by doubling.
-const TAIL_START: usize = 1024;
+/// The least the open buffer is first made for: its first allocation holds the two
+/// frames that open it, rounded up to a power of two, and it grows by doubling.
+///
+/// Not a fixed kilobyte: after a stall of the worker every member of a busy room opens
+/// a buffer at once, and 1 000 buffers of 1 KiB for two 150-byte frames each took a
+/// sixth of the worker's time between waking and its first write, most of it mimalloc
+/// laying out fresh pages for them (`results/bench/stalls-tail-ab.md`).
+const TAIL_MIN: usize = 256;
 /// Most iovecs one `writev` takes (Linux `UIO_MAXIOV`); a longer batch goes out in
 /// several calls.
 const IOV_MAX: usize = libc::UIO_MAXIOV as usize;
@@ -167,8 +173,12 @@ impl WriteQueue {
             p.tail.extend_from_slice(frame);
         } else if p.lone_small {
             p.lone_small = false;
-            p.tail.reserve(TAIL_START);
             if let Some(first) = p.frames.pop_back() {
+                p.tail.reserve(
+                    (first.len() + frame.len())
+                        .next_power_of_two()
+                        .max(TAIL_MIN),
+                );
                 p.tail.extend_from_slice(&first);
             }
             p.tail.extend_from_slice(frame);
