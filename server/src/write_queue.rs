@@ -31,6 +31,7 @@ use std::io;
 use bytes::{Bytes, BytesMut};
 use monoio::buf::IoVecBuf;
 use monoio::io::AsyncWriteRent;
+use smallvec::SmallVec;
 
 /// Largest single write the writer gathers from the queue.
 pub const MAX_GATHER: usize = 256 * 1024;
@@ -84,15 +85,19 @@ struct Pending {
     /// and a slow-consumer close must not discard it (the client would get a close
     /// frame without the upgrade).
     head: Option<Bytes>,
-    /// Large frames, and runs of small ones sealed off ahead of them.
+    /// Frames sealed off ahead of `lone` and the tail. Made only when
+    /// something is sealed off: a burst of one frame, or of small frames only, never
+    /// touches it.
     frames: VecDeque<Bytes>,
+    /// The frame queued last, behind `frames`, when it is not on the tail: shared, not
+    /// copied, so a lone frame (the common burst at low rates) costs no buffer, and
+    /// held apart from `frames` so that such a burst never makes the ring. The next
+    /// frame seals it into `frames`, or, both being small, copies it onto the tail.
+    /// Never set while the tail holds anything.
+    lone: Option<Bytes>,
     /// Small frames copied end to end, behind everything in `frames`. Handed to the
     /// writer whole (buffer and all).
     tail: BytesMut,
-    /// The last of `frames` is a small frame queued alone: shared, not copied, so a
-    /// lone frame (the common case at low rates) costs no buffer; the next small frame
-    /// moves it onto the tail.
-    lone_small: bool,
     /// Bytes of frames in `frames` and `tail`.
     bytes: usize,
     /// Bytes of frames handed to the writer and not yet written.
@@ -101,15 +106,26 @@ struct Pending {
 
 impl Pending {
     fn is_empty(&self) -> bool {
-        self.head.is_none() && self.frames.is_empty() && self.tail.is_empty()
+        self.head.is_none() && self.frames.is_empty() && self.lone.is_none() && self.tail.is_empty()
     }
 
-    /// Moves the tail, if anything is on it, to the end of `frames`.
+    /// The lone frame, or the tail as one frame, whichever holds anything.
+    fn take_last(&mut self) -> Option<Bytes> {
+        self.lone
+            .take()
+            .or_else(|| (!self.tail.is_empty()).then(|| std::mem::take(&mut self.tail).freeze()))
+    }
+
+    /// Bytes in the lone frame or on the tail.
+    fn last_len(&self) -> usize {
+        self.lone.as_ref().map_or(self.tail.len(), Bytes::len)
+    }
+
+    /// Moves the lone frame or the tail, whichever holds anything, to the end of
+    /// `frames`.
     fn seal_tail(&mut self) {
-        self.lone_small = false;
-        if !self.tail.is_empty() {
-            let tail = std::mem::take(&mut self.tail);
-            self.frames.push_back(tail.freeze());
+        if let Some(last) = self.take_last() {
+            self.frames.push_back(last);
         }
     }
 }
@@ -160,31 +176,26 @@ impl WriteQueue {
         self.pending().head = Some(head);
     }
 
-    /// Queues `frame` behind everything else: copied onto the tail when small, shared
-    /// when large.
+    /// Queues `frame` behind everything else: shared, unless it and the frame before it
+    /// are small, when both are copied onto the tail (and small frames after them).
     pub fn push(&mut self, frame: &Bytes) {
         debug_assert!(!self.closing, "nothing is queued behind a close");
         let p = self.pending();
         p.bytes += frame.len();
-        if frame.len() > COPY_MAX {
-            p.seal_tail();
-            p.frames.push_back(frame.clone());
-        } else if !p.tail.is_empty() {
+        let small = frame.len() <= COPY_MAX;
+        if small && !p.tail.is_empty() {
             p.tail.extend_from_slice(frame);
-        } else if p.lone_small {
-            p.lone_small = false;
-            if let Some(first) = p.frames.pop_back() {
-                p.tail.reserve(
-                    (first.len() + frame.len())
-                        .next_power_of_two()
-                        .max(TAIL_MIN),
-                );
-                p.tail.extend_from_slice(&first);
-            }
+        } else if small && let Some(first) = p.lone.take_if(|f| f.len() <= COPY_MAX) {
+            p.tail.reserve(
+                (first.len() + frame.len())
+                    .next_power_of_two()
+                    .max(TAIL_MIN),
+            );
+            p.tail.extend_from_slice(&first);
             p.tail.extend_from_slice(frame);
         } else {
-            p.frames.push_back(frame.clone());
-            p.lone_small = true;
+            p.seal_tail();
+            p.lone = Some(frame.clone());
         }
     }
 
@@ -202,8 +213,8 @@ impl WriteQueue {
     pub fn clear(&mut self) {
         if let Some(p) = &mut self.pending {
             p.frames.clear();
+            p.lone = None;
             p.tail = BytesMut::new();
-            p.lone_small = false;
             p.bytes = 0;
         }
     }
@@ -223,18 +234,17 @@ impl WriteQueue {
             gathered = head.len();
             out.frames.push(head);
         }
-        p.seal_tail();
-        if p.frames.is_empty() {
-            if !out.frames.is_empty() {
-                return Next::Write;
-            }
-            // Drained, and no write outstanding: the box goes until the next frame.
-            if p.in_flight == 0 {
-                self.pending = None;
-            }
-            return if ended { Next::End } else { Next::Park };
-        }
         let mut taken = 0;
+        // With nothing sealed off, the lone frame or the tail goes to the batch straight
+        // (the common burst: `frames` is never made); else it is sealed behind them.
+        if p.frames.is_empty() && (gathered == 0 || gathered + p.last_len() <= MAX_GATHER) {
+            if let Some(last) = p.take_last() {
+                taken = last.len();
+                out.frames.push(last);
+            }
+        } else {
+            p.seal_tail();
+        }
         while let Some(front) = p.frames.front() {
             if gathered > 0 && gathered + front.len() > MAX_GATHER {
                 break;
@@ -245,22 +255,28 @@ impl WriteQueue {
                 out.frames.push(frame);
             }
         }
+        if out.frames.is_empty() {
+            // Drained, and no write outstanding: the box goes until the next frame.
+            if p.in_flight == 0 {
+                self.pending = None;
+            }
+            return if ended { Next::End } else { Next::Park };
+        }
         p.bytes -= taken;
         p.in_flight += taken;
         Next::Write
     }
 }
 
-/// Frames taken from a [`WriteQueue`] for one write, and the buffers that write reuses
-/// from one batch to the next (owned here because the runtime takes the batch by value
-/// for the duration of a `writev`).
+/// The frames of one batch: one is held inline, so the common batch (a burst of one
+/// frame, or of small frames copied onto one buffer) allocates nothing.
+type Frames = SmallVec<[Bytes; 1]>;
+
+/// Frames taken from a [`WriteQueue`] for one write, and the buffer a batch of small
+/// frames is copied into, reused from one batch to the next.
 #[derive(Default)]
 pub struct Batch {
-    frames: Vec<Bytes>,
-    /// One iovec per frame, pointing into `frames`, built for a vectored write.
-    iovecs: Vec<libc::iovec>,
-    /// iovecs before this one are written.
-    sent: usize,
+    frames: Frames,
     /// Where a batch of small frames is copied into one buffer.
     gather: BytesMut,
 }
@@ -295,8 +311,6 @@ impl Batch {
     /// Drops the frames (the buffers stay for the next batch).
     pub fn clear(&mut self) {
         self.frames.clear();
-        self.iovecs.clear();
-        self.sent = 0;
     }
 
     /// How this batch is written.
@@ -314,9 +328,10 @@ impl Batch {
     /// The writer task that awaits this is made anew for each burst, so its size is
     /// paid once per burst per connection, and after a stall by every member of every
     /// busy room at once. So the batch is borrowed, not moved in; the vectored write (a
-    /// frame over [`COPY_MAX`] in the batch) is boxed; and one buffer is written by
-    /// [`write_whole`] rather than monoio's `write_all`: the writer task is 480 bytes,
-    /// against 896 with all three inline (`writer_task_is_small`).
+    /// frame over [`COPY_MAX`] in the batch) is boxed, its iovecs with it; and one
+    /// buffer is written by [`write_whole`] rather than monoio's `write_all`: the writer
+    /// task is under 512 bytes, against 896 with all of it inline
+    /// (`writer_task_is_small`).
     pub async fn write_to<W: AsyncWriteRent>(&mut self, io: &mut W) -> io::Result<usize> {
         let len = self.len();
         let result = match self.plan() {
@@ -331,21 +346,52 @@ impl Batch {
                 write_whole(io, self.gather.split().freeze()).await
             }
             Plan::Vectored => {
-                let (result, batch) = Box::pin(std::mem::take(self).write_vectored(io)).await;
-                *self = batch;
+                let vectored = Vectored::new(std::mem::take(&mut self.frames));
+                let (result, vectored) = Box::pin(vectored.write(io)).await;
+                // Its buffer (the frames spilled past the one held inline) is kept for
+                // the next batch.
+                self.frames = vectored.frames;
                 result
             }
         };
         self.clear();
         result.map(|_| len)
     }
+}
 
-    /// One iovec per frame, then `writev` until all of it is written, resuming a short
-    /// write mid-iovec (monoio 0.2's `write_vectored_all` does not advance the base of
-    /// a partly written iovec, so it is not used).
-    async fn write_vectored<W: AsyncWriteRent>(mut self, io: &mut W) -> (io::Result<()>, Self) {
-        self.point_iovecs();
-        let mut left = self.len();
+/// A vectored write under way: the batch's frames and one iovec per frame, owned
+/// together because the runtime takes them by value for the duration of a `writev`.
+/// Made only for a batch holding a frame over [`COPY_MAX`].
+struct Vectored {
+    frames: Frames,
+    /// One iovec per frame, pointing into `frames`.
+    iovecs: Vec<libc::iovec>,
+    /// iovecs before this one are written.
+    sent: usize,
+}
+
+impl Vectored {
+    /// One iovec per frame, nothing sent yet.
+    fn new(frames: Frames) -> Self {
+        let iovecs = frames
+            .iter()
+            .map(|f| libc::iovec {
+                iov_base: f.as_ptr().cast_mut().cast(),
+                iov_len: f.len(),
+            })
+            .collect();
+        Self {
+            frames,
+            iovecs,
+            sent: 0,
+        }
+    }
+
+    /// `writev` until all of it is written, resuming a short write mid-iovec (monoio
+    /// 0.2's `write_vectored_all` does not advance the base of a partly written iovec,
+    /// so it is not used).
+    async fn write<W: AsyncWriteRent>(mut self, io: &mut W) -> (io::Result<()>, Self) {
+        let mut left: usize = self.frames.iter().map(Bytes::len).sum();
         while left > 0 {
             let result;
             (result, self) = io.writev(self).await;
@@ -360,16 +406,6 @@ impl Batch {
             }
         }
         (Ok(()), self)
-    }
-
-    /// Rebuilds `iovecs` over `frames`, nothing sent yet.
-    fn point_iovecs(&mut self) {
-        self.iovecs.clear();
-        self.sent = 0;
-        self.iovecs.extend(self.frames.iter().map(|f| libc::iovec {
-            iov_base: f.as_ptr().cast_mut().cast(),
-            iov_len: f.len(),
-        }));
     }
 
     /// Marks `n` more bytes written: whole iovecs are skipped, a partly written one
@@ -411,12 +447,13 @@ async fn write_whole<W: AsyncWriteRent>(io: &mut W, mut buf: Bytes) -> io::Resul
     Ok(())
 }
 
-// SAFETY: `unsent` points into `iovecs`, whose heap buffer does not move when the batch
-// does and is not touched while the runtime holds the batch (it holds it by value and
-// gives it back). Each iovec in it describes bytes inside one of `frames` (built by
-// `point_iovecs`, then only moved forward within the same frame by `advance`), and a
-// `Bytes`'s data stays where it is for as long as the `Bytes` lives, however it moves.
-unsafe impl IoVecBuf for Batch {
+// SAFETY: `unsent` points into `iovecs`, whose heap buffer does not move when the write
+// does and is not touched while the runtime holds it (it holds it by value and gives it
+// back). Each iovec in it describes bytes inside one of `frames` (built by `new`, then
+// only moved forward within the same frame by `advance`), and a `Bytes`'s data stays
+// where it is for as long as the `Bytes` lives, however it moves (an inline `Bytes`
+// moving with the `SmallVec` is the handle, not the data it points to).
+unsafe impl IoVecBuf for Vectored {
     fn read_iovec_ptr(&self) -> *const libc::iovec {
         self.unsent().as_ptr()
     }
@@ -441,7 +478,7 @@ mod tests {
 
     fn batch_of(frames: Vec<Bytes>) -> Batch {
         Batch {
-            frames,
+            frames: frames.into(),
             ..Batch::default()
         }
     }
@@ -453,10 +490,10 @@ mod tests {
     }
 
     /// The bytes the unsent iovecs describe.
-    fn unsent_bytes(batch: &Batch) -> Vec<u8> {
+    fn unsent_bytes(write: &Vectored) -> Vec<u8> {
         let mut out = Vec::new();
-        for iov in batch.unsent() {
-            // SAFETY: every iovec points into a frame the batch holds (the invariant
+        for iov in write.unsent() {
+            // SAFETY: every iovec points into a frame the write holds (the invariant
             // under test; a wrong one would read outside it and fail under Miri/ASan
             // or show as a mismatch below).
             out.extend_from_slice(unsafe {
@@ -567,6 +604,25 @@ mod tests {
         assert_eq!(frames[0], [a, b].concat());
     }
 
+    /// A burst of one frame (of any size), or of small frames only, reaches its batch
+    /// without the ring of sealed frames or the batch's own buffer being made: after a
+    /// stall every member of every busy room has such a burst at once.
+    #[test]
+    fn a_burst_of_one_frame_or_of_small_ones_makes_no_ring() {
+        for burst in [vec![100], vec![COPY_MAX + 1], vec![100, 100, 50]] {
+            let mut q = WriteQueue::default();
+            for (i, &n) in burst.iter().enumerate() {
+                q.push(&frame(n, i as u8));
+            }
+            let mut batch = Batch::default();
+            assert_eq!(q.take_batch(&mut batch), Next::Write);
+            assert_eq!(batch.frames().len(), 1, "burst {burst:?}");
+            assert!(!batch.frames.spilled(), "burst {burst:?}");
+            let p = q.pending.as_ref().expect("kept while its batch is written");
+            assert_eq!(p.frames.capacity(), 0, "burst {burst:?}");
+        }
+    }
+
     #[test]
     fn plan_copies_only_batches_of_small_frames() {
         assert_eq!(Batch::default().plan(), Plan::Single);
@@ -582,38 +638,35 @@ mod tests {
     #[test]
     fn iovecs_point_at_the_frames_and_advance_across_them() {
         let sizes = [0, 1, 7, 300, 64, 0, 5000, 2];
-        let mut batch = batch_of(
-            sizes
-                .iter()
-                .enumerate()
-                .map(|(i, &n)| frame(n, i as u8))
-                .collect(),
-        );
-        let all: Vec<u8> = batch.frames.concat();
+        let frames: Frames = sizes
+            .iter()
+            .enumerate()
+            .map(|(i, &n)| frame(n, i as u8))
+            .collect();
+        let all: Vec<u8> = frames.concat();
         for first in 0..=all.len() {
             for second in [0, 1, 3, 299, 5000] {
-                batch.point_iovecs();
-                for (iov, f) in batch.iovecs.iter().zip(&batch.frames) {
+                let mut write = Vectored::new(frames.clone());
+                for (iov, f) in write.iovecs.iter().zip(&frames) {
                     assert_eq!(iov.iov_base.cast_const().cast::<u8>(), f.as_ptr());
                 }
-                batch.advance(first);
-                assert_eq!(unsent_bytes(&batch), all[first..]);
+                write.advance(first);
+                assert_eq!(unsent_bytes(&write), all[first..]);
                 let second = second.min(all.len() - first);
-                batch.advance(second);
-                assert_eq!(unsent_bytes(&batch), all[first + second..]);
+                write.advance(second);
+                assert_eq!(unsent_bytes(&write), all[first + second..]);
             }
         }
     }
 
     #[test]
     fn a_batch_over_iov_max_frames_is_offered_iov_max_at_a_time() {
-        let mut batch = batch_of((0..IOV_MAX + 5).map(|i| frame(1, i as u8)).collect());
-        batch.point_iovecs();
-        assert_eq!(batch.read_iovec_len(), IOV_MAX);
-        batch.advance(IOV_MAX);
-        assert_eq!(batch.read_iovec_len(), 5);
-        batch.advance(5);
-        assert_eq!(batch.read_iovec_len(), 0);
+        let mut write = Vectored::new((0..IOV_MAX + 5).map(|i| frame(1, i as u8)).collect());
+        assert_eq!(write.read_iovec_len(), IOV_MAX);
+        write.advance(IOV_MAX);
+        assert_eq!(write.read_iovec_len(), 5);
+        write.advance(5);
+        assert_eq!(write.read_iovec_len(), 0);
     }
 
     /// A writer that takes at most the next of `caps` bytes per call, so every write
