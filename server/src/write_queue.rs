@@ -85,9 +85,8 @@ struct Pending {
     /// and a slow-consumer close must not discard it (the client would get a close
     /// frame without the upgrade).
     head: Option<Bytes>,
-    /// Frames sealed off ahead of `lone` and the tail. Made only when
-    /// something is sealed off: a burst of one frame, or of small frames only, never
-    /// touches it.
+    /// Frames sealed off ahead of `lone` and the tail. Made only when something is
+    /// sealed off: a burst of one frame, or of small frames only, never touches it.
     frames: VecDeque<Bytes>,
     /// The frame queued last, behind `frames`, when it is not on the tail: shared, not
     /// copied, so a lone frame (the common burst at low rates) costs no buffer, and
@@ -98,7 +97,7 @@ struct Pending {
     /// Small frames copied end to end, behind everything in `frames`. Handed to the
     /// writer whole (buffer and all).
     tail: BytesMut,
-    /// Bytes of frames in `frames` and `tail`.
+    /// Bytes of frames in `frames`, `lone` and `tail`.
     bytes: usize,
     /// Bytes of frames handed to the writer and not yet written.
     in_flight: usize,
@@ -347,7 +346,7 @@ impl Batch {
             }
             Plan::Vectored => {
                 let vectored = Vectored::new(std::mem::take(&mut self.frames));
-                let (result, vectored) = Box::pin(vectored.write(io)).await;
+                let (result, vectored) = Box::pin(vectored.write(io, len)).await;
                 // Its buffer (the frames spilled past the one held inline) is kept for
                 // the next batch.
                 self.frames = vectored.frames;
@@ -387,11 +386,11 @@ impl Vectored {
         }
     }
 
-    /// `writev` until all of it is written, resuming a short write mid-iovec (monoio
-    /// 0.2's `write_vectored_all` does not advance the base of a partly written iovec,
-    /// so it is not used).
-    async fn write<W: AsyncWriteRent>(mut self, io: &mut W) -> (io::Result<()>, Self) {
-        let mut left: usize = self.frames.iter().map(Bytes::len).sum();
+    /// `writev` until all `len` bytes of the frames are written, resuming a short write
+    /// mid-iovec (monoio 0.2's `write_vectored_all` does not advance the base of a
+    /// partly written iovec, so it is not used).
+    async fn write<W: AsyncWriteRent>(mut self, io: &mut W, len: usize) -> (io::Result<()>, Self) {
+        let mut left = len;
         while left > 0 {
             let result;
             (result, self) = io.writev(self).await;
